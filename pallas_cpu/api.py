@@ -1,0 +1,139 @@
+"""Public entry points: pallas_call, force_cpu_backend, lower."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable
+
+import jax
+from jax._src import config as jax_config
+from jax._src import core as jax_core
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_cpu import compiler, registration
+from pallas_cpu.params import CompilerParams, CpuBackend
+
+BACKENDS = ("cpu", "interpret", "tpu-interpret")
+
+
+def pallas_call(kernel: Callable, out_shape: Any, *, backend: str = "cpu",
+                compiler_params: Any = None, interpret: Any = None,
+                **kwargs) -> Callable:
+  """``pl.pallas_call`` with a ``backend`` choice.
+
+  backend="cpu" compiles the kernel to native code; "interpret" and
+  "tpu-interpret" hand it to JAX's ``interpret=True`` and TPU interpret mode
+  (``interpret`` may then carry a ``pltpu.InterpretParams``).
+  ``compiler_params`` takes ``pallas_cpu.CompilerParams`` or
+  ``pltpu.CompilerParams`` (its CPU-meaningful fields are honoured).
+
+  Example::
+
+    def add(x_ref, y_ref, o_ref):
+      o_ref[...] = x_ref[...] + y_ref[...]
+    out = pallas_cpu.pallas_call(
+        add, out_shape=jax.ShapeDtypeStruct((512, 512), jnp.float32),
+        grid=(2, 2), in_specs=[pl.BlockSpec((256, 256), lambda i, j: (i, j))] * 2,
+        out_specs=pl.BlockSpec((256, 256), lambda i, j: (i, j)))(x, y)
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+  cpu_params = CompilerParams()
+  if isinstance(compiler_params, CompilerParams):
+    cpu_params, compiler_params = compiler_params, None
+  if backend == "cpu":
+    interpret = CpuBackend(cpu_params)
+  elif backend == "interpret":
+    interpret = True if interpret in (None, False) else interpret
+  else:
+    if not isinstance(interpret, pltpu.InterpretParams):
+      interpret = pltpu.InterpretParams()
+  return pl.pallas_call(kernel, out_shape, interpret=interpret,
+                        compiler_params=compiler_params, **kwargs)
+
+
+@contextlib.contextmanager
+def force_cpu_backend(params: CompilerParams = CompilerParams()):
+  """Runs every ``pl.pallas_call`` traced inside on the compiled backend.
+
+  It sets JAX's interpret-mode context (the one behind
+  ``pltpu.force_tpu_interpret_mode``), which overrides each call's
+  ``interpret=`` and is part of the jit cache key.
+
+  Example::
+
+    with pallas_cpu.force_cpu_backend():
+      out = my_existing_pallas_function(x)
+  """
+  registration.install()
+  state = jax_config.pallas_tpu_interpret_mode_context_manager
+  prev = state.swap_local(CpuBackend(params))
+  try:
+    yield
+  finally:
+    state.set_local(prev)
+
+
+@dataclasses.dataclass
+class LoweredKernel:
+  name: str
+  stages: dict[str, str]
+
+  def as_text(self, stage: str = "kernel") -> str:
+    if stage not in self.stages:
+      raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
+    return self.stages[stage]
+
+
+@dataclasses.dataclass
+class Lowered:
+  """The kernels of a function, with their IR at every compile stage."""
+  kernels: list[LoweredKernel]
+
+  def as_text(self, stage: str = "kernel", kernel: int = 0) -> str:
+    if not self.kernels:
+      raise ValueError("the function contains no pallas_call")
+    return self.kernels[kernel].as_text(stage)
+
+
+def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
+          **kwargs) -> Lowered:
+  """Lowers every pallas_call of ``fn(*args)`` without running it.
+
+  Example::
+
+    print(pallas_cpu.lower(my_kernel_fn, x).as_text("loops"))
+  """
+  from mlir import ir
+  from pallas_cpu.lowering import kernel as kernel_lowering
+
+  closed = jax.make_jaxpr(fn)(*args, **kwargs)
+  kernels = []
+  for eqn in _pallas_call_eqns(closed.jaxpr):
+    backend = eqn.params["interpret"]
+    if not isinstance(backend, CpuBackend):
+      backend = CpuBackend(params)
+    p = dict(eqn.params)
+    spec = registration.kernel_spec(p, [v.aval for v in eqn.invars],
+                                    [v.aval for v in eqn.outvars], backend)
+    stages = {}
+    with ir.Context(), ir.Location.unknown():
+      module = kernel_lowering.lower_kernel(spec)
+      module.operation.verify()
+      stages["kernel"] = module.operation.get_asm(enable_debug_info=False)
+      module = ir.Module.parse(stages["kernel"])
+      compiler.run_stages(
+          module, name=spec.name,
+          on_stage=lambda n, m: stages.__setitem__(n, str(m)))
+    kernels.append(LoweredKernel(spec.name, stages))
+  return Lowered(kernels)
+
+
+def _pallas_call_eqns(jaxpr: jax_core.Jaxpr):
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      yield eqn
+    else:
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        yield from _pallas_call_eqns(sub)

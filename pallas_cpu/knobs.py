@@ -1,0 +1,35 @@
+"""Every environment variable pallas_cpu reads, typed and documented.
+
+No other module reads ``os.environ``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+def _flag(name: str) -> bool:
+  return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+  force: bool
+  """PALLAS_CPU_FORCE=1: compile every pallas_call lowered for the CPU
+  platform natively, whatever its ``interpret=`` says."""
+
+  dump_dir: str | None
+  """PALLAS_CPU_DUMP_DIR=path: write the IR of every compile stage of every
+  kernel to ``path/<kernel>-<fingerprint>/<n>-<stage>.mlir``."""
+
+  opt_level: int
+  """PALLAS_CPU_OPT_LEVEL=0..3: LLVM optimisation level (default 3)."""
+
+
+def read() -> Knobs:
+  """Reads the knobs now (tests change the environment between calls)."""
+  return Knobs(
+      force=_flag("PALLAS_CPU_FORCE"),
+      dump_dir=os.environ.get("PALLAS_CPU_DUMP_DIR") or None,
+      opt_level=int(os.environ.get("PALLAS_CPU_OPT_LEVEL", "3")),
+  )

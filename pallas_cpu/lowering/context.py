@@ -1,0 +1,128 @@
+"""Lowering state: the kernel being built and the context each rule sees."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from jax._src import core as jax_core
+from mlir import ir
+from mlir.dialects import arith, func, linalg, memref
+
+from pallas_cpu.lowering import memory_spaces, types, values
+from pallas_cpu.params import CompilerParams
+
+
+@dataclasses.dataclass
+class Ref:
+  """A kernel ref: a memref view plus the storage (root) it belongs to."""
+  memref: ir.Value
+  root: object
+  dtype: np.dtype
+
+  @property
+  def shape(self) -> tuple:
+    return tuple(ir.MemRefType(self.memref.type).shape)
+
+
+class KernelContext:
+  """State shared by all rules while one kernel is lowered."""
+
+  def __init__(self, *, name: str, entry: func.FuncOp, params: CompilerParams,
+               grid: tuple[int, ...], vmapped_dims: tuple[int, ...]):
+    self.name = name
+    self.entry = entry
+    self.params = params
+    self.grid = grid
+    self.vmapped_dims = vmapped_dims
+    self.runtime_ctx: ir.Value = entry.arguments[0]
+    # Allocations are hoisted to the top of the entry function: every shape
+    # is static, and the grid loop must not allocate per step.
+    self.alloc_ip = ir.InsertionPoint.at_block_begin(entry.entry_block)
+    self.allocs: list[ir.Value] = []
+    self.program_ids: list[ir.Value] = []  # index values, non-vmapped dims
+
+  # -- memory -----------------------------------------------------------------
+  def alloc(self, shape, dtype, space: str = memory_spaces.VMEM) -> ir.Value:
+    t = types.memref_type(shape, dtype, memory_spaces.attr(space))
+    with self.alloc_ip:
+      buf = memref.AllocOp(t, [], [], alignment=64).result
+    self.allocs.append(buf)
+    return buf
+
+  def materialize(self, v: values.Value, *, reuse: bool = True) -> ir.Value:
+    """``v`` in memory, as a memref of its shape.
+
+    With ``reuse``, an array that already is a plain load of an immutable
+    temporary is returned as is; else a fresh temporary is filled.
+    """
+    if isinstance(v, values.Scalar):
+      buf = self.alloc((), v.dtype)
+      memref.store(v.value, buf, [])
+      return buf
+    node = v.node
+    if (reuse and isinstance(node, values.Load) and node.root is None
+        and node.index_map == values.identity_map(len(v.shape))
+        and tuple(ir.MemRefType(node.memref.type).shape) == tuple(v.shape)):
+      return node.memref
+    buf = self.alloc(v.shape, v.dtype)
+    self.store(v, buf)
+    return buf
+
+  def store(self, v: values.Value, dest: ir.Value) -> None:
+    """Writes ``v`` (broadcast if scalar) into the memref ``dest``."""
+    if isinstance(v, values.Scalar):
+      if not ir.MemRefType(dest.type).shape:
+        memref.store(v.value, dest, [])
+      else:
+        linalg.fill(v.value, outs=[dest])
+      return
+    if not v.shape:
+      memref.store(scalar_of(self, v).value, dest, [])
+      return
+    values.emit_elementwise(v, dest)
+
+  def as_temp(self, v: values.Value) -> values.Value:
+    """``v`` computed into a fresh immutable temporary (a plain Load)."""
+    if isinstance(v, values.Scalar):
+      return v
+    buf = self.materialize(v)
+    return values.Array(values.Load(buf, values.identity_map(len(v.shape)), None),
+                        v.shape, v.dtype)
+
+  def constant(self, value, dtype) -> values.Scalar:
+    dtype = np.dtype(dtype)
+    t = types.element_type(dtype)
+    if types.is_float(dtype):
+      attr = ir.FloatAttr.get(t, float(value))
+    elif types.is_bool(dtype):
+      attr = ir.IntegerAttr.get(t, int(bool(value)))
+    else:
+      v = int(value)
+      bits = types.bitwidth(dtype)
+      if v >= 2 ** (bits - 1):  # unsigned values above the signed range
+        v -= 2 ** bits
+      attr = ir.IntegerAttr.get(t, v)
+    return values.Scalar(arith.ConstantOp(t, attr).result, dtype)
+
+
+def scalar_of(kctx: KernelContext, v: values.Value) -> values.Scalar:
+  """A rank-0 Array as a Scalar (computed at the current insertion point)."""
+  if isinstance(v, values.Scalar):
+    return v
+  buf = kctx.materialize(v, reuse=True)
+  return values.Scalar(memref.load(buf, []), v.dtype)
+
+
+@dataclasses.dataclass
+class RuleContext:
+  """What one rule invocation sees."""
+  kernel: KernelContext
+  eqn: jax_core.JaxprEqn
+  avals_in: list[Any]
+  avals_out: list[Any]
+  source: str  # the user's source line, for error messages
+  outs_used: list[bool] = dataclasses.field(default_factory=list)
+
+  def constant(self, value, dtype) -> values.Scalar:
+    return self.kernel.constant(value, dtype)

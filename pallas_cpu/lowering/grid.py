@@ -1,0 +1,254 @@
+"""The grid: loop nest, index maps and block windows around the kernel body.
+
+For every grid point (row-major, last dimension fastest, as on TPU) the
+index maps are evaluated in compiled code, each BlockSpec operand gets its
+block as a ``vmem`` view of the ``hbm`` operand -- in place when the block
+lies inside the array, a padded copy at edge blocks (padding reads see the
+uninitialized-memory fill; writes to it are dropped) -- and the body runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from jax._src import core as jax_core
+from jax._src.pallas import core as pallas_core
+from mlir import ir
+from mlir.dialects import arith, func, linalg, scf
+
+from pallas_cpu.lowering import jaxpr as jaxpr_lowering
+from pallas_cpu.lowering import memory_spaces, types, values, views
+from pallas_cpu.lowering.context import KernelContext, Ref, scalar_of
+
+RT_BLOCK_OOB = "pallas_cpu_rt_block_out_of_bounds"
+
+
+def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
+  """The fill value of memory the kernel never wrote (interpret mode's)."""
+  dtype = np.dtype(dtype)
+  if kctx.params.uninitialized_memory == "zero":
+    return kctx.constant(0, dtype)
+  if types.is_float(dtype):
+    return kctx.constant(float("nan"), dtype)
+  if types.is_bool(dtype):
+    return kctx.constant(True, dtype)
+  return kctx.constant(np.iinfo(dtype).max, dtype)
+
+
+@dataclasses.dataclass
+class _Dim:
+  kind: str        # "blocked" | "squeezed"
+  size: int        # block size along the array dimension
+  array_size: int
+
+
+def _block_dims(bm, origin: str) -> list[_Dim]:
+  dims = []
+  for b, n in zip(bm.block_shape, bm.array_aval.shape):
+    if isinstance(b, pallas_core.Blocked):
+      dims.append(_Dim("blocked", b.block_size, n))
+    elif isinstance(b, pallas_core.Squeezed):
+      dims.append(_Dim("squeezed", 1, n))
+    else:
+      raise NotImplementedError(
+          f"pallas_cpu: block dimension {b} of {origin} is not supported yet "
+          "(supported: Blocked, Squeezed/None)")
+  return dims
+
+
+def _cmp(pred: str, a: ir.Value, b: ir.Value) -> ir.Value:
+  return arith.cmpi(getattr(arith.CmpIPredicate, pred), a, b)
+
+
+def _or(a, b):
+  return b if a is None else arith.ori(a, b)
+
+
+def _and(a, b):
+  return b if a is None else arith.andi(a, b)
+
+
+class BlockWindow:
+  """One BlockSpec operand: its array, block geometry and per-step view."""
+
+  def __init__(self, kctx: KernelContext, operand_index: int, array: ir.Value,
+               bm, root, is_output: bool):
+    self.kctx = kctx
+    self.operand_index = operand_index
+    self.array = array
+    self.bm = bm
+    self.root = root
+    self.is_output = is_output
+    self.dtype = np.dtype(bm.array_aval.dtype)
+    self.space = memory_spaces.from_pallas(
+        bm.transformed_block_aval.memory_space)
+    self.whole = self.space in (memory_spaces.ANY, memory_spaces.HBM)
+    if self.whole:
+      return
+    self.dims = _block_dims(bm, bm.origin)
+    self.may_edge = any(d.kind == "blocked" and d.array_size % d.size
+                        for d in self.dims)
+    self.kept = [i for i, d in enumerate(self.dims) if d.kind == "blocked"]
+    self.block_shape = tuple(self.dims[i].size for i in self.kept)
+    if self.may_edge:
+      # Both the in-place view and the padded buffer are cast to this type.
+      inner_unit = bool(self.kept) and self.kept[-1] == len(self.dims) - 1
+      strides = [None] * len(self.kept)
+      if inner_unit:
+        strides[-1] = 1
+      self.view_type = types.memref_type(
+          self.block_shape, self.dtype, memory_spaces.attr(self.space), strides)
+      full = tuple(d.size for d in self.dims)
+      self.pad = views.with_layout(kctx.alloc(full, self.dtype, self.space))
+
+  def open(self, starts: list[ir.Value]) -> ir.Value:
+    """The block at ``starts`` (index values) as the kernel's memref."""
+    space = memory_spaces.attr(self.space)
+    sizes = [d.size for d in self.dims]
+    drop = [i for i, d in enumerate(self.dims) if d.kind == "squeezed"]
+    if not self.may_edge:
+      return views.space_cast(views.subview(self.array, starts, sizes, drop=drop),
+                              space)
+    self.in_bounds = None
+    for d, s in zip(self.dims, starts):
+      if d.kind == "blocked" and d.array_size % d.size:
+        end = arith.addi(s, views.as_index(d.size))
+        self.in_bounds = _and(self.in_bounds,
+                              _cmp("sle", end, views.as_index(d.array_size)))
+    self.starts = starts
+    if_op = scf.IfOp(self.in_bounds, [self.view_type], has_else=True)
+    with ir.InsertionPoint(if_op.then_block):
+      view = views.space_cast(views.subview(self.array, starts, sizes, drop=drop),
+                              space)
+      scf.YieldOp([views.with_layout(view, types.memref_strides(self.view_type))])
+    with ir.InsertionPoint(if_op.else_block):
+      self.kctx.store(uninitialized_scalar(self.kctx, self.dtype), self.pad)
+      src, dst = self._valid_regions()
+      linalg.copy(src, outs=[dst])
+      view = views.subview(self.pad, [0] * len(sizes), sizes, drop=drop)
+      scf.YieldOp([views.with_layout(view, types.memref_strides(self.view_type))])
+    return if_op.results[0]
+
+  def close(self) -> None:
+    """Writes an output's edge block back (the in-bounds part only)."""
+    if self.whole or not self.may_edge or not self.is_output:
+      return
+    true = arith.constant(ir.IntegerType.get_signless(1), 1)
+    edge = arith.xori(self.in_bounds, true)
+    if_op = scf.IfOp(edge)
+    with ir.InsertionPoint(if_op.then_block):
+      src, dst = self._valid_regions()
+      linalg.copy(dst, outs=[src])
+      scf.YieldOp([])
+
+  def _valid_regions(self):
+    """(array window, padded-buffer window) of the in-bounds part."""
+    sizes = []
+    for d, s in zip(self.dims, self.starts):
+      if d.kind == "blocked" and d.array_size % d.size:
+        rest = arith.subi(views.as_index(d.array_size), s)
+        sizes.append(arith.minsi(rest, views.as_index(d.size)))
+      else:
+        sizes.append(d.size)
+    src = views.subview(self.array, self.starts, sizes)
+    dst = views.subview(self.pad, [0] * len(sizes), sizes)
+    return src, dst
+
+
+def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
+               index_operands: Sequence[ir.Value],
+               block_operands: Sequence[ir.Value], roots: Sequence,
+               scratch: Sequence[Ref]) -> None:
+  """Emits the grid loop nest with index maps, windows and the body."""
+  gm = grid_mapping
+  n_in = gm.num_inputs
+  index_refs = [Ref(v, ("index", i), np.dtype(a.dtype))
+                for i, (v, a) in enumerate(zip(index_operands,
+                                              gm.index_map_avals[len(gm.grid):]))]
+  windows = [BlockWindow(kctx, i, arr, bm, roots[i], is_output=i >= n_in)
+             for i, (arr, bm) in enumerate(zip(block_operands,
+                                               gm.block_mappings))]
+
+  def body(ivs: list[ir.Value]):
+    kctx.program_ids = [iv for d, iv in enumerate(ivs)
+                        if d not in kctx.vmapped_dims]
+    i32 = ir.IntegerType.get_signless(32)
+    grid_args = [values.Scalar(arith.index_cast(i32, iv), np.dtype(np.int32))
+                 for iv in ivs]
+    starts_per_window, ok = [], None
+    for w in windows:
+      if w.whole:
+        starts_per_window.append(None)
+        continue
+      starts = _block_starts(kctx, w, grid_args, index_refs)
+      starts_per_window.append(starts)
+      ok = _and(ok, _check_in_bounds(kctx, w, starts))
+    run = scf.IfOp(ok) if ok is not None else None
+    with (ir.InsertionPoint(run.then_block) if run else _nullcontext()):
+      refs = []
+      for w, starts in zip(windows, starts_per_window):
+        view = w.array if w.whole else w.open(starts)
+        refs.append(Ref(view, w.root, w.dtype))
+      jaxpr_lowering.lower_jaxpr(kctx, jaxpr, [*index_refs, *refs, *scratch])
+      for w in windows:
+        w.close()
+      if run:
+        scf.YieldOp([])
+
+  _loop_nest(list(gm.grid), body)
+
+
+class _nullcontext:
+  def __enter__(self):
+    return None
+
+  def __exit__(self, *a):
+    return False
+
+
+def _loop_nest(bounds: list[int], body, ivs=()):
+  if not bounds:
+    body(list(ivs))
+    return
+  zero, one = views.as_index(0), views.as_index(1)
+  loop = scf.ForOp(zero, views.as_index(bounds[0]), one)
+  with ir.InsertionPoint(loop.body):
+    _loop_nest(bounds[1:], body, (*ivs, loop.induction_variable))
+    scf.YieldOp([])
+
+
+def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]:
+  cj = w.bm.index_map_jaxpr
+  outs = jaxpr_lowering.lower_jaxpr(kctx, cj.jaxpr, [*grid_args, *index_refs],
+                                    consts=[kctx.constant(c, np.asarray(c).dtype)
+                                            for c in cj.consts])
+  starts = []
+  for d, o in zip(w.dims, outs):
+    idx = views.as_index(scalar_of(kctx, o).value)
+    if d.kind == "blocked":
+      idx = arith.muli(idx, views.as_index(d.size))
+    starts.append(idx)
+  return starts
+
+
+def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
+  """True when every block starts inside its array; reports otherwise."""
+  ok = None
+  i64 = ir.IntegerType.get_signless(64)
+  for dim, (d, s) in enumerate(zip(w.dims, starts)):
+    limit = views.as_index(d.array_size)
+    bad = _or(_cmp("slt", s, views.as_index(0)), _cmp("sge", s, limit))
+    if_op = scf.IfOp(bad)
+    with ir.InsertionPoint(if_op.then_block):
+      args = [kctx.runtime_ctx]
+      for x in (w.operand_index, dim):
+        args.append(arith.constant(i64, x))
+      args.append(arith.index_cast(i64, s))
+      args.append(arith.constant(i64, d.size))
+      args.append(arith.constant(i64, d.array_size))
+      func.CallOp([], ir.FlatSymbolRefAttr.get(RT_BLOCK_OOB), args)
+      scf.YieldOp([])
+    true = arith.constant(ir.IntegerType.get_signless(1), 1)
+    ok = _and(ok, arith.xori(bad, true))
+  return ok

@@ -1,0 +1,147 @@
+"""The jaxpr walker: the only place that looks up lowering rules."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from jax._src import core as jax_core
+from jax._src import source_info_util
+from mlir import ir
+
+from pallas_cpu.lowering import registry, values
+from pallas_cpu.lowering.context import KernelContext, Ref, RuleContext
+
+
+class LoweringError(Exception):
+  """A rule failed for a reason other than unsupported input."""
+
+
+def source_line(eqn: jax_core.JaxprEqn) -> str:
+  return source_info_util.summarize(eqn.source_info)
+
+
+def _location(eqn: jax_core.JaxprEqn) -> ir.Location:
+  frame = source_info_util.user_frame(eqn.source_info.traceback)
+  if frame is None:
+    return ir.Location.unknown()
+  return ir.Location.file(frame.file_name, frame.start_line,
+                          frame.start_column)
+
+
+def _sub_jaxprs(eqn: jax_core.JaxprEqn):
+  for p in eqn.params.values():
+    for x in (p if isinstance(p, (tuple, list)) else (p,)):
+      if isinstance(x, jax_core.ClosedJaxpr):
+        yield x.jaxpr
+      elif isinstance(x, jax_core.Jaxpr):
+        yield x
+
+
+def unsupported_primitives(jaxpr: jax_core.Jaxpr) -> list[tuple[str, str]]:
+  """(primitive, source line) for every equation that has no rule,
+  sub-jaxprs of supported control flow included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if registry.lookup(eqn.primitive) is None:
+      found.append((eqn.primitive.name, source_line(eqn)))
+    else:
+      for sub in _sub_jaxprs(eqn):
+        found.extend(unsupported_primitives(sub))
+  return found
+
+
+def check_supported(jaxpr: jax_core.Jaxpr, kernel_name: str) -> None:
+  missing = unsupported_primitives(jaxpr)
+  if missing:
+    lines = "\n".join(f"  {p} at {src}" for p, src in missing)
+    names = sorted({p for p, _ in missing})
+    raise NotImplementedError(
+        f"pallas_cpu cannot lower kernel '{kernel_name}': unsupported "
+        f"primitive(s) {', '.join(names)}:\n{lines}")
+
+
+def _use_counts(jaxpr: jax_core.Jaxpr) -> tuple[dict, dict]:
+  counts: dict = {}
+  last_use: dict = {}
+  for i, eqn in enumerate(jaxpr.eqns):
+    for v in eqn.invars:
+      if isinstance(v, jax_core.Var):
+        counts[v] = counts.get(v, 0) + 1
+        last_use[v] = i
+  for v in jaxpr.outvars:
+    if isinstance(v, jax_core.Var):
+      counts[v] = counts.get(v, 0) + 1
+      last_use[v] = len(jaxpr.eqns)
+  return counts, last_use
+
+
+def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
+                args: Sequence, consts: Sequence = ()) -> list:
+  """Lowers ``jaxpr`` at the current insertion point; returns its outputs
+  (``values.Value`` for arrays and scalars, ``Ref`` for refs)."""
+  env: dict = {}
+  counts, last_use = _use_counts(jaxpr)
+
+  def read(atom):
+    if isinstance(atom, jax_core.Literal):
+      return kctx.constant(atom.val, atom.aval.dtype)
+    return env[atom]
+
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+
+  for i, eqn in enumerate(jaxpr.eqns):
+    rule = registry.lookup(eqn.primitive)
+    if rule is None:  # check_supported ran first; this is a bug guard
+      raise NotImplementedError(
+          f"unsupported primitive {eqn.primitive.name} at {source_line(eqn)}")
+    if not rule.pure:
+      _materialize_mutable_reads(kctx, env, last_use, i,
+                                 keep=eqn.invars if rule.takes_lazy_operands
+                                 else ())
+    args_in = [read(a) for a in eqn.invars]
+    ctx = RuleContext(kctx, eqn, [a.aval for a in eqn.invars],
+                      [v.aval for v in eqn.outvars], source_line(eqn),
+                      [counts.get(v, 0) > 0 for v in eqn.outvars])
+    with _location(eqn):
+      try:
+        out = rule.fn(ctx, *args_in, **eqn.params)
+      except Exception as e:  # noqa: BLE001 - rewrapped with the source line
+        raise _wrap(e, eqn) from e
+    outs = out if eqn.primitive.multiple_results else [out]
+    for v, o in zip(eqn.outvars, outs):
+      if isinstance(v, jax_core.DropVar):
+        continue
+      # A lazy expression used twice would be computed twice: keep it once.
+      if (isinstance(o, values.Array) and not o.is_leaf
+          and counts.get(v, 0) > 1):
+        o = kctx.as_temp(o)
+      env[v] = o
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _materialize_mutable_reads(kctx, env, last_use, i, keep) -> None:
+  """Computes into temporaries the live lazy values that read mutable
+  memory, before an equation that may write it."""
+  keep_vars = {v for v in keep if isinstance(v, jax_core.Var)}
+  for var, val in list(env.items()):
+    if not isinstance(val, values.Array) or last_use.get(var, -1) < i:
+      continue
+    if var in keep_vars and last_use[var] == i:
+      continue
+    if values.roots_read(val.node):
+      env[var] = kctx.as_temp(val)
+
+
+def _wrap(e: Exception, eqn) -> Exception:
+  if getattr(e, "_pallas_cpu_wrapped", False):
+    return e
+  msg = (f"{e}\n  while lowering primitive '{eqn.primitive.name}' at "
+         f"{source_line(eqn)}")
+  if isinstance(e, (NotImplementedError, ValueError, TypeError)):
+    new = type(e)(msg)
+  else:
+    new = LoweringError(msg)
+  new._pallas_cpu_wrapped = True
+  return new

@@ -1,0 +1,118 @@
+"""pallas_call -> MLIR module: the entry function the custom call invokes.
+
+``func.func @<entry>(%rt: !llvm.ptr, %operands...)`` takes the runtime
+context and one ``hbm`` (``smem`` for scalar prefetch) memref per XLA buffer
+-- inputs, then outputs -- and contains the grid loop nest.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from jax._src import core as jax_core
+from jax._src import state
+from mlir import ir
+from mlir.dialects import arith, func, llvm, memref
+
+from pallas_cpu.lowering import grid as grid_lowering
+from pallas_cpu.lowering import jaxpr as jaxpr_lowering
+from pallas_cpu.lowering import memory_spaces, types, views
+from pallas_cpu.lowering.context import KernelContext, Ref
+from pallas_cpu.params import CompilerParams
+
+ENTRY = "pallas_cpu_entry"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+  """Everything of a pallas_call equation the lowering needs."""
+  name: str
+  jaxpr: jax_core.Jaxpr
+  grid_mapping: object
+  in_avals: tuple
+  out_avals: tuple
+  input_output_aliases: tuple
+  params: CompilerParams
+  opt_level: int
+
+
+def lower_kernel(spec: KernelSpec) -> ir.Module:
+  """Builds the kernel module in the current MLIR context."""
+  gm = spec.grid_mapping
+  if gm.num_dynamic_grid_bounds:
+    raise NotImplementedError(
+        f"pallas_cpu: kernel '{spec.name}' has dynamic grid bounds, which are "
+        "not supported yet")
+  jaxpr_lowering.check_supported(spec.jaxpr, spec.name)
+  for bm in gm.block_mappings:
+    jaxpr_lowering.check_supported(bm.index_map_jaxpr.jaxpr,
+                                   f"{spec.name} (index map of {bm.origin})")
+
+  n_index = gm.num_index_operands
+  operand_avals = [*spec.in_avals, *spec.out_avals]
+  operand_types = []
+  for i, a in enumerate(operand_avals):
+    space = memory_spaces.SMEM if i < n_index else memory_spaces.HBM
+    operand_types.append(types.memref_type(a.shape, a.dtype,
+                                           memory_spaces.attr(space)))
+
+  module = ir.Module.create()
+  with ir.InsertionPoint(module.body):
+    ptr = llvm.PointerType.get()
+    i64 = ir.IntegerType.get_signless(64)
+    i32 = ir.IntegerType.get_signless(32)
+    rt_decl = func.FuncOp(grid_lowering.RT_BLOCK_OOB,
+                          ir.FunctionType.get([ptr] + [i64] * 5, []))
+    rt_decl.sym_visibility = ir.StringAttr.get("private")
+    entry = func.FuncOp(ENTRY, ir.FunctionType.get([ptr, *operand_types], []))
+    entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+    del i32
+  attrs = module.operation.attributes
+  attrs["pallas_cpu.kernel_name"] = ir.StringAttr.get(spec.name)
+  attrs["pallas_cpu.opt_level"] = ir.IntegerAttr.get(
+      ir.IntegerType.get_signless(32), spec.opt_level)
+  block = entry.add_entry_block()
+  with ir.InsertionPoint(block):
+    anchor = arith.constant(ir.IndexType.get(), 0)
+    kctx = KernelContext(name=spec.name, entry=entry, params=spec.params,
+                         grid=tuple(gm.grid), vmapped_dims=tuple(gm.vmapped_dims))
+    kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
+    operands = [views.with_layout(a) for a in block.arguments[1:]]
+    index_operands = operands[:n_index]
+    block_operands = operands[n_index:]
+    roots = _roots(n_index, len(block_operands), gm.num_inputs,
+                   spec.input_output_aliases)
+    scratch = [_scratch_ref(kctx, i, a) for i, a in enumerate(gm.scratch_avals)]
+    grid_lowering.build_grid(kctx, jaxpr=spec.jaxpr, grid_mapping=gm,
+                             index_operands=index_operands,
+                             block_operands=block_operands, roots=roots,
+                             scratch=scratch)
+    for buf in kctx.allocs:
+      memref.dealloc(buf)
+    func.ReturnOp([])
+  return module
+
+
+def _roots(n_index: int, n_blocks: int, n_in: int, aliases) -> list:
+  """Storage identity per block operand; an aliased input and output share
+  one buffer, so they share a root.  Alias input indices count the scalar
+  prefetch operands, as pallas_call's do."""
+  roots = [("operand", n_index + i) for i in range(n_blocks)]
+  for i_in, i_out in aliases:
+    roots[n_in + i_out] = ("operand", i_in)
+  return roots
+
+
+def _scratch_ref(kctx: KernelContext, i: int, aval) -> Ref:
+  if not isinstance(aval, state.AbstractRef):
+    raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
+                              "supported yet")
+  inner = aval.inner_aval
+  if not isinstance(inner, jax_core.ShapedArray) or isinstance(
+      inner.dtype, jax_core.dtypes.ExtendedDType):
+    raise NotImplementedError(
+        f"pallas_cpu: scratch operand {aval} (semaphores) is not supported yet")
+  space = memory_spaces.from_pallas(aval.memory_space)
+  buf = kctx.alloc(inner.shape, inner.dtype, space)
+  kctx.store(grid_lowering.uninitialized_scalar(kctx, inner.dtype), buf)
+  return Ref(views.with_layout(buf), ("scratch", i), np.dtype(inner.dtype))

@@ -1,0 +1,30 @@
+"""Helpers shared by rule families."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from mlir import ir
+
+from pallas_cpu.lowering import values
+from pallas_cpu.lowering.context import RuleContext, scalar_of
+
+
+def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
+                args: Sequence[values.Value], out_dtype=None) -> values.Value:
+  """Applies the scalar builder pointwise: directly on scalars, as a lazy
+  fused expression on arrays."""
+  out_aval = ctx.avals_out[0]
+  dtype = np.dtype(out_dtype if out_dtype is not None else out_aval.dtype)
+  shape = tuple(out_aval.shape)
+  if not shape:
+    scalars = [scalar_of(ctx.kernel, a).value for a in args]
+    return values.Scalar(build(scalars), dtype)
+  nodes = []
+  for a in args:
+    if isinstance(a, values.Scalar):
+      nodes.append(values.Splat(a.value))
+    else:
+      assert tuple(a.shape) == shape, (a.shape, shape)
+      nodes.append(a.node)
+  return values.Array(values.Op(build, tuple(nodes)), shape, dtype)

@@ -1,0 +1,356 @@
+"""Elementwise arithmetic, comparison, logical, bitwise and math primitives,
+with XLA's semantics (integer division by zero, shift overflow, saturating
+float->int conversion) so results match ``jnp`` and interpret mode."""
+from __future__ import annotations
+
+import numpy as np
+from jax._src.lax import lax
+from jax._src.lax import special
+from mlir import ir
+from mlir.dialects import arith, math
+
+from pallas_cpu.lowering import types
+from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.common import elementwise
+
+
+def _in_dtype(ctx, i=0):
+  return np.dtype(ctx.avals_in[i].dtype)
+
+
+def _const_like(v: ir.Value, value) -> ir.Value:
+  t = v.type
+  if isinstance(t, ir.IntegerType):
+    bits = ir.IntegerType(t).width
+    value = int(value)
+    if bits > 1 and value >= 2 ** (bits - 1):
+      value -= 2 ** bits
+    if bits == 1:
+      value = -1 if value else 0
+    return arith.constant(t, ir.IntegerAttr.get(t, value))
+  return arith.constant(t, ir.FloatAttr.get(t, float(value)))
+
+
+def _select(c, a, b):
+  return arith.select(c, a, b)
+
+
+def _cmpi(pred, a, b):
+  return arith.cmpi(getattr(arith.CmpIPredicate, pred), a, b)
+
+
+def _cmpf(pred, a, b):
+  return arith.cmpf(getattr(arith.CmpFPredicate, pred), a, b)
+
+
+# -- arithmetic ---------------------------------------------------------------
+def _binary(float_op, int_op, uint_op=None):
+  def rule(ctx, x, y, **_):
+    dt = _in_dtype(ctx)
+    if types.is_float(dt):
+      op = float_op
+    elif types.is_unsigned(dt) or types.is_bool(dt):
+      op = uint_op or int_op
+    else:
+      op = int_op
+    return elementwise(ctx, lambda a: op(a[0], a[1]), [x, y])
+  return rule
+
+
+register(lax.add_p)(_binary(arith.addf, arith.addi))
+register(lax.sub_p)(_binary(arith.subf, arith.subi))
+register(lax.mul_p)(_binary(arith.mulf, arith.muli))
+register(lax.max_p)(_binary(arith.maximumf, arith.maxsi, arith.maxui))
+register(lax.min_p)(_binary(arith.minimumf, arith.minsi, arith.minui))
+
+
+def _sdiv(x, y):
+  # XLA: x / 0 == -1 and INT_MIN / -1 == INT_MIN; never trap.
+  bits = ir.IntegerType(x.type).width
+  zero, one, m1 = _const_like(x, 0), _const_like(x, 1), _const_like(x, -1)
+  int_min = _const_like(x, -(2 ** (bits - 1)))
+  by_zero = _cmpi("eq", y, zero)
+  overflow = arith.andi(_cmpi("eq", x, int_min), _cmpi("eq", y, m1))
+  safe = _select(arith.ori(by_zero, overflow), one, y)
+  q = arith.divsi(x, safe)
+  q = _select(overflow, int_min, q)
+  return _select(by_zero, m1, q)
+
+
+def _udiv(x, y):
+  zero, one = _const_like(x, 0), _const_like(x, 1)
+  by_zero = _cmpi("eq", y, zero)
+  q = arith.divui(x, _select(by_zero, one, y))
+  return _select(by_zero, _const_like(x, -1), q)
+
+
+def _srem(x, y):
+  # XLA: x % 0 == x and INT_MIN % -1 == 0.
+  bits = ir.IntegerType(x.type).width
+  zero, one, m1 = _const_like(x, 0), _const_like(x, 1), _const_like(x, -1)
+  int_min = _const_like(x, -(2 ** (bits - 1)))
+  by_zero = _cmpi("eq", y, zero)
+  overflow = arith.andi(_cmpi("eq", x, int_min), _cmpi("eq", y, m1))
+  r = arith.remsi(x, _select(arith.ori(by_zero, overflow), one, y))
+  r = _select(overflow, zero, r)
+  return _select(by_zero, x, r)
+
+
+def _urem(x, y):
+  zero, one = _const_like(x, 0), _const_like(x, 1)
+  by_zero = _cmpi("eq", y, zero)
+  r = arith.remui(x, _select(by_zero, one, y))
+  return _select(by_zero, x, r)
+
+
+register(lax.div_p)(_binary(arith.divf, _sdiv, _udiv))
+register(lax.rem_p)(_binary(arith.remf, _srem, _urem))
+
+
+@register(lax.neg_p)
+def _neg(ctx, x, **_):
+  if types.is_float(_in_dtype(ctx)):
+    return elementwise(ctx, lambda a: arith.negf(a[0]), [x])
+  return elementwise(ctx, lambda a: arith.subi(_const_like(a[0], 0), a[0]), [x])
+
+
+@register(lax.abs_p)
+def _abs(ctx, x, **_):
+  if types.is_float(_in_dtype(ctx)):
+    return elementwise(ctx, lambda a: math.absf(a[0]), [x])
+  return elementwise(ctx, lambda a: math.absi(a[0]), [x])
+
+
+@register(lax.sign_p)
+def _sign(ctx, x, **_):
+  dt = _in_dtype(ctx)
+
+  def build(a):
+    v = a[0]
+    zero, one, m1 = _const_like(v, 0), _const_like(v, 1), _const_like(v, -1)
+    if types.is_float(dt):
+      # +-0 and NaN map to themselves.
+      r = _select(_cmpf("ogt", v, zero), one, v)
+      return _select(_cmpf("olt", v, zero), m1, r)
+    if types.is_unsigned(dt):
+      return _select(_cmpi("eq", v, zero), zero, one)
+    r = _select(_cmpi("sgt", v, zero), one, zero)
+    return _select(_cmpi("slt", v, zero), m1, r)
+  return elementwise(ctx, build, [x])
+
+
+@register(lax.square_p)
+def _square(ctx, x, **_):
+  op = arith.mulf if types.is_float(_in_dtype(ctx)) else arith.muli
+  return elementwise(ctx, lambda a: op(a[0], a[0]), [x])
+
+
+@register(lax.integer_pow_p)
+def _integer_pow(ctx, x, *, y):
+  is_float = types.is_float(_in_dtype(ctx))
+  mul = arith.mulf if is_float else arith.muli
+
+  def build(a):
+    base, n = a[0], abs(y)
+    acc = None
+    while n:  # square-and-multiply, as XLA expands it
+      if n & 1:
+        acc = base if acc is None else mul(acc, base)
+      n >>= 1
+      if n:
+        base = mul(base, base)
+    if acc is None:
+      acc = _const_like(a[0], 1)
+    if y < 0:
+      acc = arith.divf(_const_like(acc, 1), acc) if is_float else _sdiv(
+          _const_like(acc, 1), acc)
+    return acc
+  return elementwise(ctx, build, [x])
+
+
+# -- transcendental: computed in f32 for 16-bit floats ------------------------
+def _float_unary(fn):
+  def rule(ctx, x, **_):
+    dt = _in_dtype(ctx)
+    if not types.is_float(dt):
+      raise NotImplementedError(f"{ctx.eqn.primitive.name} on {dt}")
+
+    def build(a):
+      v = a[0]
+      if types.bitwidth(dt) < 32:
+        f32 = ir.F32Type.get()
+        return arith.truncf(v.type, fn(arith.extf(f32, v)))
+      return fn(v)
+    return elementwise(ctx, build, [x])
+  return rule
+
+
+def _logistic(v):
+  one = _const_like(v, 1)
+  return arith.divf(one, arith.addf(one, math.exp(arith.negf(v))))
+
+
+for _p, _fn in [
+    (lax.exp_p, math.exp), (lax.exp2_p, math.exp2), (lax.log_p, math.log),
+    (lax.log1p_p, math.log1p), (lax.expm1_p, math.expm1),
+    (lax.tanh_p, math.tanh), (lax.logistic_p, _logistic),
+    (lax.sqrt_p, math.sqrt), (lax.rsqrt_p, math.rsqrt),
+    (lax.sin_p, math.sin), (lax.cos_p, math.cos), (lax.tan_p, math.tan),
+    (lax.floor_p, math.floor), (lax.ceil_p, math.ceil),
+    (special.erf_p, math.erf),
+]:
+  register(_p)(_float_unary(_fn))
+
+
+@register(lax.round_p)
+def _round(ctx, x, *, rounding_method):
+  away = int(rounding_method) == int(lax.RoundingMethod.AWAY_FROM_ZERO)
+  return _float_unary(math.round if away else math.roundeven)(ctx, x)
+
+
+@register(lax.pow_p)
+def _pow(ctx, x, y, **_):
+  if not types.is_float(_in_dtype(ctx, 1)):
+    raise NotImplementedError("pow with an integer exponent")
+  return elementwise(ctx, lambda a: math.powf(a[0], a[1]), [x, y])
+
+
+@register(lax.atan2_p)
+def _atan2(ctx, x, y, **_):
+  return elementwise(ctx, lambda a: math.atan2(a[0], a[1]), [x, y])
+
+
+@register(lax.is_finite_p)
+def _is_finite(ctx, x, **_):
+  def build(a):
+    v = a[0]
+    inf = _const_like(v, float("inf"))
+    return _cmpf("olt", math.absf(v), inf)  # false for NaN and +-inf
+  return elementwise(ctx, build, [x])
+
+
+# -- comparisons ----------------------------------------------------------------
+def _compare(fpred, spred, upred):
+  def rule(ctx, x, y, **_):
+    dt = _in_dtype(ctx)
+    if types.is_float(dt):
+      build = lambda a: _cmpf(fpred, a[0], a[1])
+    elif types.is_unsigned(dt) or types.is_bool(dt):
+      build = lambda a: _cmpi(upred, a[0], a[1])
+    else:
+      build = lambda a: _cmpi(spred, a[0], a[1])
+    return elementwise(ctx, build, [x, y])
+  return rule
+
+
+register(lax.eq_p)(_compare("oeq", "eq", "eq"))
+register(lax.ne_p)(_compare("une", "ne", "ne"))
+register(lax.lt_p)(_compare("olt", "slt", "ult"))
+register(lax.le_p)(_compare("ole", "sle", "ule"))
+register(lax.gt_p)(_compare("ogt", "sgt", "ugt"))
+register(lax.ge_p)(_compare("oge", "sge", "uge"))
+
+
+# -- logical and bitwise ----------------------------------------------------------
+register(lax.and_p)(_binary(None, arith.andi))
+register(lax.or_p)(_binary(None, arith.ori))
+register(lax.xor_p)(_binary(None, arith.xori))
+
+
+@register(lax.not_p)
+def _not(ctx, x, **_):
+  return elementwise(ctx, lambda a: arith.xori(a[0], _const_like(a[0], -1)), [x])
+
+
+def _shift(kind):
+  def build(a):
+    x, s = a
+    bits = ir.IntegerType(x.type).width
+    too_far = _cmpi("uge", s, _const_like(s, bits))  # unsigned: s < 0 too
+    if kind == "left":
+      return _select(too_far, _const_like(x, 0), arith.shli(x, s))
+    if kind == "logical":
+      return _select(too_far, _const_like(x, 0), arith.shrui(x, s))
+    return arith.shrsi(x, _select(too_far, _const_like(s, bits - 1), s))
+
+  def rule(ctx, x, y, **_):
+    return elementwise(ctx, build, [x, y])
+  return rule
+
+
+register(lax.shift_left_p)(_shift("left"))
+register(lax.shift_right_logical_p)(_shift("logical"))
+register(lax.shift_right_arithmetic_p)(_shift("arithmetic"))
+
+
+# -- select and conversion -----------------------------------------------------------
+@register(lax.select_n_p)
+def _select_n(ctx, which, *cases):
+  def build(a):
+    w, cs = a[0], a[1:]
+    if ir.IntegerType(w.type).width == 1:
+      return _select(w, cs[1], cs[0]) if len(cs) == 2 else cs[0]
+    out = cs[0]
+    for i, c in enumerate(cs[1:], start=1):
+      out = _select(_cmpi("eq", w, _const_like(w, i)), c, out)
+    return out
+  return elementwise(ctx, build, [which, *cases])
+
+
+@register(lax.clamp_p)
+def _clamp(ctx, lo, x, hi):
+  dt = _in_dtype(ctx, 1)
+  if types.is_float(dt):
+    mx, mn = arith.maximumf, arith.minimumf
+  elif types.is_unsigned(dt):
+    mx, mn = arith.maxui, arith.minui
+  else:
+    mx, mn = arith.maxsi, arith.minsi
+  return elementwise(ctx, lambda a: mn(mx(a[1], a[0]), a[2]), [lo, x, hi])
+
+
+def convert(v: ir.Value, src, dst) -> ir.Value:
+  """Converts one scalar from JAX dtype ``src`` to ``dst`` as XLA does."""
+  src, dst = np.dtype(src), np.dtype(dst)
+  out_t = types.element_type(dst)
+  if src == dst:
+    return v
+  if types.is_bool(dst):
+    zero = _const_like(v, 0)
+    return _cmpf("une", v, zero) if types.is_float(src) else _cmpi("ne", v, zero)
+  if types.is_float(src) and types.is_float(dst):
+    if types.bitwidth(src) < types.bitwidth(dst):
+      return arith.extf(out_t, v)
+    if types.bitwidth(src) > types.bitwidth(dst):
+      return arith.truncf(out_t, v)
+    return arith.truncf(out_t, arith.extf(ir.F32Type.get(), v))  # f16<->bf16
+  if not types.is_float(src) and not types.is_float(dst):
+    sb, db = types.bitwidth(src), types.bitwidth(dst)
+    if sb < db:
+      unsigned = types.is_unsigned(src) or types.is_bool(src)
+      return arith.extui(out_t, v) if unsigned else arith.extsi(out_t, v)
+    if sb > db:
+      return arith.trunci(out_t, v)
+    return v
+  if not types.is_float(src):  # int -> float
+    unsigned = types.is_unsigned(src) or types.is_bool(src)
+    return arith.uitofp(out_t, v) if unsigned else arith.sitofp(out_t, v)
+  # float -> int saturates, NaN -> 0 (XLA's semantics; fptosi alone is UB).
+  bits = types.bitwidth(dst)
+  info = np.iinfo(dst)
+  if types.bitwidth(src) < 32:
+    v = arith.extf(ir.F32Type.get(), v)
+  r = arith.fptoui(out_t, v) if types.is_unsigned(dst) else arith.fptosi(out_t, v)
+  hi = _const_like(v, float(2.0 ** (bits if types.is_unsigned(dst) else bits - 1)))
+  lo = _const_like(v, float(info.min))
+  r = _select(_cmpf("oge", v, hi), _const_like(r, int(info.max)), r)
+  r = _select(_cmpf("olt", v, lo) if not types.is_unsigned(dst)
+              else _cmpf("ole", v, lo), _const_like(r, int(info.min)), r)
+  return _select(_cmpf("uno", v, v), _const_like(r, 0), r)
+
+
+@register(lax.convert_element_type_p)
+def _convert_element_type(ctx, x, *, new_dtype, **_):
+  src = _in_dtype(ctx)
+  return elementwise(ctx, lambda a: convert(a[0], src, new_dtype), [x],
+                     out_dtype=new_dtype)

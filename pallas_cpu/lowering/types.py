@@ -1,0 +1,82 @@
+"""JAX dtypes and avals as MLIR types."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from mlir import ir
+
+
+def is_float(dtype) -> bool:
+  # jnp knows the ml_dtypes floats (bfloat16, float8_*) that numpy does not.
+  return jnp.issubdtype(np.dtype(dtype), jnp.floating)
+
+
+def is_int(dtype) -> bool:
+  return np.issubdtype(np.dtype(dtype), np.integer)
+
+
+def is_unsigned(dtype) -> bool:
+  return np.issubdtype(np.dtype(dtype), np.unsignedinteger)
+
+
+def is_bool(dtype) -> bool:
+  return np.dtype(dtype) == np.bool_
+
+
+def bitwidth(dtype) -> int:
+  return 1 if is_bool(dtype) else np.dtype(dtype).itemsize * 8
+
+
+_FLOATS = {
+    np.dtype(np.float16): ir.F16Type.get,
+    np.dtype(np.float32): ir.F32Type.get,
+    np.dtype(np.float64): ir.F64Type.get,
+    np.dtype(ml_dtypes.bfloat16): ir.BF16Type.get,
+}
+
+
+def element_type(dtype) -> ir.Type:
+  """The MLIR element type of a JAX dtype (integers are signless)."""
+  dtype = np.dtype(dtype)
+  if dtype in _FLOATS:
+    return _FLOATS[dtype]()
+  if is_bool(dtype):
+    return ir.IntegerType.get_signless(1)
+  if is_int(dtype):
+    return ir.IntegerType.get_signless(dtype.itemsize * 8)
+  raise NotImplementedError(f"dtype {dtype} is not supported by pallas_cpu")
+
+
+def index_type() -> ir.Type:
+  return ir.IndexType.get()
+
+
+def row_major_strides(shape) -> list[int]:
+  strides, acc = [], 1
+  for d in reversed(shape):
+    strides.append(acc)
+    acc *= d
+  return list(reversed(strides))
+
+
+def strided_layout(strides, dynamic_offset: bool = True) -> ir.Attribute:
+  dyn = ir.ShapedType.get_dynamic_stride_or_offset()
+  return ir.StridedLayoutAttr.get(dyn if dynamic_offset else 0,
+                                  [dyn if s is None else s for s in strides])
+
+
+def memref_type(shape, dtype, memory_space: ir.Attribute | None,
+                strides=None) -> ir.MemRefType:
+  """A memref of ``shape``; with ``strides`` (None entries are dynamic) it
+  gets a strided layout with a dynamic offset, else the identity layout."""
+  layout = None if strides is None else strided_layout(strides)
+  return ir.MemRefType.get(list(shape), element_type(dtype), layout=layout,
+                           memory_space=memory_space)
+
+
+def memref_strides(t: ir.MemRefType) -> list[int | None]:
+  """Static strides of a memref type (None where dynamic)."""
+  strides, _ = t.get_strides_and_offset()
+  dyn = ir.ShapedType.get_dynamic_stride_or_offset()
+  return [None if s == dyn else s for s in strides]

@@ -1,0 +1,195 @@
+"""Kernel values during lowering: scalars and lazy elementwise arrays.
+
+A rank-0 JAX value lowers to one MLIR scalar SSA value (``Scalar``).  An
+array value is an ``Array``: a tree of elementwise operations over leaves
+(``Load`` from a memref through an index map, ``Splat`` of a scalar,
+``Iota``) that is only *materialized* -- emitted as one fused
+``linalg.generic`` -- when something needs it in memory: a store into a ref,
+a non-elementwise consumer, a value used more than once, or a write to the
+memory one of its loads reads.  This is how chains like
+``o_ref[...] = jnp.exp(x_ref[...] + y_ref[...])`` become a single loop over
+the block, computed in place, with no temporaries.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+from mlir import ir
+from mlir.dialects import arith, linalg
+
+from pallas_cpu.lowering import types
+
+# How a leaf indexes its memref: per memref dimension, either the iteration
+# dimension it follows (an int) or None for the constant index 0 (a size-1
+# dimension that is broadcast).
+IndexMap = tuple
+
+
+@dataclasses.dataclass(eq=False)
+class Scalar:
+  """A rank-0 value: one MLIR SSA value of the dtype's element type."""
+  value: ir.Value
+  dtype: np.dtype
+  shape: tuple = ()
+
+
+class Node:
+  """A node of an elementwise expression tree (shape given by its Array)."""
+
+
+@dataclasses.dataclass(eq=False)
+class Load(Node):
+  """Reads ``memref`` at the iteration point mapped through ``index_map``.
+
+  ``root`` names the mutable storage the memref views (a kernel operand or
+  scratch buffer, a loop carry), or is None for an immutable temporary.
+  """
+  memref: ir.Value
+  index_map: IndexMap
+  root: object | None
+  key: object = None  # identifies the view (see rules/memory.py)
+
+
+@dataclasses.dataclass(eq=False)
+class Splat(Node):
+  """The same scalar at every point."""
+  value: ir.Value
+
+
+@dataclasses.dataclass(eq=False)
+class Iota(Node):
+  """The iteration index along ``dim`` as ``dtype`` (0 where ``dim`` is None:
+  an iota dimension of size 1 that was broadcast)."""
+  dim: int | None
+  dtype: np.dtype
+
+
+@dataclasses.dataclass(eq=False)
+class Op(Node):
+  """``build(operands) -> ir.Value`` applied pointwise to ``args``.
+
+  ``build`` only emits scalar arith/math ops at the current insertion point,
+  so the same rule code builds scalar code and fused loop bodies.
+  """
+  build: Callable[[list[ir.Value]], ir.Value]
+  args: tuple  # of Node
+
+
+@dataclasses.dataclass(eq=False)
+class Array:
+  """An array value of ``shape`` and ``dtype`` defined by ``node``."""
+  node: Node
+  shape: tuple
+  dtype: np.dtype
+
+  @property
+  def is_leaf(self) -> bool:
+    return not isinstance(self.node, Op)
+
+
+Value = Scalar | Array
+
+
+def roots_read(node: Node, acc: set | None = None) -> set:
+  """The mutable roots whose memory evaluating ``node`` reads."""
+  acc = set() if acc is None else acc
+  if isinstance(node, Load):
+    if node.root is not None:
+      acc.add(node.root)
+  elif isinstance(node, Op):
+    for a in node.args:
+      roots_read(a, acc)
+  return acc
+
+
+def identity_map(rank: int) -> IndexMap:
+  return tuple(range(rank))
+
+
+def reindex(node: Node, dim_map: Sequence[int | None], out_shape) -> Node:
+  """Re-expresses ``node`` over a new iteration space (for broadcasts).
+
+  ``dim_map[d]`` is the new iteration dimension that old dimension ``d``
+  follows, or None where the old dimension had size 1 and is broadcast.
+  """
+  if isinstance(node, Load):
+    return Load(node.memref,
+                tuple(None if k is None else dim_map[k] for k in node.index_map),
+                node.root, node.key)
+  if isinstance(node, Splat):
+    return node
+  if isinstance(node, Iota):
+    return Iota(None if node.dim is None else dim_map[node.dim], node.dtype)
+  if isinstance(node, Op):
+    return Op(node.build, tuple(reindex(a, dim_map, out_shape) for a in node.args))
+  raise TypeError(node)
+
+
+def _affine_map(index_map: IndexMap, rank: int) -> ir.AffineMap:
+  exprs = [ir.AffineConstantExpr.get(0) if k is None else ir.AffineDimExpr.get(k)
+           for k in index_map]
+  return ir.AffineMap.get(rank, 0, exprs)
+
+
+def emit_elementwise(array: Array, dest: ir.Value) -> None:
+  """Emits one ``linalg.generic`` computing ``array`` into ``dest``."""
+  rank = len(array.shape)
+  loads: dict[tuple, int] = {}
+  inputs, maps = [], []
+
+  def collect(node):
+    if isinstance(node, Load):
+      key = (node.memref, node.index_map)
+      if key not in loads:
+        loads[key] = len(inputs)
+        inputs.append(node.memref)
+        maps.append(_affine_map(node.index_map, rank))
+    elif isinstance(node, Op):
+      for a in node.args:
+        collect(a)
+
+  collect(array.node)
+  maps.append(_affine_map(identity_map(rank), rank))
+  parallel = ir.Attribute.parse("#linalg.iterator_type<parallel>")
+  op = linalg.GenericOp(
+      result_tensors=[], inputs=inputs, outputs=[dest],
+      indexing_maps=ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in maps]),
+      iterator_types=ir.ArrayAttr.get([parallel] * rank))
+  elem_types = [ir.MemRefType(v.type).element_type for v in inputs]
+  elem_types.append(ir.MemRefType(dest.type).element_type)
+  block = op.regions[0].blocks.append(*elem_types)
+  with ir.InsertionPoint(block):
+    memo: dict[int, ir.Value] = {}
+
+    def emit(node):
+      if id(node) in memo:
+        return memo[id(node)]
+      if isinstance(node, Load):
+        v = block.arguments[loads[(node.memref, node.index_map)]]
+      elif isinstance(node, Splat):
+        v = node.value
+      elif isinstance(node, Iota):
+        if node.dim is None:
+          v = arith.constant(ir.IndexType.get(), 0)
+        else:
+          v = linalg.IndexOp(ir.IntegerAttr.get(
+              ir.IntegerType.get_signless(64), node.dim)).result
+        v = index_to_element(v, types.element_type(node.dtype))
+      elif isinstance(node, Op):
+        v = node.build([emit(a) for a in node.args])
+      else:
+        raise TypeError(node)
+      memo[id(node)] = v
+      return v
+
+    linalg.YieldOp([emit(array.node)])
+
+
+def index_to_element(v: ir.Value, elem: ir.Type) -> ir.Value:
+  """Casts an ``index`` value to an integer or float element type."""
+  if isinstance(elem, ir.IntegerType):
+    return arith.index_cast(elem, v)
+  i64 = arith.index_cast(ir.IntegerType.get_signless(64), v)
+  return arith.sitofp(elem, i64)

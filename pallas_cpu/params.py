@@ -1,0 +1,44 @@
+"""Options of the compiled CPU backend."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class CompilerParams:
+  """CPU-specific options for ``pallas_cpu.pallas_call``.
+
+  Example::
+
+    pallas_cpu.pallas_call(kernel, out_shape=..., backend="cpu",
+                           compiler_params=pallas_cpu.CompilerParams(
+                               uninitialized_memory="zero"))
+
+  Attributes:
+    uninitialized_memory: what reads of memory the kernel never wrote see,
+      as in TPU interpret mode: "nan" fills edge-block padding with NaN
+      (integers: their maximum value), "zero" with zeros.
+    opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL (3).
+  """
+  uninitialized_memory: Literal["nan", "zero"] = "nan"
+  opt_level: int | None = None
+
+  def __post_init__(self):
+    if self.uninitialized_memory not in ("nan", "zero"):
+      raise ValueError(
+          "uninitialized_memory must be 'nan' or 'zero', got "
+          f"{self.uninitialized_memory!r}")
+    if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
+      raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuBackend:
+  """Marker carried in ``pallas_call_p``'s ``interpret`` parameter.
+
+  The CPU-platform lowering rule of pallas_cpu recognises it and compiles the
+  kernel natively.  It is hashable and compares by value, so jit caching and
+  ``force_cpu_backend`` (which sets JAX's interpret-mode context to it) work.
+  """
+  params: CompilerParams = CompilerParams()

@@ -1,0 +1,96 @@
+"""The one place that touches JAX internals: a CPU-platform lowering rule for
+``pallas_call_p`` and the FFI target.
+
+The rule compiles a kernel when its ``interpret`` parameter is the
+``CpuBackend`` marker (``pallas_cpu.pallas_call(backend="cpu")`` or
+``force_cpu_backend()``) or when PALLAS_CPU_FORCE=1; every other pallas_call
+goes to JAX's own rule, unchanged.
+"""
+from __future__ import annotations
+
+import functools
+
+from jax._src.interpreters import mlir
+from jax._src.pallas import pallas_call as pallas_call_mod
+from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
+
+from pallas_cpu import compiler, knobs, runtime_lib
+from pallas_cpu.lowering import kernel as kernel_lowering
+from pallas_cpu.params import CompilerParams, CpuBackend
+
+
+def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
+                ) -> kernel_lowering.KernelSpec:
+  jaxpr = params["jaxpr"]
+  if params.get("mesh") is not None:
+    raise NotImplementedError(
+        "pallas_cpu: pallas_call over a mesh (core_map) is not supported yet")
+  name = params.get("name") or jaxpr.debug_info.func_name or "kernel"
+  cpu = backend.params
+  opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
+  return kernel_lowering.KernelSpec(
+      name=mlir.sanitize_name(name), jaxpr=jaxpr,
+      grid_mapping=params["grid_mapping"], in_avals=tuple(in_avals),
+      out_avals=tuple(out_avals),
+      input_output_aliases=tuple(params["input_output_aliases"]),
+      params=cpu, opt_level=opt)
+
+
+def kernel_ir(spec: kernel_lowering.KernelSpec) -> str:
+  """The 'kernel' stage text: what the HLO carries (no debug locations, so
+  the fingerprint does not depend on file paths)."""
+  with pallas_ir.Context() as ctx, pallas_ir.Location.unknown():
+    ctx.allow_unregistered_dialects = False
+    module = kernel_lowering.lower_kernel(spec)
+    module.operation.verify()
+    return module.operation.get_asm(enable_debug_info=False)
+
+
+def _backend_for(interpret) -> CpuBackend | None:
+  if isinstance(interpret, CpuBackend):
+    return interpret
+  if knobs.read().force:
+    return CpuBackend()
+  return None
+
+
+def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
+                   **params):
+  backend = _backend_for(interpret)
+  if backend is None:
+    return _default_rule()(ctx, *in_nodes, interpret=interpret, **params)
+  spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend)
+  text = kernel_ir(spec)
+  compiled = compiler.compile_kernel(text)
+  runtime_lib.ensure_registered()
+  runtime_lib.register_kernel(compiled.fingerprint, compiled.entry_address)
+  call = mlir_ffi_lowering(tuple(spec.input_output_aliases))
+  return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
+              kernel_name=spec.name)
+
+
+@functools.cache
+def mlir_ffi_lowering(aliases: tuple):
+  import jax
+  return jax.ffi.ffi_lowering(runtime_lib.FFI_TARGET,
+                              operand_output_aliases=dict(aliases))
+
+
+_default = None
+
+
+def _default_rule():
+  return _default
+
+
+@functools.cache
+def install() -> None:
+  """Registers the rule and the FFI target once per process."""
+  global _default
+  _default = mlir._lowerings[pallas_call_mod.pallas_call_p].rule
+  mlir.register_lowering(pallas_call_mod.pallas_call_p, _lowering_rule,
+                         platform="cpu")
+  runtime_lib.ensure_registered()
+
+
+__all__ = ["install", "kernel_spec", "kernel_ir", "CompilerParams"]

@@ -1,0 +1,82 @@
+#include "kernel_registry.h"
+
+#include <atomic>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace pallas_cpu {
+namespace {
+
+struct Registry {
+  std::shared_mutex mu;
+  std::unordered_map<std::string, PallasCpuEntryFn> entries;
+  std::atomic<PallasCpuCompileFn> compiler{nullptr};
+  std::mutex compile_mu;  // one compilation at a time
+};
+
+Registry& GetRegistry() {
+  static Registry* registry = new Registry();  // never destroyed: no
+                                               // teardown-order hazards
+  return *registry;
+}
+
+PallasCpuEntryFn Find(Registry& r, const std::string& key) {
+  std::shared_lock<std::shared_mutex> lock(r.mu);
+  auto it = r.entries.find(key);
+  return it == r.entries.end() ? nullptr : it->second;
+}
+
+}  // namespace
+
+PallasCpuEntryFn LookupOrCompile(std::string_view kernel_id,
+                                 std::string_view kernel_ir,
+                                 std::string* error) {
+  Registry& r = GetRegistry();
+  std::string key(kernel_id);
+  if (PallasCpuEntryFn fn = Find(r, key)) return fn;
+
+  std::lock_guard<std::mutex> compile_lock(r.compile_mu);
+  if (PallasCpuEntryFn fn = Find(r, key)) return fn;
+  PallasCpuCompileFn compiler = r.compiler.load();
+  if (compiler == nullptr) {
+    *error = "pallas_cpu: kernel " + key +
+             " is not compiled in this process and no compiler is installed "
+             "(import pallas_cpu before running this executable)";
+    return nullptr;
+  }
+  std::vector<char> err(4096, '\0');
+  uint64_t addr = compiler(kernel_ir.data(), kernel_ir.size(), err.data(),
+                           err.size());
+  if (addr == 0) {
+    *error = std::string("pallas_cpu: compiling kernel ") + key +
+             " failed: " + err.data();
+    return nullptr;
+  }
+  auto fn = reinterpret_cast<PallasCpuEntryFn>(addr);
+  {
+    std::unique_lock<std::shared_mutex> lock(r.mu);
+    r.entries[key] = fn;
+  }
+  return fn;
+}
+
+}  // namespace pallas_cpu
+
+extern "C" void pallas_cpu_rt_set_compiler(PallasCpuCompileFn fn) {
+  pallas_cpu::GetRegistry().compiler.store(fn);
+}
+
+extern "C" void pallas_cpu_rt_register_kernel(const char* kernel_id,
+                                              uint64_t entry) {
+  auto& r = pallas_cpu::GetRegistry();
+  std::unique_lock<std::shared_mutex> lock(r.mu);
+  r.entries[kernel_id] = reinterpret_cast<PallasCpuEntryFn>(entry);
+}
+
+extern "C" int64_t pallas_cpu_rt_num_registered_kernels(void) {
+  auto& r = pallas_cpu::GetRegistry();
+  std::shared_lock<std::shared_mutex> lock(r.mu);
+  return static_cast<int64_t>(r.entries.size());
+}

@@ -1,0 +1,22 @@
+// Process-wide map from kernel id (a fingerprint carried in the HLO) to the
+// native entry point compiled for it in this process.
+#ifndef PALLAS_CPU_KERNEL_REGISTRY_H_
+#define PALLAS_CPU_KERNEL_REGISTRY_H_
+
+#include <string>
+#include <string_view>
+
+#include "abi.h"
+
+namespace pallas_cpu {
+
+// Returns the entry for `kernel_id`, compiling `kernel_ir` through the
+// Python-installed compiler on a miss.  On failure returns nullptr and sets
+// `error`.
+PallasCpuEntryFn LookupOrCompile(std::string_view kernel_id,
+                                 std::string_view kernel_ir,
+                                 std::string* error);
+
+}  // namespace pallas_cpu
+
+#endif  // PALLAS_CPU_KERNEL_REGISTRY_H_
