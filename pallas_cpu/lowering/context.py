@@ -58,7 +58,7 @@ class KernelContext:
     """
     if isinstance(v, values.Scalar):
       buf = self.alloc((), v.dtype)
-      memref.store(v.value, buf, [])
+      values.store_scalar(v.value, buf, v.dtype)
       return buf
     node = v.node
     if (reuse and isinstance(node, values.Load) and node.root is None
@@ -73,12 +73,12 @@ class KernelContext:
     """Writes ``v`` (broadcast if scalar) into the memref ``dest``."""
     if isinstance(v, values.Scalar):
       if not ir.MemRefType(dest.type).shape:
-        memref.store(v.value, dest, [])
+        values.store_scalar(v.value, dest, v.dtype)
       else:
-        linalg.fill(v.value, outs=[dest])
+        linalg.fill(values.to_memory(v.value, v.dtype), outs=[dest])
       return
     if not v.shape:
-      memref.store(scalar_of(self, v).value, dest, [])
+      values.store_scalar(scalar_of(self, v).value, dest, v.dtype)
       return
     values.emit_elementwise(v, dest)
 
@@ -87,8 +87,7 @@ class KernelContext:
     if isinstance(v, values.Scalar):
       return v
     buf = self.materialize(v)
-    return values.Array(values.Load(buf, values.identity_map(len(v.shape)), None),
-                        v.shape, v.dtype)
+    return values.load_array(buf, v.dtype)
 
   def constant(self, value, dtype) -> values.Scalar:
     dtype = np.dtype(dtype)
@@ -111,7 +110,7 @@ def scalar_of(kctx: KernelContext, v: values.Value) -> values.Scalar:
   if isinstance(v, values.Scalar):
     return v
   buf = kctx.materialize(v, reuse=True)
-  return values.Scalar(memref.load(buf, []), v.dtype)
+  return values.load_scalar(buf, v.dtype)
 
 
 @dataclasses.dataclass

@@ -48,6 +48,14 @@ def element_type(dtype) -> ir.Type:
   raise NotImplementedError(f"dtype {dtype} is not supported by pallas_cpu")
 
 
+def memory_element_type(dtype) -> ir.Type:
+  """The element type in memory: bools are bytes (as XLA stores them; LLVM
+  cannot address i1)."""
+  if is_bool(dtype):
+    return ir.IntegerType.get_signless(8)
+  return element_type(dtype)
+
+
 def index_type() -> ir.Type:
   return ir.IndexType.get()
 
@@ -71,7 +79,7 @@ def memref_type(shape, dtype, memory_space: ir.Attribute | None,
   """A memref of ``shape``; with ``strides`` (None entries are dynamic) it
   gets a strided layout with a dynamic offset, else the identity layout."""
   layout = None if strides is None else strided_layout(strides)
-  return ir.MemRefType.get(list(shape), element_type(dtype), layout=layout,
+  return ir.MemRefType.get(list(shape), memory_element_type(dtype), layout=layout,
                            memory_space=memory_space)
 
 

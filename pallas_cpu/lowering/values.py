@@ -50,6 +50,7 @@ class Load(Node):
   index_map: IndexMap
   root: object | None
   key: object = None  # identifies the view (see rules/memory.py)
+  is_bool: bool = False  # bools are bytes in memory, i1 in registers
 
 
 @dataclasses.dataclass(eq=False)
@@ -117,7 +118,7 @@ def reindex(node: Node, dim_map: Sequence[int | None], out_shape) -> Node:
   if isinstance(node, Load):
     return Load(node.memref,
                 tuple(None if k is None else dim_map[k] for k in node.index_map),
-                node.root, node.key)
+                node.root, node.key, node.is_bool)
   if isinstance(node, Splat):
     return node
   if isinstance(node, Iota):
@@ -168,6 +169,8 @@ def emit_elementwise(array: Array, dest: ir.Value) -> None:
         return memo[id(node)]
       if isinstance(node, Load):
         v = block.arguments[loads[(node.memref, node.index_map)]]
+        if node.is_bool:
+          v = from_memory(v, np.dtype(np.bool_))
       elif isinstance(node, Splat):
         v = node.value
       elif isinstance(node, Iota):
@@ -184,7 +187,7 @@ def emit_elementwise(array: Array, dest: ir.Value) -> None:
       memo[id(node)] = v
       return v
 
-    linalg.YieldOp([emit(array.node)])
+    linalg.YieldOp([to_memory(emit(array.node), array.dtype)])
 
 
 def index_to_element(v: ir.Value, elem: ir.Type) -> ir.Value:
@@ -193,3 +196,33 @@ def index_to_element(v: ir.Value, elem: ir.Type) -> ir.Value:
     return arith.index_cast(elem, v)
   i64 = arith.index_cast(ir.IntegerType.get_signless(64), v)
   return arith.sitofp(elem, i64)
+
+
+def load_array(memref: ir.Value, dtype, *, root=None, key=None) -> Array:
+  """The whole of ``memref`` as a lazy array (identity index map)."""
+  shape = tuple(ir.MemRefType(memref.type).shape)
+  return Array(Load(memref, identity_map(len(shape)), root, key,
+                    types.is_bool(dtype)), shape, np.dtype(dtype))
+
+
+def to_memory(v: ir.Value, dtype) -> ir.Value:
+  """A register value as stored in memory (bool: i1 -> i8)."""
+  if types.is_bool(dtype):
+    return arith.extui(types.memory_element_type(dtype), v)
+  return v
+
+
+def from_memory(v: ir.Value, dtype) -> ir.Value:
+  if types.is_bool(dtype):
+    return arith.trunci(types.element_type(dtype), v)
+  return v
+
+
+def load_scalar(memref: ir.Value, dtype) -> Scalar:
+  from mlir.dialects import memref as memref_d
+  return Scalar(from_memory(memref_d.load(memref, []), dtype), np.dtype(dtype))
+
+
+def store_scalar(v: ir.Value, memref: ir.Value, dtype) -> None:
+  from mlir.dialects import memref as memref_d
+  memref_d.store(to_memory(v, dtype), memref, [])

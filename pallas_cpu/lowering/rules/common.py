@@ -24,7 +24,13 @@ def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
   for a in args:
     if isinstance(a, values.Scalar):
       nodes.append(values.Splat(a.value))
-    else:
-      assert tuple(a.shape) == shape, (a.shape, shape)
+    elif tuple(a.shape) == shape:
       nodes.append(a.node)
+    elif len(a.shape) == len(shape):  # lax broadcasts size-1 dimensions
+      dim_map = [None if n == 1 and m != 1 else d
+                 for d, (n, m) in enumerate(zip(a.shape, shape))]
+      nodes.append(values.reindex(a.node, dim_map, shape))
+    else:
+      raise ValueError(f"operand of shape {a.shape} does not broadcast to "
+                       f"{shape}")
   return values.Array(values.Op(build, tuple(nodes)), shape, dtype)

@@ -83,8 +83,7 @@ class _Carry:
     return types.element_type(self.dtype)
 
   def read(self) -> values.Array:
-    return values.Array(values.Load(self.buf, values.identity_map(
-        len(self.aval.shape)), self.root), tuple(self.aval.shape), self.dtype)
+    return values.load_array(self.buf, self.dtype, root=self.root)
 
 
 def _store_carries(kctx, carries, vals) -> list[ir.Value]:
@@ -176,9 +175,7 @@ def _scan(ctx, *args, jaxpr, length, reverse, num_consts, num_carry, **_):
                           [1, *a.shape[1:]], drop=[0])
       kctx.store(y, dst)
     scf.YieldOp(_store_carries(kctx, carries, new_carry))
-  ys_out = [values.Array(values.Load(b, values.identity_map(len(a.shape)), None),
-                         tuple(a.shape), np.dtype(a.dtype)) if a.shape else None
-            for b, a in zip(ys_bufs, ys_avals)]
+  ys_out = [values.load_array(b, a.dtype) for b, a in zip(ys_bufs, ys_avals)]
   return [*_bind(carries, loop.results, init), *ys_out]
 
 
@@ -188,10 +185,8 @@ def _slice_leading(buf, i, dtype):
   view = views.subview(buf, [i] + [0] * (len(shape) - 1), [1, *shape[1:]],
                        drop=[0])
   if len(shape) == 1:
-    from mlir.dialects import memref
-    return values.Scalar(memref.load(view, []), dtype)
-  return values.Array(values.Load(view, values.identity_map(len(shape) - 1),
-                                  None), tuple(shape[1:]), dtype)
+    return values.load_scalar(view, dtype)
+  return values.load_array(view, dtype)
 
 
 # -- while ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _cmpi(pred, a, b):
 
 
 def _cmpf(pred, a, b):
-  return arith.cmpf(getattr(arith.CmpFPredicate, pred), a, b)
+  return arith.cmpf(getattr(arith.CmpFPredicate, pred.upper()), a, b)
 
 
 # -- arithmetic ---------------------------------------------------------------
@@ -57,6 +57,10 @@ def _binary(float_op, int_op, uint_op=None):
   return rule
 
 
+# Float ops carry no fast-math flags, not even `contract`: every op rounds
+# once, as IEEE says.  XLA's CPU backend does contract a*b+c into an FMA in
+# some fusions and not in others (interpret mode and plain jnp disagree in
+# the last bit), so strict rounding is the one reproducible choice.
 register(lax.add_p)(_binary(arith.addf, arith.addi))
 register(lax.sub_p)(_binary(arith.subf, arith.subi))
 register(lax.mul_p)(_binary(arith.mulf, arith.muli))

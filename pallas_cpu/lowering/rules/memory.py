@@ -6,7 +6,6 @@ from jax._src import tree_util
 from jax._src.state import indexing
 from jax._src.state import primitives as state_primitives
 from mlir import ir
-from mlir.dialects import memref
 
 from pallas_cpu.lowering import values, views
 from pallas_cpu.lowering.context import Ref, scalar_of
@@ -63,11 +62,9 @@ def apply_transforms(ctx, ref: Ref, tree, flat_args) -> tuple[Ref, tuple]:
 
 
 def _load(view: Ref, key) -> values.Value:
-  shape = view.shape
-  if not shape:
-    return values.Scalar(memref.load(view.memref, []), view.dtype)
-  return values.Array(values.Load(view.memref, values.identity_map(len(shape)),
-                                  view.root, key), tuple(shape), view.dtype)
+  if not view.shape:
+    return values.load_scalar(view.memref, view.dtype)
+  return values.load_array(view.memref, view.dtype, root=view.root, key=key)
 
 
 @register(state_primitives.get_p)

@@ -64,8 +64,7 @@ def reshape(ctx, x: values.Value, shape) -> values.Value:
                             memory_space=t.memory_space)
   new = memref.ReinterpretCastOp(out_t, buf, [], [], [], [0], list(shape),
                                  types.row_major_strides(shape)).result
-  return values.Array(values.Load(new, values.identity_map(len(shape)), None),
-                      shape, x.dtype)
+  return values.load_array(new, x.dtype)
 
 
 @register(lax.reshape_p)
@@ -102,6 +101,5 @@ def _slice(ctx, x, *, start_indices, limit_indices, strides):
            zip(start_indices, limit_indices, strides)]
   buf = views.with_layout(ctx.kernel.materialize(x))
   view = views.subview(buf, list(start_indices), sizes, list(strides))
-  out = values.Array(values.Load(view, values.identity_map(len(sizes)), None),
-                     tuple(sizes), x.dtype)
+  out = values.load_array(view, x.dtype)
   return out if sizes else scalar_of(ctx.kernel, out)

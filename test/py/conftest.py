@@ -1,0 +1,48 @@
+"""Shared helpers: run a kernel on the compiled backend and on JAX's
+interpreter and compare."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import pallas_cpu  # noqa: E402
+
+
+def call(kernel, out_shape, *args, backend="cpu", **kwargs):
+  fn = pallas_cpu.pallas_call(kernel, out_shape=out_shape, backend=backend,
+                              **kwargs)
+  return jax.jit(fn)(*args)
+
+
+def assert_same(actual, expected, *, exact=True, rtol=1e-6, atol=1e-6):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    a, e = np.asarray(a), np.asarray(e)
+    assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype,
+                                                       e.shape, e.dtype)
+    if exact:
+      np.testing.assert_array_equal(a.view(np.uint8) if a.dtype.itemsize == 1
+                                    and a.dtype != np.bool_ else a, e.view(
+                                        np.uint8) if e.dtype.itemsize == 1
+                                    and e.dtype != np.bool_ else e)
+    else:
+      np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64),
+                                 rtol=rtol, atol=atol)
+
+
+def check_against_interpret(kernel, out_shape, *args, exact=True, rtol=1e-6,
+                            atol=1e-6, **kwargs):
+  """Runs on both backends, asserts equality, returns the compiled result."""
+  got = call(kernel, out_shape, *args, backend="cpu", **kwargs)
+  want = call(kernel, out_shape, *args, backend="interpret", **kwargs)
+  assert_same(got, want, exact=exact, rtol=rtol, atol=atol)
+  return got
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)
