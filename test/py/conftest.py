@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -20,15 +21,17 @@ def call(kernel, out_shape, *args, backend="cpu", **kwargs):
 
 
 def assert_same(actual, expected, *, exact=True, rtol=1e-6, atol=1e-6):
+  """Bitwise equality (NaNs match NaNs whatever their payload), or closeness
+  when ``exact`` is False."""
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
     a, e = np.asarray(a), np.asarray(e)
     assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype,
                                                        e.shape, e.dtype)
+    if jnp.issubdtype(a.dtype, jnp.floating):
+      # Widening to f64 is exact, and numpy compares NaNs as equal there.
+      a, e = a.astype(np.float64), e.astype(np.float64)
     if exact:
-      np.testing.assert_array_equal(a.view(np.uint8) if a.dtype.itemsize == 1
-                                    and a.dtype != np.bool_ else a, e.view(
-                                        np.uint8) if e.dtype.itemsize == 1
-                                    and e.dtype != np.bool_ else e)
+      np.testing.assert_array_equal(a, e)
     else:
       np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64),
                                  rtol=rtol, atol=atol)

@@ -122,7 +122,11 @@ def _neg(ctx, x, **_):
 def _abs(ctx, x, **_):
   if types.is_float(_in_dtype(ctx)):
     return elementwise(ctx, lambda a: math.absf(a[0]), [x])
-  return elementwise(ctx, lambda a: math.absi(a[0]), [x])
+  def build(a):  # math.absi has no LLVM lowering here; INT_MIN stays INT_MIN
+    v = a[0]
+    zero = _const_like(v, 0)
+    return _select(_cmpi("slt", v, zero), arith.subi(zero, v), v)
+  return elementwise(ctx, build, [x])
 
 
 @register(lax.sign_p)
@@ -189,6 +193,10 @@ def _float_unary(fn):
   return rule
 
 
+def _rsqrt(v):
+  return arith.divf(_const_like(v, 1), math.sqrt(v))
+
+
 def _logistic(v):
   one = _const_like(v, 1)
   return arith.divf(one, arith.addf(one, math.exp(arith.negf(v))))
@@ -198,7 +206,7 @@ for _p, _fn in [
     (lax.exp_p, math.exp), (lax.exp2_p, math.exp2), (lax.log_p, math.log),
     (lax.log1p_p, math.log1p), (lax.expm1_p, math.expm1),
     (lax.tanh_p, math.tanh), (lax.logistic_p, _logistic),
-    (lax.sqrt_p, math.sqrt), (lax.rsqrt_p, math.rsqrt),
+    (lax.sqrt_p, math.sqrt), (lax.rsqrt_p, _rsqrt),
     (lax.sin_p, math.sin), (lax.cos_p, math.cos), (lax.tan_p, math.tan),
     (lax.floor_p, math.floor), (lax.ceil_p, math.ceil),
     (special.erf_p, math.erf),
