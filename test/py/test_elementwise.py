@@ -93,11 +93,11 @@ def test_rounding(op, dtype):
   _run(fn, dtype, _data(3, dtype))
 
 
-@pytest.mark.parametrize("dtype", FLOATS + INTS)
-@pytest.mark.parametrize("y", [0, 1, 2, 3, 5, -2])
+# Negative powers only for floats: lax rejects them for integers.
+@pytest.mark.parametrize("dtype,y", [(d, y) for d in FLOATS + INTS
+                                     for y in (0, 1, 2, 3, 5, -2)
+                                     if y >= 0 or d in FLOATS])
 def test_integer_pow(dtype, y):
-  if y < 0 and jnp.issubdtype(dtype, jnp.integer):
-    pytest.skip("negative integer powers are not defined for integers in lax")
   x = _data(4, dtype, small=True) if jnp.issubdtype(dtype, jnp.integer) else (
       _data(4, dtype, positive=y < 0))
   exact = y in (0, 1, 2) or jnp.issubdtype(dtype, jnp.integer)
@@ -166,11 +166,9 @@ CONVERT_DTYPES = [jnp.float32, jnp.bfloat16, jnp.int32, jnp.uint32, jnp.int8,
                   jnp.bool_]
 
 
-@pytest.mark.parametrize("src", CONVERT_DTYPES)
-@pytest.mark.parametrize("dst", CONVERT_DTYPES)
+@pytest.mark.parametrize("src,dst", [(s, d) for s in CONVERT_DTYPES
+                                     for d in CONVERT_DTYPES if s != d])
 def test_convert_element_type(src, dst):
-  if src == dst:
-    pytest.skip("identity conversion")
   if jnp.issubdtype(src, jnp.floating):
     x = _data(12, jnp.float32) * 1e3
     x = x.at[0, :4].set(jnp.asarray([jnp.nan, jnp.inf, -jnp.inf, 3e9]))

@@ -1,0 +1,115 @@
+"""force_cpu_backend, PALLAS_CPU_FORCE, backends, staged IR, caching."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import pallas as pl
+
+import pallas_cpu
+from pallas_cpu import compiler
+from conftest import assert_same
+
+X = jnp.asarray(np.random.default_rng(0).standard_normal((16, 128)),
+                jnp.float32)
+SPEC = pl.BlockSpec((8, 128), lambda i: (i, 0))
+
+
+def _kernel(x_ref, o_ref):
+  o_ref[...] = jnp.exp(x_ref[...]) * 2
+
+
+def _tpu_style(x, interpret=False):
+  """An unmodified pl.pallas_call, as TPU code writes it."""
+  return pl.pallas_call(_kernel, out_shape=jax.ShapeDtypeStruct(x.shape,
+                                                                x.dtype),
+                        grid=(2,), in_specs=[SPEC], out_specs=SPEC,
+                        interpret=interpret)(x)
+
+
+def _hlo(fn, *args):
+  return jax.jit(fn).lower(*args).as_text()
+
+
+def test_force_cpu_backend_routes_unmodified_calls():
+  with pallas_cpu.force_cpu_backend():
+    hlo = _hlo(_tpu_style, X)
+    out = jax.jit(_tpu_style)(X)
+  assert "pallas_cpu_call" in hlo
+  assert_same(out, jnp.exp(X) * 2, exact=False, rtol=4e-6)
+  # Outside the context the same function runs JAX's interpreter again.
+  assert "pallas_cpu_call" not in _hlo(lambda x: _tpu_style(x, True), X)
+
+
+def test_force_cpu_backend_overrides_interpret_argument():
+  with pallas_cpu.force_cpu_backend():
+    assert "pallas_cpu_call" in _hlo(lambda x: _tpu_style(x, True), X)
+
+
+def test_env_knob_forces_backend():
+  code = textwrap.dedent("""
+    import jax, jax.numpy as jnp
+    from jax.experimental import pallas as pl
+    import pallas_cpu
+    def k(x_ref, o_ref):
+      o_ref[...] = x_ref[...] + 1
+    f = pl.pallas_call(k, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+                       interpret=True)
+    x = jnp.ones((8, 128), jnp.float32)
+    print("pallas_cpu_call" in jax.jit(f).lower(x).as_text(), float(f(x).sum()))
+  """)
+  env = dict(os.environ, PALLAS_CPU_FORCE="1", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                       capture_output=True, text=True).stdout.split()
+  assert out == ["True", "2048.0"]
+
+
+@pytest.mark.parametrize("backend", ["interpret", "tpu-interpret"])
+def test_reference_backends(backend):
+  f = pallas_cpu.pallas_call(_kernel, out_shape=X, grid=(2,), in_specs=[SPEC],
+                             out_specs=SPEC, backend=backend)
+  assert "pallas_cpu_call" not in _hlo(f, X)
+  assert_same(f(X), jnp.exp(X) * 2, exact=False, rtol=4e-6)
+
+
+def _call(x):
+  return pallas_cpu.pallas_call(_kernel, out_shape=x, grid=(2,),
+                                in_specs=[SPEC], out_specs=SPEC)(x)
+
+
+def test_every_stage_prints_and_no_raw_pointer_in_hlo():
+  lowered = pallas_cpu.lower(_call, X)
+  for stage in compiler.STAGE_NAMES[:-1]:
+    assert "pallas_cpu_entry" in lowered.as_text(stage), stage
+  assert '"vmem"' in lowered.as_text("kernel")
+  assert '"vmem"' not in lowered.as_text("flat")
+  assert "linalg." not in lowered.as_text("loops")
+  assert "llvm.func" in lowered.as_text("llvm")
+  hlo = _hlo(_call, X)
+  assert "kernel_id" in hlo and "kernel_ir" in hlo
+  assert "0x7f" not in hlo.lower()  # no host addresses anywhere
+
+
+def test_dump_dir_knob_writes_every_stage(tmp_path, monkeypatch):
+  monkeypatch.setenv("PALLAS_CPU_DUMP_DIR", str(tmp_path))
+
+  def kernel(x_ref, o_ref):  # a kernel no other test compiles
+    o_ref[...] = x_ref[...] * 17.0
+
+  pallas_cpu.pallas_call(kernel, out_shape=X)(X)
+  (kdir,) = [d for d in tmp_path.iterdir() if d.name.startswith("kernel-")]
+  names = sorted(p.name for p in kdir.iterdir())
+  assert names == ["0-kernel.mlir", "1-canonical.mlir", "2-loops.mlir",
+                   "3-flat.mlir", "4-llvm.mlir"]
+
+
+def test_retracing_and_rejitting_do_not_recompile():
+  _ = jax.jit(_call)(X)
+  before = compiler.cache_size()
+  for _ in range(3):
+    jax.jit(lambda x: _call(x))(X).block_until_ready()  # new jit each time
+  assert compiler.cache_size() == before
