@@ -139,7 +139,8 @@ def _pipeline_error(name, stage, before, e) -> CompilationError:
     f.write(before)
   return CompilationError(
       f"pallas_cpu: stage '{stage.name}' failed for kernel '{name}':\n{e}\n"
-      f"Reproduce with:\n  mlir-opt {path} --pass-pipeline='{_pipeline(stage)}'")
+      f"Reproduce with:\n  python -m pallas_cpu opt {path} "
+      f"--pass-pipeline='{_pipeline(stage)}'")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,151 @@
+# RUN: %PYTHON %s | FileCheck %s
+"""Block index maps are checked at run time: a window that does not start
+inside its array calls @pallas_cpu_rt_block_out_of_bounds and the grid
+point is skipped."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+import pallas_cpu
+from lit_helpers import lower_text, run_test
+
+
+def copy_kernel(x_ref, o_ref):
+  o_ref[...] = x_ref[...]
+
+
+def copy(x):
+  return pallas_cpu.pallas_call(
+      copy_kernel, out_shape=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+      grid=(2,), in_specs=[pl.BlockSpec((8, 128), lambda i: (i, 0))],
+      out_specs=pl.BlockSpec((8, 128), lambda i: (i, 0)), backend="cpu")(x)
+
+
+# As lowered: every dimension of every block operand is checked,
+# start < 0 || start >= array size, and the call reports
+# (runtime context, block operand, dimension, start, block size, array size).
+# CHECK-LABEL: TEST: test_every_dimension_is_checked
+# CHECK: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
+# CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %{{.*}}: memref<16x128xf32, "hbm">, %{{.*}}: memref<16x128xf32, "hbm">)
+# CHECK: scf.for
+#
+# Operand 0 (x), dimension 0: a window of 8 rows out of 16.
+# CHECK: %[[ROW:.*]] = arith.muli %{{.*}}, %{{.*}} : index
+# CHECK: %[[COL:.*]] = arith.muli %{{.*}}, %{{.*}} : index
+# CHECK-NEXT: %[[C16:.*]] = arith.constant 16 : index
+# CHECK-NEXT: %[[C0:.*]] = arith.constant 0 : index
+# CHECK-NEXT: %[[LT:.*]] = arith.cmpi slt, %[[ROW]], %[[C0]] : index
+# CHECK-NEXT: %[[GE:.*]] = arith.cmpi sge, %[[ROW]], %[[C16]] : index
+# CHECK-NEXT: %[[BAD0:.*]] = arith.ori %[[LT]], %[[GE]] : i1
+# CHECK-NEXT: scf.if %[[BAD0]] {
+# CHECK-NEXT: %[[OPERAND:.*]] = arith.constant 0 : i64
+# CHECK-NEXT: %[[DIM:.*]] = arith.constant 0 : i64
+# CHECK-NEXT: %[[START:.*]] = arith.index_cast %[[ROW]] : index to i64
+# CHECK-NEXT: %[[SIZE:.*]] = arith.constant 8 : i64
+# CHECK-NEXT: %[[LIMIT:.*]] = arith.constant 16 : i64
+# CHECK-NEXT: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[OPERAND]], %[[DIM]], %[[START]], %[[SIZE]], %[[LIMIT]]) : (!llvm.ptr, i64, i64, i64, i64, i64) -> ()
+# CHECK-NEXT: }
+# CHECK-NEXT: %[[TRUE:.*]] = arith.constant true
+# CHECK-NEXT: %[[OK0:.*]] = arith.xori %[[BAD0]], %[[TRUE]] : i1
+#
+# Operand 0, dimension 1: a window of all 128 columns.
+# CHECK-NEXT: %[[C128:.*]] = arith.constant 128 : index
+# CHECK-NEXT: %[[C0B:.*]] = arith.constant 0 : index
+# CHECK-NEXT: %[[LT1:.*]] = arith.cmpi slt, %[[COL]], %[[C0B]] : index
+# CHECK-NEXT: %[[GE1:.*]] = arith.cmpi sge, %[[COL]], %[[C128]] : index
+# CHECK-NEXT: %[[BAD1:.*]] = arith.ori %[[LT1]], %[[GE1]] : i1
+# CHECK-NEXT: scf.if %[[BAD1]] {
+# CHECK-NEXT: %[[OPERAND1:.*]] = arith.constant 0 : i64
+# CHECK-NEXT: %[[DIM1:.*]] = arith.constant 1 : i64
+# CHECK-NEXT: %[[START1:.*]] = arith.index_cast %[[COL]] : index to i64
+# CHECK-NEXT: %[[SIZE1:.*]] = arith.constant 128 : i64
+# CHECK-NEXT: %[[LIMIT1:.*]] = arith.constant 128 : i64
+# CHECK-NEXT: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[OPERAND1]], %[[DIM1]], %[[START1]], %[[SIZE1]], %[[LIMIT1]])
+# CHECK-NEXT: }
+# CHECK-NEXT: %[[TRUE1:.*]] = arith.constant true
+# CHECK-NEXT: %[[OK1:.*]] = arith.xori %[[BAD1]], %[[TRUE1]] : i1
+# CHECK-NEXT: %[[OK_X:.*]] = arith.andi %[[OK0]], %[[OK1]] : i1
+#
+# Operand 1 (the output) gets the same two checks.
+# CHECK: %[[OPERAND2:.*]] = arith.constant 1 : i64
+# CHECK-NEXT: %[[DIM2:.*]] = arith.constant 0 : i64
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[OPERAND2]], %[[DIM2]],
+# CHECK: %[[OPERAND3:.*]] = arith.constant 1 : i64
+# CHECK-NEXT: %[[DIM3:.*]] = arith.constant 1 : i64
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[OPERAND3]], %[[DIM3]],
+# CHECK: %[[OK_O:.*]] = arith.andi %{{.*}}, %{{.*}} : i1
+#
+# The body runs only when every window is in bounds.
+# CHECK-NEXT: %[[ALL_OK:.*]] = arith.andi %[[OK_X]], %[[OK_O]] : i1
+# CHECK-NEXT: scf.if %[[ALL_OK]] {
+# CHECK-NEXT: memref.subview
+# CHECK-NOT: func.call
+# CHECK: return
+@run_test
+def test_every_dimension_is_checked():
+  print(lower_text(copy, jnp.zeros((16, 128), jnp.float32)))
+
+
+# Checks of statically in-bounds starts fold away: only the row checks,
+# which depend on the grid index, survive canonicalization.
+# CHECK-LABEL: TEST: test_static_checks_fold
+# CHECK-COUNT-2: func.call @pallas_cpu_rt_block_out_of_bounds
+# CHECK-NOT: func.call @pallas_cpu_rt_block_out_of_bounds
+# CHECK: return
+@run_test
+def test_static_checks_fold():
+  print(lower_text(copy, jnp.zeros((16, 128), jnp.float32), stage="canonical"))
+
+
+def gather_kernel(idx_ref, x_ref, o_ref):
+  o_ref[...] = x_ref[...]
+
+
+def gather(idx, x):
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=1, grid=(2,),
+      in_specs=[pl.BlockSpec((8, 128), lambda i, idx: (idx[i], 0))],
+      out_specs=pl.BlockSpec((8, 128), lambda i, idx: (i, 0)))
+  return pallas_cpu.pallas_call(
+      gather_kernel, out_shape=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+      grid_spec=grid_spec, backend="cpu")(idx, x)
+
+
+# A data-dependent index map (scalar prefetch): the start comes from smem
+# and is checked at run time.  Block operands are numbered without the
+# scalar prefetch operands: x is block operand 0, the output 1.
+# CHECK-LABEL: TEST: test_data_dependent_index_map
+# CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[IDX:.*]]: memref<2xi32, "smem">,
+# CHECK-DAG: %[[I0:.*]] = arith.constant 0 : i64
+# CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
+# CHECK-DAG: %[[I8:.*]] = arith.constant 8 : i64
+# CHECK-DAG: %[[I16:.*]] = arith.constant 16 : i64
+# CHECK-DAG: %[[C0:.*]] = arith.constant 0 : index
+# CHECK-DAG: %[[C8:.*]] = arith.constant 8 : index
+# CHECK-DAG: %[[C16:.*]] = arith.constant 16 : index
+# CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
+# CHECK-NEXT: %[[ELT:.*]] = memref.subview %[[IDX]][%[[I]]] [1] [1]
+# CHECK-NEXT: %[[BLOCK:.*]] = memref.load %[[ELT]][] : memref<i32, strided<[], offset: ?>, "smem">
+# CHECK-NEXT: %[[BLOCK_IDX:.*]] = arith.index_cast %[[BLOCK]] : i32 to index
+# CHECK-NEXT: %[[START:.*]] = arith.muli %[[BLOCK_IDX]], %[[C8]] : index
+# CHECK-NEXT: %[[LT:.*]] = arith.cmpi slt, %[[START]], %[[C0]] : index
+# CHECK-NEXT: %[[GE:.*]] = arith.cmpi sge, %[[START]], %[[C16]] : index
+# CHECK-NEXT: %[[BAD:.*]] = arith.ori %[[LT]], %[[GE]] : i1
+# CHECK-NEXT: scf.if %[[BAD]] {
+# CHECK-NEXT: %[[START64:.*]] = arith.index_cast %[[START]] : index to i64
+# CHECK-NEXT: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[I0]], %[[I0]], %[[START64]], %[[I8]], %[[I16]])
+# CHECK-NEXT: }
+# CHECK: %[[OSTART:.*]] = arith.muli %[[I]], %[[C8]] : index
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[I1]], %[[I0]], %{{.*}}, %[[I8]], %[[I16]])
+# CHECK: scf.if
+# CHECK-NEXT: memref.subview %{{.*}}[%[[START]], 0] [8, 128] [1, 1]
+@run_test
+def test_data_dependent_index_map():
+  print(lower_text(gather, jnp.zeros((2,), jnp.int32),
+                   jnp.zeros((16, 128), jnp.float32), stage="canonical"))

@@ -1,0 +1,91 @@
+# RUN: %PYTHON %s | FileCheck %s
+"""The entry function of a kernel module and the module's attributes."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+import pallas_cpu
+from lit_helpers import lower_text, run_test
+
+X = jnp.zeros((16, 128), jnp.float32)
+
+
+def add_kernel(x_ref, y_ref, o_ref):
+  o_ref[...] = x_ref[...] + y_ref[...]
+
+
+def add(x, y, **kwargs):
+  return pallas_cpu.pallas_call(
+      add_kernel, out_shape=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+      grid=(2,), in_specs=[pl.BlockSpec((8, 128), lambda i: (i, 0))] * 2,
+      out_specs=pl.BlockSpec((8, 128), lambda i: (i, 0)), backend="cpu",
+      **kwargs)(x, y)
+
+
+# The runtime context pointer first, then one "hbm" memref per XLA buffer:
+# the inputs, then the output.  The module carries the kernel's name (the
+# kernel function's) and the default LLVM optimisation level.
+# CHECK-LABEL: TEST: test_entry_signature
+# CHECK: module attributes {pallas_cpu.kernel_name = "add_kernel", pallas_cpu.opt_level = 3 : i32}
+# CHECK: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
+# CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[X:.*]]: memref<16x128xf32, "hbm">, %[[Y:.*]]: memref<16x128xf32, "hbm">, %[[O:.*]]: memref<16x128xf32, "hbm">) attributes {llvm.emit_c_interface}
+# The operands are viewed through a strided layout with a dynamic offset.
+# CHECK-DAG: memref.cast %[[X]] : memref<16x128xf32, "hbm"> to memref<16x128xf32, strided<[128, 1], offset: ?>, "hbm">
+# CHECK-DAG: memref.cast %[[Y]] : memref<16x128xf32, "hbm"> to memref<16x128xf32, strided<[128, 1], offset: ?>, "hbm">
+# CHECK-DAG: memref.cast %[[O]] : memref<16x128xf32, "hbm"> to memref<16x128xf32, strided<[128, 1], offset: ?>, "hbm">
+# CHECK: return
+@run_test
+def test_entry_signature():
+  print(lower_text(add, X, X))
+
+
+# pallas_call's name= and CompilerParams(opt_level=) land in the module
+# attributes (which the native-code cache fingerprints).
+# CHECK-LABEL: TEST: test_name_and_opt_level
+# CHECK: module attributes {pallas_cpu.kernel_name = "my_add", pallas_cpu.opt_level = 1 : i32}
+# CHECK: func.func @pallas_cpu_entry(
+@run_test
+def test_name_and_opt_level():
+  print(lower_text(lambda x, y: add(
+      x, y, name="my_add",
+      compiler_params=pallas_cpu.CompilerParams(opt_level=1)), X, X))
+
+
+def gather_kernel(idx_ref, x_ref, o_ref):
+  o_ref[...] = x_ref[...] + idx_ref[0].astype(jnp.float32)
+
+
+def gather(idx, x):
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=1, grid=(2,),
+      in_specs=[pl.BlockSpec((8, 128), lambda i, idx: (idx[i], 0))],
+      out_specs=pl.BlockSpec((8, 128), lambda i, idx: (i, 0)))
+  return pallas_cpu.pallas_call(
+      gather_kernel, out_shape=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+      grid_spec=grid_spec, backend="cpu")(idx, x)
+
+
+# Scalar prefetch operands come first and live in "smem"; the index map
+# reads them with memref.load before the block is opened, and so does the
+# body.
+# CHECK-LABEL: TEST: test_scalar_prefetch_in_smem
+# CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[IDX:.*]]: memref<2xi32, "smem">, %[[X:.*]]: memref<16x128xf32, "hbm">, %[[O:.*]]: memref<16x128xf32, "hbm">) attributes {llvm.emit_c_interface}
+# CHECK: %[[IDX_VIEW:.*]] = memref.cast %[[IDX]] : memref<2xi32, "smem"> to memref<2xi32, strided<[1], offset: ?>, "smem">
+# CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
+# CHECK: %[[I32:.*]] = arith.index_cast %[[I]] : index to i32
+# CHECK: %[[AT:.*]] = arith.index_cast %[[I32]] : i32 to index
+# CHECK: %[[ELT:.*]] = memref.subview %[[IDX_VIEW]][%[[AT]]] [1] [1] : memref<2xi32, strided<[1], offset: ?>, "smem"> to memref<i32, strided<[], offset: ?>, "smem">
+# CHECK: %[[BLOCK_IDX:.*]] = memref.load %[[ELT]][] : memref<i32, strided<[], offset: ?>, "smem">
+# CHECK: %[[ROW:.*]] = arith.index_cast %[[BLOCK_IDX]] : i32 to index
+# CHECK: arith.muli %[[ROW]], %{{.*}} : index
+# CHECK: memref.load %{{.*}}[] : memref<i32, strided<[], offset: ?>, "smem">
+# CHECK: linalg.generic
+@run_test
+def test_scalar_prefetch_in_smem():
+  print(lower_text(gather, jnp.zeros((2,), jnp.int32), X))
