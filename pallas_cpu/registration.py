@@ -16,7 +16,7 @@ from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
 
 from pallas_cpu import compiler, knobs, runtime_lib
 from pallas_cpu.lowering import kernel as kernel_lowering
-from pallas_cpu.params import CompilerParams, CpuBackend
+from pallas_cpu.params import CpuBackend
 
 
 def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
@@ -92,5 +92,3 @@ def install() -> None:
                          platform="cpu")
   runtime_lib.ensure_registered()
 
-
-__all__ = ["install", "kernel_spec", "kernel_ir", "CompilerParams"]

@@ -8,6 +8,7 @@ uninitialized-memory fill; writes to it are dropped) -- and the body runs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Sequence
 
@@ -185,7 +186,7 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       starts_per_window.append(starts)
       ok = _and(ok, _check_in_bounds(kctx, w, starts))
     run = scf.IfOp(ok) if ok is not None else None
-    with (ir.InsertionPoint(run.then_block) if run else _nullcontext()):
+    with (ir.InsertionPoint(run.then_block) if run else contextlib.nullcontext()):
       refs = []
       for w, starts in zip(windows, starts_per_window):
         view = w.array if w.whole else w.open(starts)
@@ -197,14 +198,6 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
         scf.YieldOp([])
 
   _loop_nest(list(gm.grid), body)
-
-
-class _nullcontext:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *a):
-    return False
 
 
 def _loop_nest(bounds: list[int], body, ivs=()):

@@ -60,13 +60,11 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   with ir.InsertionPoint(module.body):
     ptr = llvm.PointerType.get()
     i64 = ir.IntegerType.get_signless(64)
-    i32 = ir.IntegerType.get_signless(32)
     rt_decl = func.FuncOp(grid_lowering.RT_BLOCK_OOB,
                           ir.FunctionType.get([ptr] + [i64] * 5, []))
     rt_decl.sym_visibility = ir.StringAttr.get("private")
     entry = func.FuncOp(ENTRY, ir.FunctionType.get([ptr, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
-    del i32
   attrs = module.operation.attributes
   attrs["pallas_cpu.kernel_name"] = ir.StringAttr.get(spec.name)
   attrs["pallas_cpu.opt_level"] = ir.IntegerAttr.get(

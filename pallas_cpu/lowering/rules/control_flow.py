@@ -32,15 +32,12 @@ def _is_array_aval(aval) -> bool:
 
 def _lower_closed(ctx, closed: jax_core.ClosedJaxpr, args):
   kctx = ctx.kernel
-  consts = [kctx.constant(c, np.asarray(c).dtype) if np.ndim(c) == 0
-            else _const_array(kctx, c) for c in closed.consts]
+  if any(np.ndim(c) for c in closed.consts):
+    raise NotImplementedError(
+        "pallas_cpu: array constants captured by a kernel sub-computation are "
+        "not supported yet")
+  consts = [kctx.constant(c, np.asarray(c).dtype) for c in closed.consts]
   return jaxpr_lowering.lower_jaxpr(kctx, closed.jaxpr, args, consts=consts)
-
-
-def _const_array(kctx, c):
-  raise NotImplementedError(
-      f"pallas_cpu: array constant of shape {np.shape(c)} captured by a "
-      "kernel sub-computation is not supported yet")
 
 
 # -- calls ----------------------------------------------------------------------
