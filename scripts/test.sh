@@ -11,5 +11,5 @@ if [ "$status" -ne 0 ]; then
   echo "pytest failed with exit code $status"
   exit "$status"
 fi
-.venv/bin/python -m lit -q test/lit
+.venv/bin/lit -q test/lit
 echo "lit: all IR tests passed"
