@@ -61,6 +61,8 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
     return _default_rule()(ctx, *in_nodes, interpret=interpret, **params)
   spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend)
   text = kernel_ir(spec)
+  if params.get("debug"):
+    print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
   compiled = compiler.compile_kernel(text)
   runtime_lib.ensure_registered()
   runtime_lib.register_kernel(compiled.fingerprint, compiled.entry_address)

@@ -113,3 +113,30 @@ def test_retracing_and_rejitting_do_not_recompile():
   for _ in range(3):
     jax.jit(lambda x: _call(x))(X).block_until_ready()  # new jit each time
   assert compiler.cache_size() == before
+
+
+def test_failing_pipeline_reports_diagnostics_and_reproducer():
+  from mlir import ir
+  src = """
+  module attributes {pallas_cpu.kernel_name = "bad", pallas_cpu.opt_level = 3 : i32} {
+    func.func @pallas_cpu_entry(%x: i32) -> i32 {
+      %y = math.absi %x : i32
+      return %y : i32
+    }
+  }"""
+  with ir.Context(), ir.Location.unknown():
+    module = ir.Module.parse(src)
+    with pytest.raises(compiler.CompilationError) as e:
+      compiler.run_stages(module, name="bad")
+  msg = str(e.value)
+  assert "stage 'llvm' failed for kernel 'bad'" in msg
+  assert "math.absi" in msg  # the diagnostics
+  repro = msg.split("Reproduce with:\n")[1].strip()
+  assert repro.startswith("python -m pallas_cpu opt ")
+  # The reproducer replays the same failure.
+  args = repro.split(" ", 4)[4]  # FILE --pass-pipeline='...'
+  path, pipeline = args.split(" --pass-pipeline=")
+  proc = subprocess.run([sys.executable, "-m", "pallas_cpu", "opt", path,
+                         "--pass-pipeline", pipeline.strip("'")],
+                        capture_output=True, text=True)
+  assert proc.returncode != 0 and "math.absi" in proc.stderr
