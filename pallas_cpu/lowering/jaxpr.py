@@ -5,6 +5,7 @@ from typing import Sequence
 
 from jax._src import core as jax_core
 from jax._src import source_info_util
+from jax._src.state import types as state_types
 from mlir import ir
 
 from pallas_cpu.lowering import registry, values
@@ -15,16 +16,26 @@ class LoweringError(Exception):
   """A rule failed for a reason other than unsupported input."""
 
 
-def source_line(eqn: jax_core.JaxprEqn) -> str:
-  return source_info_util.summarize(eqn.source_info)
+def source_line(eqn: jax_core.JaxprEqn, parent: str = "") -> str:
+  """The user's line of ``eqn``; equations nested in a library's jit (e.g.
+  the sort inside jnp.sort) have none and take their caller's, ``parent``."""
+  return source_info_util.summarize(eqn.source_info) or parent
 
 
 def _location(eqn: jax_core.JaxprEqn) -> ir.Location:
   frame = source_info_util.user_frame(eqn.source_info.traceback)
-  if frame is None:
-    return ir.Location.unknown()
+  if frame is None:  # keep the enclosing equation's location
+    try:
+      return ir.Location.current
+    except ValueError:
+      return ir.Location.unknown()
   return ir.Location.file(frame.file_name, frame.start_line,
                           frame.start_column)
+
+
+def _writes_memory(eqn: jax_core.JaxprEqn) -> bool:
+  return any(isinstance(e, (state_types.WriteEffect, state_types.AccumEffect))
+             for e in eqn.effects)
 
 
 def _sub_jaxprs(eqn: jax_core.JaxprEqn):
@@ -36,16 +47,18 @@ def _sub_jaxprs(eqn: jax_core.JaxprEqn):
         yield x
 
 
-def unsupported_primitives(jaxpr: jax_core.Jaxpr) -> list[tuple[str, str]]:
+def unsupported_primitives(jaxpr: jax_core.Jaxpr, parent: str = ""
+                           ) -> list[tuple[str, str]]:
   """(primitive, source line) for every equation that has no rule,
   sub-jaxprs of supported control flow included."""
   found = []
   for eqn in jaxpr.eqns:
+    line = source_line(eqn, parent)
     if registry.lookup(eqn.primitive) is None:
-      found.append((eqn.primitive.name, source_line(eqn)))
+      found.append((eqn.primitive.name, line))
     else:
       for sub in _sub_jaxprs(eqn):
-        found.extend(unsupported_primitives(sub))
+        found.extend(unsupported_primitives(sub, line))
   return found
 
 
@@ -75,9 +88,10 @@ def _use_counts(jaxpr: jax_core.Jaxpr) -> tuple[dict, dict]:
 
 
 def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
-                args: Sequence, consts: Sequence = ()) -> list:
+                args: Sequence, consts: Sequence = (), parent: str = "") -> list:
   """Lowers ``jaxpr`` at the current insertion point; returns its outputs
-  (``values.Value`` for arrays and scalars, ``Ref`` for refs)."""
+  (``values.Value`` for arrays and scalars, ``Ref`` for refs).  ``parent``
+  is the source line of the equation whose sub-jaxpr this is."""
   env: dict = {}
   counts, last_use = _use_counts(jaxpr)
 
@@ -93,22 +107,25 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
 
   for i, eqn in enumerate(jaxpr.eqns):
     rule = registry.lookup(eqn.primitive)
+    line = source_line(eqn, parent)
     if rule is None:  # check_supported ran first; this is a bug guard
       raise NotImplementedError(
-          f"unsupported primitive {eqn.primitive.name} at {source_line(eqn)}")
-    if not rule.pure:
+          f"unsupported primitive {eqn.primitive.name} at {line}")
+    # Lazy values read memory when they are finally computed: before an
+    # equation writes memory, the ones still needed are computed now.
+    if not rule.pure and _writes_memory(eqn):
       _materialize_mutable_reads(kctx, env, last_use, i,
                                  keep=eqn.invars if rule.takes_lazy_operands
                                  else ())
     args_in = [read(a) for a in eqn.invars]
     ctx = RuleContext(kctx, eqn, [a.aval for a in eqn.invars],
-                      [v.aval for v in eqn.outvars], source_line(eqn),
+                      [v.aval for v in eqn.outvars], line,
                       [counts.get(v, 0) > 0 for v in eqn.outvars])
     with _location(eqn):
       try:
         out = rule.fn(ctx, *args_in, **eqn.params)
       except Exception as e:  # noqa: BLE001 - rewrapped with the source line
-        raise _wrap(e, eqn) from e
+        raise _wrap(e, eqn, line) from e
     outs = out if eqn.primitive.multiple_results else [out]
     for v, o in zip(eqn.outvars, outs):
       if isinstance(v, jax_core.DropVar):
@@ -134,11 +151,10 @@ def _materialize_mutable_reads(kctx, env, last_use, i, keep) -> None:
       env[var] = kctx.as_temp(val)
 
 
-def _wrap(e: Exception, eqn) -> Exception:
+def _wrap(e: Exception, eqn, line: str) -> Exception:
   if getattr(e, "_pallas_cpu_wrapped", False):
     return e
-  msg = (f"{e}\n  while lowering primitive '{eqn.primitive.name}' at "
-         f"{source_line(eqn)}")
+  msg = f"{e}\n  while lowering primitive '{eqn.primitive.name}' at {line}"
   if isinstance(e, (NotImplementedError, ValueError, TypeError)):
     new = type(e)(msg)
   else:

@@ -1,17 +1,8 @@
 # RUN: %PYTHON %s | FileCheck %s
-# XFAIL: *
-"""Known bug: an unsupported primitive inside a nested jaxpr (here the jit
-that jnp.sort wraps around lax.sort) is reported without a source line.
-
-The error reads "sort at " followed by nothing: the nested equation's
-traceback stops inside jax/_src/numpy/sorting.py, so it has no user frame,
-and pallas_cpu does not fall back to the location of the enclosing
-equation (the jit call at the kernel line, which does have one).  Expected:
-the kernel line below, as for a top-level lax.sort (see errors.py).
-
-Remove the XFAIL line once the message carries the line; lit reports the
-test as XPASS (a failure) until then.
-"""
+"""An unsupported primitive inside a nested jaxpr (the jit that jnp.sort
+wraps around lax.sort) is reported at the kernel's line: the nested
+equation's traceback stops inside jax/_src/numpy, so the walker falls back
+to the line of the enclosing equation."""
 import os
 import sys
 

@@ -37,7 +37,8 @@ def _lower_closed(ctx, closed: jax_core.ClosedJaxpr, args):
         "pallas_cpu: array constants captured by a kernel sub-computation are "
         "not supported yet")
   consts = [kctx.constant(c, np.asarray(c).dtype) for c in closed.consts]
-  return jaxpr_lowering.lower_jaxpr(kctx, closed.jaxpr, args, consts=consts)
+  return jaxpr_lowering.lower_jaxpr(kctx, closed.jaxpr, args, consts=consts,
+                                    parent=ctx.source)
 
 
 # -- calls ----------------------------------------------------------------------
