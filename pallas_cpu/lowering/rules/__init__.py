@@ -1,9 +1,14 @@
 """Lowering rules, one module per primitive family.  Importing this package
 registers every rule."""
 from pallas_cpu.lowering.rules import (  # noqa: F401
+    bits,
     control_flow,
+    dot,
     elementwise,
     grid_queries,
+    layout,
     memory,
+    random,
+    reductions,
     shape,
 )

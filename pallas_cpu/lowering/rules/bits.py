@@ -1,0 +1,1 @@
+"""(family: bits) -- rules are added here."""

@@ -1,0 +1,1 @@
+"""(family: dot) -- rules are added here."""

@@ -1,0 +1,1 @@
+"""(family: layout) -- rules are added here."""

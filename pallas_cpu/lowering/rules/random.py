@@ -1,0 +1,1 @@
+"""(family: random) -- rules are added here."""

@@ -1,0 +1,1 @@
+"""(family: reductions) -- rules are added here."""
