@@ -19,9 +19,13 @@ class CompilerParams:
     uninitialized_memory: what reads of memory the kernel never wrote see,
       as in TPU interpret mode: "nan" fills edge-block padding with NaN
       (integers: their maximum value), "zero" with zeros.
+    dma_execution_mode: as in TPU interpret mode: "on_wait" runs a DMA only
+      when a wait on its semaphore needs it (exposing reads that do not wait),
+      "eager" copies at start.
     opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL (3).
   """
   uninitialized_memory: Literal["nan", "zero"] = "nan"
+  dma_execution_mode: Literal["eager", "on_wait"] = "on_wait"
   opt_level: int | None = None
 
   def __post_init__(self):
@@ -29,6 +33,9 @@ class CompilerParams:
       raise ValueError(
           "uninitialized_memory must be 'nan' or 'zero', got "
           f"{self.uninitialized_memory!r}")
+    if self.dma_execution_mode not in ("eager", "on_wait"):
+      raise ValueError("dma_execution_mode must be 'eager' or 'on_wait', got "
+                       f"{self.dma_execution_mode!r}")
     if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
       raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
 

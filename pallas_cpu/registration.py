@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
@@ -36,14 +38,16 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
       params=cpu, opt_level=opt)
 
 
-def kernel_ir(spec: kernel_lowering.KernelSpec) -> str:
-  """The 'kernel' stage text: what the HLO carries (no debug locations, so
-  the fingerprint does not depend on file paths)."""
-  with pallas_ir.Context() as ctx, pallas_ir.Location.unknown():
-    ctx.allow_unregistered_dialects = False
+def kernel_ir(spec: kernel_lowering.KernelSpec) -> tuple[str, list[str]]:
+  """The 'kernel' stage text -- what the HLO carries (no debug locations, so
+  the fingerprint does not depend on file paths) -- and the kernel's
+  semaphore names, for runtime messages."""
+  with pallas_ir.Context(), pallas_ir.Location.unknown():
     module = kernel_lowering.lower_kernel(spec)
     module.operation.verify()
-    return module.operation.get_asm(enable_debug_info=False)
+    names = [pallas_ir.StringAttr(a).value for a in pallas_ir.ArrayAttr(
+        module.operation.attributes["pallas_cpu.semaphore_names"])]
+    return module.operation.get_asm(enable_debug_info=False), names
 
 
 def _backend_for(interpret) -> CpuBackend | None:
@@ -60,7 +64,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   if backend is None:
     return _default_rule()(ctx, *in_nodes, interpret=interpret, **params)
   spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend)
-  text = kernel_ir(spec)
+  text, semaphore_names = kernel_ir(spec)
   if params.get("debug"):
     print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
   compiled = compiler.compile_kernel(text)
@@ -68,7 +72,9 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   runtime_lib.register_kernel(compiled.fingerprint, compiled.entry_address)
   call = mlir_ffi_lowering(tuple(spec.input_output_aliases))
   return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
-              kernel_name=spec.name)
+              kernel_name=spec.name,
+              semaphore_names="\n".join(semaphore_names),
+              grid=np.asarray(spec.grid_mapping.grid, dtype=np.int64))
 
 
 @functools.cache
@@ -93,4 +99,16 @@ def install() -> None:
   mlir.register_lowering(pallas_call_mod.pallas_call_p, _lowering_rule,
                          platform="cpu")
   runtime_lib.ensure_registered()
+  _register_cpu_tpu_info()
+
+
+def _register_cpu_tpu_info() -> None:
+  """Pallas TPU helpers (emit_pipeline's DMA tiling) ask for the TPU
+  generation while tracing; on the CPU device kind they would fail.  The
+  registry is the extension point JAX offers for unknown device kinds: the
+  CPU answers as a single-core TPU v5e."""
+  from jax._src.pallas.mosaic import tpu_info
+  tpu_info.registry.setdefault(
+      "cpu", lambda: tpu_info._get_tpu_info_impl(tpu_info.ChipVersion.TPU_V5E,
+                                                  1))
 

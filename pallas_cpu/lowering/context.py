@@ -15,10 +15,12 @@ from pallas_cpu.params import CompilerParams
 
 @dataclasses.dataclass
 class Ref:
-  """A kernel ref: a memref view plus the storage (root) it belongs to."""
+  """A kernel ref: a memref view plus the storage (root) it belongs to.
+  Semaphore refs are int32 counters; ``sem_id`` names their array."""
   memref: ir.Value
   root: object
   dtype: np.dtype
+  sem_id: int | None = None
 
   @property
   def shape(self) -> tuple:
@@ -28,9 +30,11 @@ class Ref:
 class KernelContext:
   """State shared by all rules while one kernel is lowered."""
 
-  def __init__(self, *, name: str, entry: func.FuncOp, params: CompilerParams,
-               grid: tuple[int, ...], vmapped_dims: tuple[int, ...]):
+  def __init__(self, *, name: str, module: ir.Module, entry: func.FuncOp,
+               params: CompilerParams, grid: tuple[int, ...],
+               vmapped_dims: tuple[int, ...]):
     self.name = name
+    self.module = module
     self.entry = entry
     self.params = params
     self.grid = grid
@@ -41,6 +45,45 @@ class KernelContext:
     self.alloc_ip = ir.InsertionPoint.at_block_begin(entry.entry_block)
     self.allocs: list[ir.Value] = []
     self.program_ids: list[ir.Value] = []  # index values, non-vmapped dims
+    self.grid_ivs: list[ir.Value] = []     # index values, every grid dim
+    self.semaphore_names: list[str] = []   # by sem_id, for runtime messages
+    self._declared: set[str] = set()
+
+  # -- runtime calls -----------------------------------------------------------
+  def call_runtime(self, name: str, args: list[ir.Value],
+                   results: list[ir.Type] = ()) -> list[ir.Value]:
+    """Calls ``name`` from runtime/abi.h, declaring it on first use."""
+    if name not in self._declared:
+      self._declared.add(name)
+      with ir.InsertionPoint.at_block_begin(self.module.body):
+        decl = func.FuncOp(name, ir.FunctionType.get(
+            [a.type for a in args], list(results)))
+        decl.sym_visibility = ir.StringAttr.get("private")
+    return list(func.CallOp(list(results), ir.FlatSymbolRefAttr.get(name),
+                            args).results)
+
+  def grid_index(self) -> ir.Value:
+    """Row-major linear index (i64) of the current grid point, for
+    messages; LLVM drops it where no error path uses it."""
+    i64 = ir.IntegerType.get_signless(64)
+    lin = arith.constant(ir.IndexType.get(), 0)
+    for iv, n in zip(self.grid_ivs, self.grid):
+      lin = arith.addi(arith.muli(lin, arith.constant(ir.IndexType.get(), n)),
+                       iv)
+    return arith.index_cast(i64, lin)
+
+  def new_semaphores(self, shape, name: str) -> Ref:
+    """A zeroed array of semaphores (hoisted like every allocation)."""
+    buf = self.alloc(shape, np.int32, memory_spaces.SEMAPHORE)
+    with self.alloc_ip:
+      zero = arith.constant(ir.IntegerType.get_signless(32), 0)
+      linalg.fill(zero, outs=[buf]) if shape else memref.store(zero, buf, [])
+    sem_id = len(self.semaphore_names)
+    self.semaphore_names.append(name)
+    from pallas_cpu.lowering import views
+    with self.alloc_ip:
+      view = views.with_layout(buf)
+    return Ref(view, ("semaphore", sem_id), np.dtype(np.int32), sem_id)
 
   # -- memory -----------------------------------------------------------------
   def alloc(self, shape, dtype, space: str = memory_spaces.VMEM) -> ir.Value:

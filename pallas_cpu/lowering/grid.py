@@ -172,6 +172,7 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
                                                gm.block_mappings))]
 
   def body(ivs: list[ir.Value]):
+    kctx.grid_ivs = list(ivs)
     kctx.program_ids = [iv for d, iv in enumerate(ivs)
                         if d not in kctx.vmapped_dims]
     i32 = ir.IntegerType.get_signless(32)
@@ -240,7 +241,7 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
       args.append(arith.index_cast(i64, s))
       args.append(arith.constant(i64, d.size))
       args.append(arith.constant(i64, d.array_size))
-      func.CallOp([], ir.FlatSymbolRefAttr.get(RT_BLOCK_OOB), args)
+      kctx.call_runtime(RT_BLOCK_OOB, args)
       scf.YieldOp([])
     true = arith.constant(ir.IntegerType.get_signless(1), 1)
     ok = _and(ok, arith.xori(bad, true))

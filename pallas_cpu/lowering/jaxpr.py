@@ -113,7 +113,7 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
           f"unsupported primitive {eqn.primitive.name} at {line}")
     # Lazy values read memory when they are finally computed: before an
     # equation writes memory, the ones still needed are computed now.
-    if not rule.pure and _writes_memory(eqn):
+    if rule.barrier or (not rule.pure and _writes_memory(eqn)):
       _materialize_mutable_reads(kctx, env, last_use, i,
                                  keep=eqn.invars if rule.takes_lazy_operands
                                  else ())

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 from jax._src import core as jax_core
 from jax._src import state
+from jax._src.pallas import core as pallas_core
 from mlir import ir
 from mlir.dialects import arith, func, llvm, memref
 
@@ -59,10 +60,6 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   module = ir.Module.create()
   with ir.InsertionPoint(module.body):
     ptr = llvm.PointerType.get()
-    i64 = ir.IntegerType.get_signless(64)
-    rt_decl = func.FuncOp(grid_lowering.RT_BLOCK_OOB,
-                          ir.FunctionType.get([ptr] + [i64] * 5, []))
-    rt_decl.sym_visibility = ir.StringAttr.get("private")
     entry = func.FuncOp(ENTRY, ir.FunctionType.get([ptr, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
   attrs = module.operation.attributes
@@ -72,7 +69,8 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   block = entry.add_entry_block()
   with ir.InsertionPoint(block):
     anchor = arith.constant(ir.IndexType.get(), 0)
-    kctx = KernelContext(name=spec.name, entry=entry, params=spec.params,
+    kctx = KernelContext(name=spec.name, module=module, entry=entry,
+                         params=spec.params,
                          grid=tuple(gm.grid), vmapped_dims=tuple(gm.vmapped_dims))
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
     operands = [views.with_layout(a) for a in block.arguments[1:]]
@@ -88,6 +86,8 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     for buf in kctx.allocs:
       memref.dealloc(buf)
     func.ReturnOp([])
+  attrs["pallas_cpu.semaphore_names"] = ir.ArrayAttr.get(
+      [ir.StringAttr.get(n) for n in kctx.semaphore_names])
   return module
 
 
@@ -101,16 +101,29 @@ def _roots(n_index: int, n_blocks: int, n_in: int, aliases) -> list:
   return roots
 
 
-def _scratch_ref(kctx: KernelContext, i: int, aval) -> Ref:
+def is_semaphore(aval) -> bool:
+  return isinstance(getattr(aval, "dtype", None), pallas_core.AbstractSemaphoreTy)
+
+
+def allocate_ref(kctx: KernelContext, aval, root, name: str) -> Ref:
+  """Memory for a scratch or run_scoped ref: semaphores zeroed, buffers
+  filled with the uninitialized-memory value (interpret mode's default)."""
   if not isinstance(aval, state.AbstractRef):
     raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
                               "supported yet")
   inner = aval.inner_aval
-  if not isinstance(inner, jax_core.ShapedArray) or isinstance(
-      inner.dtype, jax_core.dtypes.ExtendedDType):
-    raise NotImplementedError(
-        f"pallas_cpu: scratch operand {aval} (semaphores) is not supported yet")
+  if is_semaphore(inner):
+    return kctx.new_semaphores(inner.shape, name)
+  if not isinstance(inner, jax_core.ShapedArray):
+    raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
+                              "supported yet")
   space = memory_spaces.from_pallas(aval.memory_space)
+  if space in (memory_spaces.ANY, memory_spaces.HBM):
+    space = memory_spaces.VMEM  # scratch in HBM is still host memory here
   buf = kctx.alloc(inner.shape, inner.dtype, space)
   kctx.store(grid_lowering.uninitialized_scalar(kctx, inner.dtype), buf)
-  return Ref(views.with_layout(buf), ("scratch", i), np.dtype(inner.dtype))
+  return Ref(views.with_layout(buf), root, np.dtype(inner.dtype))
+
+
+def _scratch_ref(kctx: KernelContext, i: int, aval) -> Ref:
+  return allocate_ref(kctx, aval, ("scratch", i), f"scratch operand {i}")

@@ -21,16 +21,19 @@ class Rule:
   # The rule materializes its own operands (e.g. a store): the walker keeps
   # them lazy so they can be computed straight into their destination.
   takes_lazy_operands: bool = False
+  # Memory may change in ways the equation's effects do not name (a
+  # semaphore wait runs pending DMAs): always materialize lazy reads first.
+  barrier: bool = False
 
 
 _RULES: dict[jax_core.Primitive, Rule] = {}
 
 
 def register(*prims: jax_core.Primitive, pure: bool = True,
-             takes_lazy_operands: bool = False):
+             takes_lazy_operands: bool = False, barrier: bool = False):
   def wrap(fn):
     for p in prims:
-      _RULES[p] = Rule(fn, pure, takes_lazy_operands)
+      _RULES[p] = Rule(fn, pure and not barrier, takes_lazy_operands, barrier)
     return fn
   return wrap
 

@@ -34,9 +34,12 @@ def with_layout(buf: ir.Value, strides: Sequence[int | None] | None = None,
   return memref.CastOp(new, buf).result
 
 
-def space_cast(buf: ir.Value, space: ir.Attribute) -> ir.Value:
+def space_cast(buf: ir.Value, space: ir.Attribute | None) -> ir.Value:
+  """``buf`` in memory space ``space`` (None: the default space)."""
   t = ir.MemRefType(buf.type)
-  if t.memory_space == space:
+  if (t.memory_space is None and space is None) or (
+      t.memory_space is not None and space is not None
+      and t.memory_space == space):
     return buf
   new = ir.MemRefType.get(t.shape, t.element_type, layout=t.layout,
                           memory_space=space)

@@ -53,6 +53,44 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_block_out_of_bounds(PallasCpuRuntimeContext
 // Returns 1 once any error has been recorded for this call.
 PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx);
 
+// A dynamic ref index left its ref: reported; the generated code clamps the
+// index so that no access leaves the buffer.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
+    PallasCpuRuntimeContext* ctx, int64_t dim, int64_t start, int64_t size,
+    int64_t limit, int64_t grid_index);
+
+// ---------------------------------------------------------------------------
+// Semaphores are int32 counters in kernel memory (memref<...xi32,
+// "semaphore">).  Generated code passes one as a rank-0 memref (allocated,
+// aligned, offset): the offset is the semaphore's index in its array.
+// `sem_id` names the array (FFI attribute `semaphore_names`, one per line);
+// `grid_index` is the row-major index of the current grid point.
+// ---------------------------------------------------------------------------
+PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal(
+    PallasCpuRuntimeContext* ctx, int32_t* alloc, int32_t* sem, int64_t offset,
+    int32_t inc, int64_t sem_id, int64_t grid_index);
+// Decrements by `value` once the count allows it, running pending DMAs that
+// signal this semaphore first.  A wait nothing can satisfy is a deadlock:
+// reported, and the count left alone (returns 0; 1 on success).
+PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_sem_wait(
+    PallasCpuRuntimeContext* ctx, int32_t* alloc, int32_t* sem, int64_t offset,
+    int32_t value, int64_t sem_id, int64_t grid_index);
+PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_sem_read(
+    PallasCpuRuntimeContext* ctx, int32_t* alloc, int32_t* sem, int64_t offset);
+
+// ---------------------------------------------------------------------------
+// DMAs.  Source and destination arrive as unranked memrefs (rank, pointer to
+// the ranked descriptor); the copy moves `elem_bytes`-sized elements between
+// any two strided windows of equal shape.  `mode` 0 = eager (copy now),
+// 1 = on_wait (copy when a wait on the semaphore needs it), as in TPU
+// interpret mode.  Completion signals the semaphore by the bytes copied.
+// ---------------------------------------------------------------------------
+PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
+    PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,
+    int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
+    int32_t* sem, int64_t sem_offset, int64_t sem_id, int64_t mode,
+    int64_t grid_index);
+
 }  // extern "C"
 
 #endif  // PALLAS_CPU_RUNTIME_ABI_H_

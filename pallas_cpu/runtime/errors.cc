@@ -1,8 +1,36 @@
-// Runtime error entry points called from generated code.
+// Runtime error entry points called from generated code, and the
+// formatting of kernel facts in messages.
 #include <sstream>
 
 #include "abi.h"
 #include "runtime_context.h"
+
+std::string PallasCpuRuntimeContext::GridPoint(int64_t linear) const {
+  std::vector<int64_t> idx(grid.size());
+  for (size_t d = grid.size(); d-- > 0;) {
+    int64_t n = grid[d] > 0 ? grid[d] : 1;
+    idx[d] = linear % n;
+    linear /= n;
+  }
+  std::ostringstream os;
+  os << "grid point (";
+  for (size_t d = 0; d < idx.size(); ++d) os << (d ? ", " : "") << idx[d];
+  os << ")";
+  return os.str();
+}
+
+std::string PallasCpuRuntimeContext::SemaphoreName(int64_t sem_id,
+                                                   int64_t offset) const {
+  std::ostringstream os;
+  os << "semaphore ";
+  if (sem_id >= 0 && sem_id < static_cast<int64_t>(semaphore_names.size())) {
+    os << "'" << semaphore_names[sem_id] << "'";
+  } else {
+    os << "#" << sem_id;
+  }
+  os << "[" << offset << "]";
+  return os.str();
+}
 
 extern "C" void pallas_cpu_rt_block_out_of_bounds(PallasCpuRuntimeContext* ctx,
                                                   int64_t operand, int64_t dim,
@@ -12,6 +40,17 @@ extern "C" void pallas_cpu_rt_block_out_of_bounds(PallasCpuRuntimeContext* ctx,
   os << "block window out of bounds: operand " << operand << ", dimension "
      << dim << ": window [" << start << ", " << start + size
      << ") does not start inside [0, " << limit << ")";
+  ctx->Fail(os.str());
+}
+
+extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
+                                                  int64_t dim, int64_t start,
+                                                  int64_t size, int64_t limit,
+                                                  int64_t grid_index) {
+  std::ostringstream os;
+  os << "ref index out of bounds at " << ctx->GridPoint(grid_index)
+     << ": dimension " << dim << ": slice [" << start << ", " << start + size
+     << ") is not inside [0, " << limit << ")";
   ctx->Fail(os.str());
 }
 

@@ -18,6 +18,8 @@
 
 namespace ffi = xla::ffi;
 
+void PallasCpuRunPendingDmas(PallasCpuRuntimeContext* ctx);  // dma.cc
+
 namespace pallas_cpu {
 namespace {
 
@@ -59,10 +61,24 @@ class DescriptorTable {
   std::vector<size_t> starts_;
 };
 
+std::vector<std::string> SplitLines(std::string_view s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t end = s.find('\n', start);
+    if (end == std::string_view::npos) end = s.size();
+    out.emplace_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
 ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          std::string_view kernel_id,
                          std::string_view kernel_ir,
-                         std::string_view kernel_name) {
+                         std::string_view kernel_name,
+                         std::string_view semaphore_names,
+                         ffi::Span<const int64_t> grid) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
@@ -80,10 +96,13 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   }
 
   PallasCpuRuntimeContext ctx;
+  ctx.semaphore_names = SplitLines(semaphore_names);
+  ctx.grid.assign(grid.begin(), grid.end());
   PallasCpuRuntimeContext* ctx_ptr = &ctx;
   std::vector<void*> desc_ptrs, packed;
   table.Pack(&ctx_ptr, &desc_ptrs, &packed);
   entry(packed.data());
+  PallasCpuRunPendingDmas(&ctx);
 
   if (ctx.failed.load()) {
     return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
@@ -105,7 +124,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .RemainingRets()
                                   .Attr<std::string_view>("kernel_id")
                                   .Attr<std::string_view>("kernel_ir")
-                                  .Attr<std::string_view>("kernel_name"));
+                                  .Attr<std::string_view>("kernel_name")
+                                  .Attr<std::string_view>("semaphore_names")
+                                  .Attr<ffi::Span<const int64_t>>("grid"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

@@ -1,17 +1,44 @@
-// Per-call runtime state: the first error raised by generated code.
+// Per-call runtime state: errors, semaphore names, pending DMAs.
 #ifndef PALLAS_CPU_RUNTIME_CONTEXT_H_
 #define PALLAS_CPU_RUNTIME_CONTEXT_H_
 
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "abi.h"
+
+namespace pallas_cpu {
+
+// One strided window of memory, copied out of an MLIR memref descriptor.
+struct StridedWindow {
+  char* base = nullptr;  // aligned pointer + offset, in bytes
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;  // in elements
+  int64_t NumElements() const;
+};
+
+struct PendingDma {
+  StridedWindow src, dst;
+  int64_t elem_bytes;
+  int32_t* sem;
+};
+
+}  // namespace pallas_cpu
 
 struct PallasCpuRuntimeContext {
   std::atomic<bool> failed{false};
   std::mutex mu;
   std::string message;
+
+  // Static facts about the kernel, for messages.
+  std::vector<std::string> semaphore_names;
+  std::vector<int64_t> grid;
+
+  // DMAs started in "on_wait" mode and not yet executed.
+  std::vector<pallas_cpu::PendingDma> pending_dmas;
 
   // Keeps the first error only: later ones are usually consequences.
   void Fail(std::string msg) {
@@ -20,6 +47,10 @@ struct PallasCpuRuntimeContext {
     message = std::move(msg);
     failed.store(true, std::memory_order_release);
   }
+
+  // "grid point (i, j)" for a row-major linear index.
+  std::string GridPoint(int64_t linear) const;
+  std::string SemaphoreName(int64_t sem_id, int64_t offset) const;
 };
 
 #endif  // PALLAS_CPU_RUNTIME_CONTEXT_H_

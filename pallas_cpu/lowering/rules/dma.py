@@ -1,0 +1,137 @@
+"""Local DMAs (pltpu.make_async_copy/async_copy/sync_copy) and semaphores
+(pltpu.semaphore_signal/wait/read), through the C++ runtime (runtime/dma.cc).
+
+A DMA passes its source and destination windows as unranked memrefs, so one
+runtime entry point per element type copies between any two strided views;
+completion signals the semaphore with the bytes copied, and a wait
+decrements, as in TPU interpret mode."""
+from __future__ import annotations
+
+import numpy as np
+from jax._src.pallas import primitives as pallas_primitives
+from jax._src.pallas.mosaic import primitives as tpu_primitives
+from mlir import ir
+from mlir.dialects import arith, memref
+
+from pallas_cpu.lowering import values, views
+from pallas_cpu.lowering.context import scalar_of
+from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.memory import view_of
+
+_MODES = {"eager": 0, "on_wait": 1}
+
+
+def _i64(v: int) -> ir.Value:
+  return arith.constant(ir.IntegerType.get_signless(64), v)
+
+
+def _semaphore(ctx, sem):
+  view, _ = view_of(ctx, sem)
+  if view.sem_id is None:
+    raise ValueError("pallas_cpu: expected a semaphore ref")
+  if ir.MemRefType(view.memref.type).rank != 0:
+    raise ValueError("pallas_cpu: a semaphore operation needs one semaphore; "
+                     "index the semaphore array")
+  return view
+
+
+def _unranked(view: ir.Value) -> ir.Value:
+  flat = views.space_cast(view, None)
+  t = ir.MemRefType(flat.type)
+  return memref.CastOp(ir.UnrankedMemRefType.get(t.element_type, None),
+                       flat).result
+
+
+def _no_remote(device_id, src_sem=None):
+  if device_id is not None or src_sem is not None:
+    raise NotImplementedError(
+        "pallas_cpu: remote DMAs and signals (device_id=...) are not "
+        "supported yet")
+
+
+@register(tpu_primitives.dma_start_p, barrier=True)
+def _dma_start(ctx, *args, tree, device_id_type, priority, add):
+  src, dst, sem, src_sem, device_id = tree.unflatten(args)
+  _no_remote(device_id, src_sem)
+  if add:
+    raise NotImplementedError("pallas_cpu: DMA with add=True")
+  kctx = ctx.kernel
+  src_view, _ = view_of(ctx, src)
+  dst_view, _ = view_of(ctx, dst)
+  if src_view.shape != dst_view.shape or src_view.dtype != dst_view.dtype:
+    raise ValueError(f"pallas_cpu: DMA from {src_view.shape} {src_view.dtype} "
+                     f"to {dst_view.shape} {dst_view.dtype}: shapes and dtypes "
+                     "must match")
+  sem_view = _semaphore(ctx, sem)
+  elem = ir.MemRefType(src_view.memref.type).element_type
+  kctx.call_runtime(f"pallas_cpu_rt_dma_start_{elem}", [
+      kctx.runtime_ctx, _unranked(src_view.memref), _unranked(dst_view.memref),
+      _i64(np.dtype(src_view.dtype).itemsize), sem_view.memref,
+      _i64(sem_view.sem_id), _i64(_MODES[kctx.params.dma_execution_mode]),
+      kctx.grid_index()])
+  return []
+
+
+def _wait(ctx, sem_view, value: ir.Value) -> None:
+  kctx = ctx.kernel
+  i32 = ir.IntegerType.get_signless(32)
+  kctx.call_runtime("pallas_cpu_rt_sem_wait", [
+      kctx.runtime_ctx, sem_view.memref, value, _i64(sem_view.sem_id),
+      kctx.grid_index()], [i32])
+
+
+@register(tpu_primitives.dma_wait_p, barrier=True)
+def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
+  src, dst, sem, src_sem, device_id = tree.unflatten(args)
+  _no_remote(device_id, None if insert_dummy_device else src_sem)
+  dst_view, _ = view_of(ctx, dst)
+  nbytes = int(np.prod(dst_view.shape)) * np.dtype(dst_view.dtype).itemsize
+  _wait(ctx, _semaphore(ctx, sem),
+        arith.constant(ir.IntegerType.get_signless(32), nbytes))
+  return []
+
+
+@register(pallas_primitives.semaphore_signal_p, barrier=True)
+def _semaphore_signal(ctx, *args, args_tree, device_id_type):
+  sem, transforms, value, device_id, core_index = args_tree.unflatten(args)
+  _no_remote(device_id)
+  if core_index is not None:
+    raise NotImplementedError("pallas_cpu: semaphore_signal to another core")
+  kctx = ctx.kernel
+  sem_view = _semaphore(ctx, _transformed(sem, transforms))
+  kctx.call_runtime("pallas_cpu_rt_sem_signal", [
+      kctx.runtime_ctx, sem_view.memref, scalar_of(kctx, value).value,
+      _i64(sem_view.sem_id), kctx.grid_index()])
+  return []
+
+
+@register(pallas_primitives.semaphore_wait_p, barrier=True)
+def _semaphore_wait(ctx, *args, args_tree):
+  sem, transforms, value, decrement = args_tree.unflatten(args)
+  if decrement is not None and not _is_true(decrement):
+    raise NotImplementedError("pallas_cpu: non-decrementing semaphore wait")
+  _wait(ctx, _semaphore(ctx, _transformed(sem, transforms)),
+        scalar_of(ctx.kernel, value).value)
+  return []
+
+
+@register(pallas_primitives.semaphore_read_p, barrier=True)
+def _semaphore_read(ctx, *args, args_tree):
+  sem, transforms = args_tree.unflatten(args)
+  kctx = ctx.kernel
+  sem_view = _semaphore(ctx, _transformed(sem, transforms))
+  i32 = ir.IntegerType.get_signless(32)
+  (v,) = kctx.call_runtime("pallas_cpu_rt_sem_read",
+                           [kctx.runtime_ctx, sem_view.memref], [i32])
+  return values.Scalar(v, np.dtype(np.int32))
+
+
+def _transformed(sem, transforms):
+  from jax._src.state import types as state_types
+  if not transforms:
+    return sem
+  return state_types.TransformedRef(sem, tuple(transforms))
+
+
+def _is_true(x) -> bool:
+  return bool(x) if isinstance(x, (bool, int, np.bool_)) else True
