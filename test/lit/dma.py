@@ -1,0 +1,85 @@
+# RUN: %PYTHON %s | FileCheck %s
+"""DMAs and semaphores lower to calls into the C++ runtime; every buffer
+keeps its memory space: the HBM operand, the VMEM scratch, the semaphores."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+import pallas_cpu
+from lit_helpers import lower_text, run_test
+
+X = jnp.ones((64, 128), jnp.float32)
+
+
+def _call(kernel, scratch):
+  return lambda x: pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+      in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
+      scratch_shapes=scratch)(x)
+
+
+# CHECK-LABEL: TEST: test_dma_start_and_wait
+# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_sem_wait(!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> i32
+# CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[X:.*]]: memref<64x128xf32, "hbm">
+# CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
+# CHECK-DAG: %[[SEMS:.*]] = memref.alloc() {{.*}} : memref<2xi32, "semaphore">
+# CHECK: %[[SRC:.*]] = memref.subview {{.*}}[8, 0] [8, 128] [1, 1] : memref<64x128xf32, strided<[128, 1], offset: ?>, "hbm">
+# CHECK: %[[SEM:.*]] = memref.subview {{.*}} : memref<2xi32, strided<[1], offset: ?>, "semaphore"> to memref<i32, strided<[], offset: ?>, "semaphore">
+# CHECK: %[[SRC_FLAT:.*]] = memref.memory_space_cast %[[SRC]] {{.*}} to memref<8x128xf32, strided<[128, 1], offset: ?>>
+# CHECK: %[[SRC_U:.*]] = memref.cast %[[SRC_FLAT]] {{.*}} to memref<*xf32>
+# CHECK: %[[DST_U:.*]] = memref.cast {{.*}} to memref<*xf32>
+# The element size (4 bytes), the semaphore, its id and the on_wait mode (1):
+# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64, %[[SEM]], %c0_i64{{.*}}, %c1_i64{{.*}}
+# The wait is for the 8x128xf32 destination's 4096 bytes:
+# CHECK: %[[BYTES:.*]] = arith.constant 4096 : i32
+# CHECK: call @pallas_cpu_rt_sem_wait(%[[RT]], %{{.*}}, %[[BYTES]],
+@run_test
+def test_dma_start_and_wait():
+  def kernel(x_hbm, o_ref, buf, sems):
+    c = pltpu.make_async_copy(x_hbm.at[pl.ds(8, 8)], buf, sems.at[1])
+    c.start()
+    c.wait()
+    o_ref[...] = buf[...]
+  print(lower_text(_call(kernel, [pltpu.VMEM((8, 128), jnp.float32),
+                                  pltpu.SemaphoreType.DMA((2,))]), X))
+
+
+# CHECK-LABEL: TEST: test_semaphore_signal_wait_read
+# CHECK: pallas_cpu.semaphore_names = ["scratch operand 0"]
+# CHECK: %[[SEMS:.*]] = memref.alloc() {{.*}} : memref<3xi32, "semaphore">
+# CHECK: linalg.fill ins(%{{.*}} : i32) outs(%[[SEMS]] : memref<3xi32, "semaphore">)
+# CHECK: call @pallas_cpu_rt_sem_signal(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> ()
+# CHECK: call @pallas_cpu_rt_sem_wait(
+# CHECK: %[[V:.*]] = func.call @pallas_cpu_rt_sem_read(
+@run_test
+def test_semaphore_signal_wait_read():
+  def kernel(x_hbm, o_ref, sems):
+    pltpu.semaphore_signal(sems.at[2], 5)
+    pltpu.semaphore_wait(sems.at[2], 5)
+    o_ref[...] = jnp.full((8, 128), pltpu.semaphore_read(sems.at[2]),
+                          jnp.float32)
+  print(lower_text(_call(kernel, [pltpu.SemaphoreType.REGULAR((3,))]), X))
+
+
+# CHECK-LABEL: TEST: test_eager_mode_flag
+# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
+@run_test
+def test_eager_mode_flag():
+  def kernel(x_hbm, o_ref, buf, sem):
+    pltpu.async_copy(x_hbm.at[pl.ds(0, 8)], buf, sem).wait()
+    o_ref[...] = buf[...]
+  fn = lambda x: pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+      in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
+      scratch_shapes=[pltpu.VMEM((8, 128), jnp.float32),
+                      pltpu.SemaphoreType.DMA],
+      compiler_params=pallas_cpu.CompilerParams(
+          dma_execution_mode="eager"))(x)
+  print(lower_text(fn, X))
