@@ -16,7 +16,7 @@ import numpy as np
 from jax._src import core as jax_core
 from jax._src.pallas import core as pallas_core
 from mlir import ir
-from mlir.dialects import arith, func, linalg, scf
+from mlir.dialects import arith, linalg, memref, scf
 
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, values, views
@@ -74,8 +74,9 @@ class BlockWindow:
   """One BlockSpec operand: its array, block geometry and per-step view."""
 
   def __init__(self, kctx: KernelContext, operand_index: int, array: ir.Value,
-               bm, root, is_output: bool):
+               bm, root, is_output: bool, n_inputs: int):
     self.kctx = kctx
+    self.n_inputs = n_inputs
     self.operand_index = operand_index
     self.array = array
     self.bm = bm
@@ -167,9 +168,19 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
   index_refs = [Ref(v, ("index", i), np.dtype(a.dtype))
                 for i, (v, a) in enumerate(zip(index_operands,
                                               gm.index_map_avals[len(gm.grid):]))]
-  windows = [BlockWindow(kctx, i, arr, bm, roots[i], is_output=i >= n_in)
+  windows = [BlockWindow(kctx, i, arr, bm, roots[i], is_output=i >= n_in,
+                         n_inputs=n_in)
              for i, (arr, bm) in enumerate(zip(block_operands,
                                                gm.block_mappings))]
+
+  # Per output window, the element offset of the previous step's block.
+  i64 = ir.IntegerType.get_signless(64)
+  last_block = {}
+  for w in windows:
+    if w.is_output and not w.whole:
+      buf = kctx.alloc((), np.int64)
+      memref.store(arith.constant(i64, -1), buf, [])
+      last_block[w.operand_index] = buf
 
   def body(ivs: list[ir.Value]):
     kctx.grid_ivs = list(ivs)
@@ -186,6 +197,8 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       starts = _block_starts(kctx, w, grid_args, index_refs)
       starts_per_window.append(starts)
       ok = _and(ok, _check_in_bounds(kctx, w, starts))
+      if w.is_output:
+        _track_output_block(kctx, w, starts, last_block[w.operand_index])
     run = scf.IfOp(ok) if ok is not None else None
     with (ir.InsertionPoint(run.then_block) if run else contextlib.nullcontext()):
       refs = []
@@ -224,6 +237,26 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
       idx = arith.muli(idx, views.as_index(d.size))
     starts.append(idx)
   return starts
+
+
+def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
+  """Tells the runtime when an output's block changes between steps, so a
+  non-adjacent revisit is reported (interpret mode's check)."""
+  i64 = ir.IntegerType.get_signless(64)
+  strides = types.row_major_strides([d.array_size for d in w.dims])
+  offset = arith.constant(ir.IndexType.get(), 0)
+  for s, stride in zip(starts, strides):
+    offset = arith.addi(offset, arith.muli(s, views.as_index(stride)))
+  offset = arith.index_cast(i64, offset)
+  changed = arith.cmpi(arith.CmpIPredicate.ne, offset, memref.load(last, []))
+  if_op = scf.IfOp(changed)
+  with ir.InsertionPoint(if_op.then_block):
+    output = w.operand_index - (w.n_inputs)
+    kctx.call_runtime("pallas_cpu_rt_output_block_changed", [
+        kctx.runtime_ctx, arith.constant(i64, output), offset,
+        kctx.grid_index()])
+    memref.store(offset, last, [])
+    scf.YieldOp([])
 
 
 def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:

@@ -59,6 +59,14 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
     PallasCpuRuntimeContext* ctx, int64_t dim, int64_t start, int64_t size,
     int64_t limit, int64_t grid_index);
 
+// The block of output `output` (identified by the element offset of its
+// window) differs from the previous grid step's.  Revisiting a block that
+// an earlier, non-adjacent step wrote is an error, as in interpret mode: on
+// a TPU the earlier write-back would be lost.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_output_block_changed(
+    PallasCpuRuntimeContext* ctx, int64_t output, int64_t block_offset,
+    int64_t grid_index);
+
 // ---------------------------------------------------------------------------
 // Semaphores are int32 counters in kernel memory (memref<...xi32,
 // "semaphore">).  Generated code passes one as a rank-0 memref (allocated,

@@ -57,3 +57,22 @@ extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
 extern "C" int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx) {
   return ctx->failed.load(std::memory_order_acquire) ? 1 : 0;
 }
+
+extern "C" void pallas_cpu_rt_output_block_changed(PallasCpuRuntimeContext* ctx,
+                                                   int64_t output,
+                                                   int64_t block_offset,
+                                                   int64_t grid_index) {
+  if (output < 0) return;
+  if (ctx->visited_blocks.size() <= static_cast<size_t>(output)) {
+    ctx->visited_blocks.resize(output + 1);
+  }
+  auto [it, fresh] =
+      ctx->visited_blocks[output].emplace(block_offset, grid_index);
+  if (fresh) return;
+  std::ostringstream os;
+  os << "revisited block at element offset " << block_offset << " of output "
+     << output << " at " << ctx->GridPoint(grid_index)
+     << "; it was first visited at " << ctx->GridPoint(it->second)
+     << " and left in between (its earlier write-back would be lost on TPU)";
+  ctx->Fail(os.str());
+}

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "abi.h"
@@ -39,6 +40,9 @@ struct PallasCpuRuntimeContext {
 
   // DMAs started in "on_wait" mode and not yet executed.
   std::vector<pallas_cpu::PendingDma> pending_dmas;
+
+  // Per output: block offset -> grid index of its first visit.
+  std::vector<std::unordered_map<int64_t, int64_t>> visited_blocks;
 
   // Keeps the first error only: later ones are usually consequences.
   void Fail(std::string msg) {

@@ -205,3 +205,19 @@ def test_out_of_bounds_dma_index_is_reported_not_a_segfault():
                      r"\(1\): dimension 0: slice \[60, 68\) is not inside "
                      r"\[0, 64\)"):
     jax.block_until_ready(f(X))
+
+
+def test_revisited_output_block_is_reported():
+  """Output block 0 is left at step 1 and written again at step 2: on TPU
+  the first write-back would be lost; interpret mode raises, so do we."""
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...]
+
+  f = pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+      grid=(4,), in_specs=[pl.BlockSpec((8, 128), lambda i: (i, 0))],
+      out_specs=pl.BlockSpec((8, 128), lambda i: (i % 2, 0)))
+  with pytest.raises(Exception, match=r"revisited block at element offset 0 "
+                     r"of output 0 at grid point \(2\); it was first visited "
+                     r"at grid point \(0\)"):
+    jax.block_until_ready(f(X[:32]))
