@@ -221,3 +221,31 @@ def test_revisited_output_block_is_reported():
                      r"of output 0 at grid point \(2\); it was first visited "
                      r"at grid point \(0\)"):
     jax.block_until_ready(f(X[:32]))
+
+
+def test_smem_operands_read_as_scalars():
+  coef = jnp.asarray([2, -3, 5], jnp.int32)
+
+  def kernel(c_ref, x_ref, o_ref):
+    o_ref[...] = (x_ref[...] * c_ref[0] + c_ref[1]) * c_ref[2]
+
+  xi = jnp.arange(16 * 128, dtype=jnp.int32).reshape(16, 128)
+  spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
+  out = _both(kernel, jax.ShapeDtypeStruct(xi.shape, xi.dtype), coef, xi,
+              grid=(2,), in_specs=[pl.BlockSpec(memory_space=pltpu.SMEM), spec],
+              out_specs=spec)
+  assert_same(out, (xi * 2 - 3) * 5)
+
+
+@pytest.mark.parametrize("fill,expect_nan", [("nan", True), ("zero", False)])
+def test_uninitialized_scratch_fill(fill, expect_nan):
+  def kernel(o_ref, s_ref, i_ref):
+    o_ref[...] = s_ref[...] + i_ref[...].astype(jnp.float32)
+
+  out = pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+      scratch_shapes=[pltpu.VMEM((8, 128), jnp.float32),
+                      pltpu.VMEM((8, 128), jnp.int32)],
+      compiler_params=pallas_cpu.CompilerParams(uninitialized_memory=fill))()
+  out = np.asarray(out)
+  assert np.isnan(out).all() if expect_nan else (out == 0).all()
