@@ -25,6 +25,10 @@ class Knobs:
   opt_level: int
   """PALLAS_CPU_OPT_LEVEL=0..3: LLVM optimisation level (default 3)."""
 
+  num_threads: int
+  """PALLAS_CPU_NUM_THREADS=n: threads for parallel grid dimensions (default
+  0: the machine's cores)."""
+
 
 def read() -> Knobs:
   """Reads the knobs now (tests change the environment between calls)."""
@@ -32,4 +36,5 @@ def read() -> Knobs:
       force=_flag("PALLAS_CPU_FORCE"),
       dump_dir=os.environ.get("PALLAS_CPU_DUMP_DIR") or None,
       opt_level=int(os.environ.get("PALLAS_CPU_OPT_LEVEL", "3")),
+      num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
   )

@@ -22,10 +22,17 @@ class CompilerParams:
     dma_execution_mode: as in TPU interpret mode: "on_wait" runs a DMA only
       when a wait on its semaphore needs it (exposing reads that do not wait),
       "eager" copies at start.
+    dimension_semantics: per grid dimension "parallel" or "arbitrary", as in
+      ``pltpu.CompilerParams`` (which is honoured too when this is None): the
+      first parallel dimension runs on a thread pool, in contiguous chunks.
+    num_threads: threads for that dimension; None takes PALLAS_CPU_NUM_THREADS
+      or the machine's cores.
     opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL (3).
   """
   uninitialized_memory: Literal["nan", "zero"] = "nan"
   dma_execution_mode: Literal["eager", "on_wait"] = "on_wait"
+  dimension_semantics: tuple[str, ...] | None = None
+  num_threads: int | None = None
   opt_level: int | None = None
 
   def __post_init__(self):
@@ -36,6 +43,12 @@ class CompilerParams:
     if self.dma_execution_mode not in ("eager", "on_wait"):
       raise ValueError("dma_execution_mode must be 'eager' or 'on_wait', got "
                        f"{self.dma_execution_mode!r}")
+    if self.num_threads is not None and self.num_threads < 1:
+      raise ValueError(f"num_threads must be >= 1, got {self.num_threads!r}")
+    if self.dimension_semantics is not None:
+      object.__setattr__(self, "dimension_semantics",
+                         tuple(str(getattr(d, "value", d))
+                               for d in self.dimension_semantics))
     if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
       raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
 

@@ -30,12 +30,34 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
   name = params.get("name") or jaxpr.debug_info.func_name or "kernel"
   cpu = backend.params
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
+  gm = params["grid_mapping"]
   return kernel_lowering.KernelSpec(
       name=mlir.sanitize_name(name), jaxpr=jaxpr,
-      grid_mapping=params["grid_mapping"], in_avals=tuple(in_avals),
+      grid_mapping=gm, in_avals=tuple(in_avals),
       out_avals=tuple(out_avals),
       input_output_aliases=tuple(params["input_output_aliases"]),
-      params=cpu, opt_level=opt)
+      params=cpu, opt_level=opt,
+      parallel_dim=_parallel_dim(gm, cpu, params.get("compiler_params")))
+
+
+def _parallel_dim(gm, cpu, compiler_params) -> int | None:
+  """The grid dimension split across threads: the first one that is
+  vmapped or declared parallel (pallas_cpu's or pltpu's
+  dimension_semantics) with more than one step."""
+  semantics = cpu.dimension_semantics
+  if semantics is None:
+    semantics = getattr(compiler_params, "dimension_semantics", None)
+  semantics = [str(getattr(s, "value", s)) for s in (semantics or ())]
+  grid = tuple(gm.grid)
+  own = [d for d in range(len(grid)) if d not in gm.vmapped_dims]
+  parallel = set(gm.vmapped_dims)
+  for d, s in zip(own, semantics):
+    if s in ("parallel", "core_parallel"):
+      parallel.add(d)
+  for d in range(len(grid)):
+    if d in parallel and isinstance(grid[d], int) and grid[d] > 1:
+      return d
+  return None
 
 
 def kernel_ir(spec: kernel_lowering.KernelSpec) -> tuple[str, list[str]]:
@@ -74,7 +96,12 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
               kernel_name=spec.name,
               semaphore_names="\n".join(semaphore_names),
-              grid=np.asarray(spec.grid_mapping.grid, dtype=np.int64))
+              grid=np.asarray(spec.grid_mapping.grid, dtype=np.int64),
+              parallel_extent=np.int64(
+                  0 if spec.parallel_dim is None
+                  else spec.grid_mapping.grid[spec.parallel_dim]),
+              num_threads=np.int64(spec.params.num_threads
+                                   or knobs.read().num_threads))
 
 
 @functools.cache

@@ -211,15 +211,19 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       if run:
         scf.YieldOp([])
 
-  _loop_nest(list(gm.grid), body)
+  bounds = [(views.as_index(0), views.as_index(n)) for n in gm.grid]
+  if kctx.parallel_range is not None:
+    dim, lo, hi = kctx.parallel_range
+    bounds[dim] = (lo, hi)
+  _loop_nest(bounds, body)
 
 
-def _loop_nest(bounds: list[int], body, ivs=()):
+def _loop_nest(bounds: list[tuple[ir.Value, ir.Value]], body, ivs=()):
   if not bounds:
     body(list(ivs))
     return
-  zero, one = views.as_index(0), views.as_index(1)
-  loop = scf.ForOp(zero, views.as_index(bounds[0]), one)
+  lo, hi = bounds[0]
+  loop = scf.ForOp(lo, hi, views.as_index(1))
   with ir.InsertionPoint(loop.body):
     _loop_nest(bounds[1:], body, (*ivs, loop.induction_variable))
     scf.YieldOp([])

@@ -35,6 +35,7 @@ class KernelSpec:
   input_output_aliases: tuple
   params: CompilerParams
   opt_level: int
+  parallel_dim: int | None = None  # grid dimension split across threads
 
 
 def lower_kernel(spec: KernelSpec) -> ir.Module:
@@ -60,7 +61,9 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   module = ir.Module.create()
   with ir.InsertionPoint(module.body):
     ptr = llvm.PointerType.get()
-    entry = func.FuncOp(ENTRY, ir.FunctionType.get([ptr, *operand_types], []))
+    i64 = ir.IntegerType.get_signless(64)
+    entry = func.FuncOp(ENTRY, ir.FunctionType.get(
+        [ptr, i64, i64, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
   attrs = module.operation.attributes
   attrs["pallas_cpu.kernel_name"] = ir.StringAttr.get(spec.name)
@@ -73,7 +76,11 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                          params=spec.params,
                          grid=tuple(gm.grid), vmapped_dims=tuple(gm.vmapped_dims))
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
-    operands = [views.with_layout(a) for a in block.arguments[1:]]
+    operands = [views.with_layout(a) for a in block.arguments[3:]]
+    if spec.parallel_dim is not None:
+      kctx.parallel_range = (spec.parallel_dim,
+                             views.as_index(block.arguments[1]),
+                             views.as_index(block.arguments[2]))
     index_operands = operands[:n_index]
     block_operands = operands[n_index:]
     roots = _roots(n_index, len(block_operands), gm.num_inputs,

@@ -17,8 +17,10 @@ extern "C" {
 //
 // Every compiled kernel exposes the MLIR "packed" C-interface wrapper of its
 // entry function: `void entry(void** args)`.  args[0] points to a
-// `PallasCpuRuntimeContext*`; args[1 + i] points to a pointer to the MLIR
-// memref descriptor of XLA buffer i (inputs first, then outputs):
+// `PallasCpuRuntimeContext*`; args[1] and args[2] to int64 lo and hi, the
+// range of the parallel grid dimension to run (the whole grid when the kernel
+// has none); args[3 + i] points to a pointer to the MLIR memref descriptor of
+// XLA buffer i (inputs first, then outputs):
 //   { void* allocated; void* aligned; int64_t offset;
 //     int64_t sizes[rank]; int64_t strides[rank]; }
 // ---------------------------------------------------------------------------

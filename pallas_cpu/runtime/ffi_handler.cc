@@ -6,6 +6,7 @@
 // rebuilds its native code in a fresh process.  No pointer ever enters HLO.
 #include <Python.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -14,6 +15,7 @@
 #include "abi.h"
 #include "kernel_registry.h"
 #include "runtime_context.h"
+#include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -22,6 +24,8 @@ void PallasCpuRunPendingDmas(PallasCpuRuntimeContext* ctx);  // dma.cc
 
 namespace pallas_cpu {
 namespace {
+
+using pallas_cpu::DefaultNumThreads;
 
 // Lays out MLIR memref descriptors ({alloc, aligned, offset, sizes, strides})
 // for row-major XLA buffers in one flat int64 array.
@@ -44,15 +48,18 @@ class DescriptorTable {
 
   // Fills `packed` as the MLIR packed C-interface wrapper expects: each slot
   // points at the argument value, and a memref argument's value is a pointer
-  // to its descriptor.
-  void Pack(PallasCpuRuntimeContext** ctx, std::vector<void*>* desc_ptrs,
-            std::vector<void*>* packed) {
+  // to its descriptor.  The entry takes (ctx, lo, hi, buffers...): [lo, hi)
+  // is the range of the split parallel grid dimension this call runs.
+  void Pack(PallasCpuRuntimeContext** ctx, int64_t* lo, int64_t* hi,
+            std::vector<void*>* desc_ptrs, std::vector<void*>* packed) {
     desc_ptrs->resize(starts_.size());
-    packed->resize(starts_.size() + 1);
+    packed->resize(starts_.size() + 3);
     (*packed)[0] = ctx;
+    (*packed)[1] = lo;
+    (*packed)[2] = hi;
     for (size_t i = 0; i < starts_.size(); ++i) {
       (*desc_ptrs)[i] = &words_[starts_[i]];
-      (*packed)[i + 1] = &(*desc_ptrs)[i];
+      (*packed)[i + 3] = &(*desc_ptrs)[i];
     }
   }
 
@@ -78,7 +85,8 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          std::string_view kernel_ir,
                          std::string_view kernel_name,
                          std::string_view semaphore_names,
-                         ffi::Span<const int64_t> grid) {
+                         ffi::Span<const int64_t> grid,
+                         int64_t parallel_extent, int64_t num_threads) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
@@ -95,19 +103,34 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
     table.Add((*buf)->untyped_data(), (*buf)->dimensions());
   }
 
-  PallasCpuRuntimeContext ctx;
-  ctx.semaphore_names = SplitLines(semaphore_names);
-  ctx.grid.assign(grid.begin(), grid.end());
-  PallasCpuRuntimeContext* ctx_ptr = &ctx;
-  std::vector<void*> desc_ptrs, packed;
-  table.Pack(&ctx_ptr, &desc_ptrs, &packed);
-  entry(packed.data());
-  PallasCpuRunPendingDmas(&ctx);
+  // A kernel with a parallel grid dimension runs it in contiguous chunks,
+  // one runtime context (errors, pending DMAs, visited blocks) per chunk:
+  // the chunks are independent, like TPU cores.
+  int64_t threads = num_threads > 0 ? num_threads : DefaultNumThreads();
+  int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1, threads));
+  int64_t extent = parallel_extent > 0 ? parallel_extent : 1;
+  std::vector<PallasCpuRuntimeContext> contexts(chunks);
+  std::vector<std::string> names = SplitLines(semaphore_names);
+  ParallelFor(chunks, [&](int64_t c) {
+    PallasCpuRuntimeContext& ctx = contexts[c];
+    ctx.semaphore_names = names;
+    ctx.grid.assign(grid.begin(), grid.end());
+    int64_t lo = extent * c / chunks;
+    int64_t hi = extent * (c + 1) / chunks;
+    PallasCpuRuntimeContext* ctx_ptr = &ctx;
+    std::vector<void*> desc_ptrs, packed;
+    table.Pack(&ctx_ptr, &lo, &hi, &desc_ptrs, &packed);
+    entry(packed.data());
+    PallasCpuRunPendingDmas(&ctx);
+  });
 
-  if (ctx.failed.load()) {
-    return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
-                                       std::string(kernel_name) +
-                                       "': " + ctx.message);
+  for (auto& ctx : contexts) {
+    if (ctx.failed.load()) {
+      return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
+                                         std::string(kernel_name) +
+                                         "': " + ctx.message);
+    }
   }
   return ffi::Error::Success();
 }
@@ -126,7 +149,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<std::string_view>("kernel_ir")
                                   .Attr<std::string_view>("kernel_name")
                                   .Attr<std::string_view>("semaphore_names")
-                                  .Attr<ffi::Span<const int64_t>>("grid"));
+                                  .Attr<ffi::Span<const int64_t>>("grid")
+                                  .Attr<int64_t>("parallel_extent")
+                                  .Attr<int64_t>("num_threads"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

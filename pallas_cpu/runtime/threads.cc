@@ -1,0 +1,105 @@
+#include "threads.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace pallas_cpu {
+namespace {
+
+// One ParallelFor in flight: workers claim indices until none are left.
+struct Job {
+  const std::function<void(int64_t)>* fn;
+  int64_t n;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable finished;
+
+  // Claims and runs indices; returns when none are left to claim.
+  void Work() {
+    for (int64_t i; (i = next.fetch_add(1)) < n;) {
+      (*fn)(i);
+      if (done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(mu);
+        finished.notify_all();
+      }
+    }
+  }
+};
+
+class Pool {
+ public:
+  explicit Pool(int64_t workers) {
+    for (int64_t i = 0; i < workers; ++i) {
+      threads_.emplace_back([this] { Loop(); });
+    }
+  }
+  // The pool lives for the whole process (see Get): threads are detached
+  // at exit rather than joined, so no teardown-order hazards.
+  ~Pool() = delete;
+
+  void Run(int64_t n, const std::function<void(int64_t)>& fn) {
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n = n;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < threads_.size() && static_cast<int64_t>(i) < n - 1;
+           ++i) {
+        queue_.push_back(job);
+      }
+    }
+    cv_.notify_all();
+    job->Work();  // the caller works too
+    std::unique_lock<std::mutex> lock(job->mu);
+    job->finished.wait(lock, [&] { return job->done.load() == n; });
+  }
+
+  static Pool& Get() {
+    static Pool* pool = new Pool(std::max<int64_t>(DefaultNumThreads() - 1, 0));
+    return *pool;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty(); });
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      job->Work();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
+int64_t DefaultNumThreads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int64_t>(n);
+}
+
+void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  if (n == 1) {
+    fn(0);
+    return;
+  }
+  Pool::Get().Run(n, fn);
+}
+
+}  // namespace pallas_cpu
