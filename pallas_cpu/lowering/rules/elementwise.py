@@ -10,6 +10,7 @@ from mlir import ir
 from mlir.dialects import arith, math
 
 from pallas_cpu.lowering import types
+from pallas_cpu.lowering.rules import approx
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.common import elementwise
 
@@ -193,19 +194,31 @@ def _float_unary(fn):
   return rule
 
 
+def _f32_or(fast, exact):
+  """The vectorizable approximation (rules/approx.py) in f32; libm in f64."""
+  def build(v):
+    return fast(v) if isinstance(v.type, ir.F32Type) else exact(v)
+  return build
+
+
+_exp = _f32_or(approx.exp_f32, math.exp)
+_log = _f32_or(approx.log_f32, math.log)
+_tanh = _f32_or(approx.tanh_f32, math.tanh)
+
+
 def _rsqrt(v):
   return arith.divf(_const_like(v, 1), math.sqrt(v))
 
 
 def _logistic(v):
   one = _const_like(v, 1)
-  return arith.divf(one, arith.addf(one, math.exp(arith.negf(v))))
+  return arith.divf(one, arith.addf(one, _exp(arith.negf(v))))
 
 
 for _p, _fn in [
-    (lax.exp_p, math.exp), (lax.exp2_p, math.exp2), (lax.log_p, math.log),
+    (lax.exp_p, _exp), (lax.exp2_p, math.exp2), (lax.log_p, _log),
     (lax.log1p_p, math.log1p), (lax.expm1_p, math.expm1),
-    (lax.tanh_p, math.tanh), (lax.logistic_p, _logistic),
+    (lax.tanh_p, _tanh), (lax.logistic_p, _logistic),
     (lax.sqrt_p, math.sqrt), (lax.rsqrt_p, _rsqrt),
     (lax.sin_p, math.sin), (lax.cos_p, math.cos), (lax.tan_p, math.tan),
     (lax.floor_p, math.floor), (lax.ceil_p, math.ceil),
