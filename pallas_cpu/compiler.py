@@ -9,14 +9,17 @@ printed from Python and dumped through PALLAS_CPU_DUMP_DIR):
   loops      linalg ops rewritten as scf loops
   flat       memory spaces erased (all host memory on CPU)
   llvm       LLVM dialect
-  native     machine code from the MLIR ExecutionEngine at -O3, host CPU
+  native     a shared object: LLVM IR -> opt -O3 -> llc (host CPU) -> cc
+             -shared (native.py), loaded with dlopen
 
 Compiled kernels are cached in-process by a fingerprint of the kernel IR and
-the options, so re-tracing or re-jitting never recompiles.
+the options, so re-tracing or re-jitting never recompiles, and on disk
+(PALLAS_CPU_CACHE_DIR), so a second process compiles nothing.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import tempfile
@@ -24,9 +27,9 @@ import threading
 from typing import Callable
 
 from mlir import ir, passmanager
-from mlir import execution_engine
 
-from pallas_cpu import knobs
+from pallas_cpu import knobs, native
+from pallas_cpu.lowering.kernel import ENTRY
 
 VERSION = "0.1.0"
 KERNEL_NAME_ATTR = "pallas_cpu.kernel_name"
@@ -148,19 +151,34 @@ class CompiledKernel:
   fingerprint: str
   name: str
   entry_address: int
-  engine: object     # keeps the native code alive
-  context: ir.Context
+  library: object     # the dlopen'ed shared object: keeps the code alive
+  from_disk: bool     # loaded from the persistent cache, nothing compiled
 
 
 _cache: dict[str, CompiledKernel] = {}
 _cache_lock = threading.Lock()
 
 
+@functools.cache
+def _code_version() -> str:
+  """A hash of pallas_cpu's own code (Python and the runtime ABI), so the
+  persistent cache never serves a kernel built by different code."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in sorted(os.walk(root)):
+    dirnames.sort()
+    for f in sorted(filenames):
+      if f.endswith((".py", ".h", ".cc")):
+        with open(os.path.join(dirpath, f), "rb") as fh:
+          h.update(f.encode() + b"\0" + fh.read())
+  return h.hexdigest()
+
+
 def fingerprint(kernel_ir: str) -> str:
   """Identifies a kernel across processes: its IR (which carries its name
-  and options as module attributes) and this compiler's pipeline."""
+  and options as module attributes), this compiler's pipeline and code."""
   h = hashlib.sha256()
-  for part in (VERSION, _describe_pipeline(), kernel_ir):
+  for part in (VERSION, _code_version(), _describe_pipeline(), kernel_ir):
     h.update(part.encode())
     h.update(b"\0")
   return h.hexdigest()[:32]
@@ -171,39 +189,48 @@ def _describe_pipeline() -> str:
 
 
 def compile_kernel(kernel_ir: str) -> CompiledKernel:
-  """Native code for ``kernel_ir`` (the 'kernel' stage text), cached."""
+  """Native code for ``kernel_ir`` (the 'kernel' stage text), cached in
+  this process and, as a shared object, on disk."""
   fp = fingerprint(kernel_ir)
   with _cache_lock:
     hit = _cache.get(fp)
     if hit is not None:
       return hit
-    dump_dir = knobs.read().dump_dir
-    ctx = ir.Context()
-    with ctx, ir.Location.unknown():
+    k = knobs.read()
+    cached_so = os.path.join(k.cache_dir, f"{fp}.so") if k.cache_dir else None
+    with ir.Context(), ir.Location.unknown():
       module = ir.Module.parse(kernel_ir)
       attrs = module.operation.attributes
       name = ir.StringAttr(attrs[KERNEL_NAME_ATTR]).value
       opt_level = ir.IntegerAttr(attrs[OPT_LEVEL_ATTR]).value
-      on_stage = None
-      if dump_dir:
-        out = os.path.join(dump_dir, f"{name}-{fp}")
-        os.makedirs(out, exist_ok=True)
-
-        def on_stage(stage_name, m):
-          idx = STAGE_NAMES.index(stage_name)
-          with open(os.path.join(out, f"{idx}-{stage_name}.mlir"), "w") as f:
-            f.write(m.operation.get_asm(enable_debug_info=True))
-      run_stages(module, on_stage=on_stage, name=name)
-      from pallas_cpu import runtime_lib
-      engine = execution_engine.ExecutionEngine(
-          module, opt_level=opt_level, shared_libs=[runtime_lib.path()])
-      from pallas_cpu.lowering.kernel import ENTRY
-      address = engine.raw_lookup("_mlir_ciface_" + ENTRY)
-      if not address:
-        raise CompilationError(f"pallas_cpu: no entry point in kernel '{name}'")
-    compiled = CompiledKernel(fp, name, address, engine, ctx)
+      from_disk = cached_so is not None and os.path.exists(cached_so)
+      if not from_disk:
+        on_stage = _dumper(k.dump_dir, name, fp) if k.dump_dir else None
+        run_stages(module, on_stage=on_stage, name=name)
+        native.add_packed_entry(module, "_mlir_ciface_" + ENTRY)
+        if cached_so is None:
+          tmp = tempfile.mkdtemp(prefix="pallas_cpu-")
+          so = os.path.join(tmp, f"{fp}.so")
+        else:
+          so = cached_so
+        native.build_shared_object(module, opt_level, so)
+      else:
+        so = cached_so
+    library, address = native.load(so)
+    compiled = CompiledKernel(fp, name, address, library, from_disk)
     _cache[fp] = compiled
     return compiled
+
+
+def _dumper(dump_dir: str, name: str, fp: str):
+  out = os.path.join(dump_dir, f"{name}-{fp}")
+  os.makedirs(out, exist_ok=True)
+
+  def on_stage(stage_name, m):
+    idx = STAGE_NAMES.index(stage_name)
+    with open(os.path.join(out, f"{idx}-{stage_name}.mlir"), "w") as f:
+      f.write(m.operation.get_asm(enable_debug_info=True))
+  return on_stage
 
 
 def cache_size() -> int:

@@ -25,6 +25,11 @@ class Knobs:
   opt_level: int
   """PALLAS_CPU_OPT_LEVEL=0..3: LLVM optimisation level (default 3)."""
 
+  cache_dir: str | None
+  """PALLAS_CPU_CACHE_DIR=path: persistent cache of compiled kernels (default
+  ~/.cache/pallas_cpu, or $XDG_CACHE_HOME/pallas_cpu); "off" or "" disables
+  it (kernels are then built in a temporary directory)."""
+
   num_threads: int
   """PALLAS_CPU_NUM_THREADS=n: threads for parallel grid dimensions (default
   0: the machine's cores)."""
@@ -37,4 +42,14 @@ def read() -> Knobs:
       dump_dir=os.environ.get("PALLAS_CPU_DUMP_DIR") or None,
       opt_level=int(os.environ.get("PALLAS_CPU_OPT_LEVEL", "3")),
       num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
+      cache_dir=_cache_dir(),
   )
+
+
+def _cache_dir() -> str | None:
+  value = os.environ.get("PALLAS_CPU_CACHE_DIR")
+  if value is not None:
+    return None if value.strip().lower() in ("", "off", "0", "none") else value
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "pallas_cpu")

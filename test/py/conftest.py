@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
+import tempfile
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Kernels built by the tests go to a cache of their own, not the user's.
+os.environ.setdefault("PALLAS_CPU_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="pallas_cpu-test-cache-"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

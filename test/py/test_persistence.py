@@ -84,3 +84,18 @@ def test_jax_export_roundtrip_in_fresh_process(tmp_path):
     print("compiled_by_runtime", after - before)
   """)
   assert "compiled_by_runtime 1" in _run(load, tmp_path)
+
+
+def test_native_cache_on_disk_serves_a_fresh_process(tmp_path):
+  """The second process loads the kernel's shared object: no compilation."""
+  code = KERNEL + textwrap.dedent("""
+    from pallas_cpu import compiler
+    out = jax.jit(f)(x)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    (k,) = compiler._cache.values()
+    print("from_disk", k.from_disk)
+  """)
+  cache = str(tmp_path / "native")
+  assert "from_disk False" in _run(code, tmp_path, PALLAS_CPU_CACHE_DIR=cache)
+  assert len(list((tmp_path / "native").glob("*.so"))) == 1
+  assert "from_disk True" in _run(code, tmp_path, PALLAS_CPU_CACHE_DIR=cache)

