@@ -36,6 +36,15 @@ def _tool(name: str) -> str:
 
 
 @functools.cache
+def host_triple() -> str:
+  """The host's target triple: without it opt knows no target and does not
+  vectorize."""
+  proc = subprocess.run([_tool("llvm-config"), "--host-target"],
+                        capture_output=True, text=True, check=True)
+  return proc.stdout.strip()
+
+
+@functools.cache
 def _linker() -> str:
   for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
     if cc and shutil.which(cc):
@@ -80,8 +89,9 @@ def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
     with open(ll, "w") as f:
       f.write(llvm_ir)
     level = f"-O{opt_level}"
-    _run([_tool("opt"), level, "-mcpu=native", ll, "-o", bc])
-    _run([_tool("llc"), level, "-mcpu=native", "-relocation-model=pic",
+    target = [f"-mtriple={host_triple()}", "-mcpu=native"]
+    _run([_tool("opt"), level, *target, ll, "-o", bc])
+    _run([_tool("llc"), level, *target, "-relocation-model=pic",
           "-filetype=obj", bc, "-o", obj])
     partial = os.path.join(tmp, "k.so")
     _run([_linker(), "-shared", "-o", partial, obj])
