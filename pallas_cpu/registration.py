@@ -9,6 +9,7 @@ goes to JAX's own rule, unchanged.
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 
@@ -60,16 +61,15 @@ def _parallel_dim(gm, cpu, compiler_params) -> int | None:
   return None
 
 
-def kernel_ir(spec: kernel_lowering.KernelSpec) -> tuple[str, list[str]]:
+def kernel_ir(spec: kernel_lowering.KernelSpec) -> tuple[str, dict]:
   """The 'kernel' stage text -- what the HLO carries (no debug locations, so
-  the fingerprint does not depend on file paths) -- and the kernel's
-  semaphore names, for runtime messages."""
+  the fingerprint does not depend on file paths) -- and the kernel's runtime
+  info (semaphore names, debug prints, check messages)."""
   with pallas_ir.Context(), pallas_ir.Location.unknown():
     module = kernel_lowering.lower_kernel(spec)
     module.operation.verify()
-    names = [pallas_ir.StringAttr(a).value for a in pallas_ir.ArrayAttr(
-        module.operation.attributes["pallas_cpu.semaphore_names"])]
-    return module.operation.get_asm(enable_debug_info=False), names
+    return (module.operation.get_asm(enable_debug_info=False),
+            kernel_lowering.runtime_info(module))
 
 
 def _backend_for(interpret) -> CpuBackend | None:
@@ -86,7 +86,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   if backend is None:
     return _default_rule()(ctx, *in_nodes, interpret=interpret, **params)
   spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend)
-  text, semaphore_names = kernel_ir(spec)
+  text, info = kernel_ir(spec)
   if params.get("debug"):
     print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
   compiled = compiler.compile_kernel(text)
@@ -95,7 +95,10 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   call = mlir_ffi_lowering(tuple(spec.input_output_aliases))
   return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
               kernel_name=spec.name,
-              semaphore_names="\n".join(semaphore_names),
+              semaphore_names="\n".join(info["semaphore_names"]),
+              debug_prints=json.dumps(info["debug_prints"]),
+              check_messages="\n".join(
+                  m.replace("\n", " ") for m in info["check_messages"]),
               grid=np.asarray(spec.grid_mapping.grid, dtype=np.int64),
               parallel_extent=np.int64(
                   0 if spec.parallel_dim is None

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import traceback
+
+import ml_dtypes  # noqa: F401  (bfloat16 & co. as numpy dtypes)
+import numpy as np
 
 import jax
 
@@ -11,6 +15,9 @@ FFI_TARGET = "pallas_cpu_call"
 
 _COMPILE_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t,
                                ctypes.c_void_p, ctypes.c_size_t)
+_PRINT_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t,
+                             ctypes.c_int64, ctypes.POINTER(ctypes.c_int64),
+                             ctypes.c_int64)
 
 
 @functools.cache
@@ -20,6 +27,7 @@ def library() -> ctypes.CDLL:
   lib.pallas_cpu_rt_register_kernel.argtypes = [ctypes.c_char_p, ctypes.c_uint64]
   lib.pallas_cpu_rt_num_registered_kernels.restype = ctypes.c_int64
   lib.pallas_cpu_rt_set_compiler.argtypes = [_COMPILE_FN]
+  lib.pallas_cpu_rt_set_printer.argtypes = [_PRINT_FN]
   return lib
 
 
@@ -35,6 +43,7 @@ def ensure_registered() -> None:
   jax.ffi.register_ffi_target(
       FFI_TARGET, jax.ffi.pycapsule(lib.PallasCpuCall), platform="cpu")
   lib.pallas_cpu_rt_set_compiler(_compile_hook)
+  lib.pallas_cpu_rt_set_printer(_print_hook)
 
 
 def register_kernel(kernel_id: str, entry_address: int) -> None:
@@ -56,3 +65,37 @@ def _compile_from_runtime(ir_ptr, ir_len, err, err_len) -> int:
 
 
 _compile_hook = _COMPILE_FN(_compile_from_runtime)  # kept alive for C++
+
+
+@functools.lru_cache(maxsize=256)
+def _print_table(table: str) -> list:
+  return json.loads(table)
+
+
+def decode_scalar(bits: int, dtype: str):
+  """A debug_print operand from the raw bits the kernel recorded."""
+  dt = jax.numpy.dtype(dtype)  # knows bfloat16 and the float8s
+  if dt == np.bool_:
+    return np.bool_(bits & 1)
+  raw = np.array([bits], np.int64).view(np.uint64)[0]
+  width = dt.itemsize * 8
+  raw = np.uint64(int(raw) & ((1 << width) - 1))
+  return np.array([raw], np.uint64).astype(
+      {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[dt.itemsize]
+  ).view(dt)[0]
+
+
+def _print_record(table_ptr, table_len, print_id, values, n) -> None:
+  """Prints one pl.debug_print record exactly as interpret mode would."""
+  try:
+    from jax._src import debugging
+    entry = _print_table(ctypes.string_at(table_ptr, table_len).decode())[print_id]
+    args = [decode_scalar(values[i], dt) for i, dt in enumerate(entry["dtypes"])]
+    debugging._format_print_callback(
+        entry["fmt"], dict(entry["np_printoptions"]),
+        entry["has_placeholders"], None, *args)
+  except BaseException:  # noqa: BLE001 - never unwind into C++
+    traceback.print_exc()
+
+
+_print_hook = _PRINT_FN(_print_record)  # kept alive for C++

@@ -47,6 +47,8 @@ class KernelContext:
     self.program_ids: list[ir.Value] = []  # index values, non-vmapped dims
     self.grid_ivs: list[ir.Value] = []     # index values, every grid dim
     self.semaphore_names: list[str] = []   # by sem_id, for runtime messages
+    self.debug_prints: list[dict] = []     # by print id (rules/debug.py)
+    self.check_messages: list[str] = []    # by check id
     # (dim, lo, hi): the grid dimension this call runs only [lo, hi) of.
     self.parallel_range: tuple[int, ir.Value, ir.Value] | None = None
     self._declared: set[str] = set()

@@ -7,6 +7,7 @@ context and one ``hbm`` (``smem`` for scalar prefetch) memref per XLA buffer
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 from jax._src import core as jax_core
@@ -22,6 +23,7 @@ from pallas_cpu.lowering.context import KernelContext, Ref
 from pallas_cpu.params import CompilerParams
 
 ENTRY = "pallas_cpu_entry"
+RUNTIME_INFO_ATTR = "pallas_cpu.runtime_info"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +95,17 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     for buf in kctx.allocs:
       memref.dealloc(buf)
     func.ReturnOp([])
-  attrs["pallas_cpu.semaphore_names"] = ir.ArrayAttr.get(
-      [ir.StringAttr.get(n) for n in kctx.semaphore_names])
+  # What the runtime needs for messages and prints; the FFI call carries it.
+  attrs[RUNTIME_INFO_ATTR] = ir.StringAttr.get(json.dumps({
+      "semaphore_names": kctx.semaphore_names,
+      "debug_prints": kctx.debug_prints,
+      "check_messages": kctx.check_messages}, sort_keys=True))
   return module
+
+
+def runtime_info(module: ir.Module) -> dict:
+  return json.loads(ir.StringAttr(
+      module.operation.attributes[RUNTIME_INFO_ATTR]).value)
 
 
 def _roots(n_index: int, n_blocks: int, n_in: int, aliases) -> list:

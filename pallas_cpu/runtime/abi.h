@@ -38,6 +38,14 @@ typedef uint64_t (*PallasCpuCompileFn)(const char* kernel_ir, size_t ir_len,
                                        char* err, size_t err_len);
 
 PALLAS_CPU_EXPORT void pallas_cpu_rt_set_compiler(PallasCpuCompileFn fn);
+
+// Formats and prints one pl.debug_print record (Python's formatting, the same
+// as interpret mode's): `table` is the kernel's print table (JSON, FFI
+// attribute `debug_prints`), `values` the raw bits of the printed scalars.
+typedef void (*PallasCpuPrintFn)(const char* table, size_t table_len,
+                                 int64_t print_id, const int64_t* values,
+                                 int64_t n);
+PALLAS_CPU_EXPORT void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn);
 PALLAS_CPU_EXPORT void pallas_cpu_rt_register_kernel(const char* kernel_id, uint64_t entry);
 PALLAS_CPU_EXPORT int64_t pallas_cpu_rt_num_registered_kernels(void);
 
@@ -68,6 +76,18 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
 PALLAS_CPU_EXPORT void pallas_cpu_rt_output_block_changed(
     PallasCpuRuntimeContext* ctx, int64_t output, int64_t block_offset,
     int64_t grid_index);
+
+// pl.debug_print: records the raw bits of its scalar operands (a rank-1
+// i64 memref); printed through the Python printer when the call ends.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_debug_print(
+    PallasCpuRuntimeContext* ctx, int64_t print_id, int64_t* alloc,
+    int64_t* aligned, int64_t offset, int64_t size, int64_t stride);
+
+// pl.debug_check failed (with debug checks enabled): message `check_id` of
+// the FFI attribute `check_messages`.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_check_failed(PallasCpuRuntimeContext* ctx,
+                                                  int64_t check_id,
+                                                  int64_t grid_index);
 
 // ---------------------------------------------------------------------------
 // Semaphores are int32 counters in kernel memory (memref<...xi32,

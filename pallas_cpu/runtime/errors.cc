@@ -76,3 +76,27 @@ extern "C" void pallas_cpu_rt_output_block_changed(PallasCpuRuntimeContext* ctx,
      << " and left in between (its earlier write-back would be lost on TPU)";
   ctx->Fail(os.str());
 }
+
+extern "C" void pallas_cpu_rt_debug_print(PallasCpuRuntimeContext* ctx,
+                                          int64_t print_id, int64_t* alloc,
+                                          int64_t* aligned, int64_t offset,
+                                          int64_t size, int64_t stride) {
+  (void)alloc;
+  std::vector<int64_t> values(size);
+  for (int64_t i = 0; i < size; ++i) values[i] = aligned[offset + i * stride];
+  ctx->prints.emplace_back(print_id, std::move(values));
+}
+
+extern "C" void pallas_cpu_rt_check_failed(PallasCpuRuntimeContext* ctx,
+                                           int64_t check_id,
+                                           int64_t grid_index) {
+  std::ostringstream os;
+  os << "debug check failed at " << ctx->GridPoint(grid_index) << ": ";
+  if (check_id >= 0 &&
+      check_id < static_cast<int64_t>(ctx->check_messages.size())) {
+    os << ctx->check_messages[check_id];
+  } else {
+    os << "check #" << check_id;
+  }
+  ctx->Fail(os.str());
+}

@@ -86,7 +86,9 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          std::string_view kernel_name,
                          std::string_view semaphore_names,
                          ffi::Span<const int64_t> grid,
-                         int64_t parallel_extent, int64_t num_threads) {
+                         int64_t parallel_extent, int64_t num_threads,
+                         std::string_view debug_prints,
+                         std::string_view check_messages) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
@@ -112,9 +114,11 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   int64_t extent = parallel_extent > 0 ? parallel_extent : 1;
   std::vector<PallasCpuRuntimeContext> contexts(chunks);
   std::vector<std::string> names = SplitLines(semaphore_names);
+  std::vector<std::string> checks = SplitLines(check_messages);
   ParallelFor(chunks, [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
     ctx.semaphore_names = names;
+    ctx.check_messages = checks;
     ctx.grid.assign(grid.begin(), grid.end());
     int64_t lo = extent * c / chunks;
     int64_t hi = extent * (c + 1) / chunks;
@@ -125,6 +129,7 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
     PallasCpuRunPendingDmas(&ctx);
   });
 
+  for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
   for (auto& ctx : contexts) {
     if (ctx.failed.load()) {
       return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
@@ -151,7 +156,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<std::string_view>("semaphore_names")
                                   .Attr<ffi::Span<const int64_t>>("grid")
                                   .Attr<int64_t>("parallel_extent")
-                                  .Attr<int64_t>("num_threads"));
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<std::string_view>("debug_prints")
+                                  .Attr<std::string_view>("check_messages"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

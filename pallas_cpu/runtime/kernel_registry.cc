@@ -13,6 +13,7 @@ struct Registry {
   std::shared_mutex mu;
   std::unordered_map<std::string, PallasCpuEntryFn> entries;
   std::atomic<PallasCpuCompileFn> compiler{nullptr};
+  std::atomic<PallasCpuPrintFn> printer{nullptr};
   std::mutex compile_mu;  // one compilation at a time
 };
 
@@ -62,7 +63,22 @@ PallasCpuEntryFn LookupOrCompile(std::string_view kernel_id,
   return fn;
 }
 
+void PrintRecords(std::string_view table,
+                  const std::vector<std::pair<int64_t, std::vector<int64_t>>>&
+                      records) {
+  PallasCpuPrintFn printer = GetRegistry().printer.load();
+  if (printer == nullptr) return;
+  for (const auto& [id, values] : records) {
+    printer(table.data(), table.size(), id, values.data(),
+            static_cast<int64_t>(values.size()));
+  }
+}
+
 }  // namespace pallas_cpu
+
+extern "C" void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn) {
+  pallas_cpu::GetRegistry().printer.store(fn);
+}
 
 extern "C" void pallas_cpu_rt_set_compiler(PallasCpuCompileFn fn) {
   pallas_cpu::GetRegistry().compiler.store(fn);

@@ -5,6 +5,8 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "abi.h"
 
@@ -16,6 +18,11 @@ namespace pallas_cpu {
 PallasCpuEntryFn LookupOrCompile(std::string_view kernel_id,
                                  std::string_view kernel_ir,
                                  std::string* error);
+
+// Sends pl.debug_print records to the Python printer (in order).
+void PrintRecords(std::string_view table,
+                  const std::vector<std::pair<int64_t, std::vector<int64_t>>>&
+                      records);
 
 }  // namespace pallas_cpu
 

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "abi.h"
@@ -40,6 +41,10 @@ struct PallasCpuRuntimeContext {
 
   // DMAs started in "on_wait" mode and not yet executed.
   std::vector<pallas_cpu::PendingDma> pending_dmas;
+
+  // pl.debug_print records, (print id, raw values), in execution order.
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> prints;
+  std::vector<std::string> check_messages;
 
   // Per output: block offset -> grid index of its first visit.
   std::vector<std::unordered_map<int64_t, int64_t>> visited_blocks;

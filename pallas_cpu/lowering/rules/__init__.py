@@ -3,6 +3,7 @@ registers every rule."""
 from pallas_cpu.lowering.rules import (  # noqa: F401
     bits,
     control_flow,
+    debug,
     dma,
     dot,
     elementwise,

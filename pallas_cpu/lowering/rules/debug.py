@@ -1,0 +1,90 @@
+"""Debugging primitives: pl.debug_print (printed from compiled code through
+the runtime, formatted by JAX's own formatter as in interpret mode) and
+pl.debug_check (an error naming the check and grid point, when
+pl.enable_debug_checks() is on at trace time)."""
+from __future__ import annotations
+
+import numpy as np
+from jax._src import checkify
+from jax._src import debugging
+from jax._src import tree_util
+from jax._src.pallas import core as pallas_core
+from mlir import ir
+from mlir.dialects import arith, memref, scf
+
+from pallas_cpu.lowering import types, views
+from pallas_cpu.lowering.context import scalar_of
+from pallas_cpu.lowering.registry import register
+
+
+def _i64(v: int) -> ir.Value:
+  return arith.constant(ir.IntegerType.get_signless(64), v)
+
+
+def _raw_bits(v: ir.Value, dtype) -> ir.Value:
+  """A scalar's bits, zero-extended to i64 (decoded by runtime_lib)."""
+  i64 = ir.IntegerType.get_signless(64)
+  width = types.bitwidth(dtype)
+  if types.is_float(dtype):
+    v = arith.bitcast(ir.IntegerType.get_signless(width), v)
+  if width == 64:
+    return v
+  return arith.extui(i64, v)
+
+
+@register(debugging.debug_print_p, barrier=True)
+def _debug_print(ctx, *dyn_args, fmt, ordered, in_tree, static_args,
+                 np_printoptions, has_placeholders, **_):
+  if ordered:
+    raise NotImplementedError("ordered debug_print")
+  args, kwargs = debugging.merge_callback_args(in_tree, dyn_args, static_args)
+  if kwargs:
+    raise ValueError("debug_print in a kernel takes positional arguments only")
+  if any(np.shape(a) for a in ctx.avals_in):
+    raise NotImplementedError(
+        "pallas_cpu: debug_print of arrays (only scalars so far)")
+  kctx = ctx.kernel
+  dtypes = [str(np.dtype(a.dtype)) for a in ctx.avals_in]
+  print_id = len(kctx.debug_prints)
+  kctx.debug_prints.append({
+      "fmt": fmt, "has_placeholders": bool(has_placeholders), "dtypes": dtypes,
+      "np_printoptions": [list(kv) for kv in dict(np_printoptions).items()]})
+  n = len(dyn_args)
+  buf = kctx.alloc((max(n, 1),), np.int64)
+  for i, (a, aval) in enumerate(zip(dyn_args, ctx.avals_in)):
+    bits = _raw_bits(scalar_of(kctx, a).value, aval.dtype)
+    memref.store(bits, buf, [views.as_index(i)])
+  window = views.space_cast(
+      views.subview(views.with_layout(buf), [0], [n], [1]), None)
+  # One declaration for every arity: a dynamically sized memref.
+  dynamic = ir.MemRefType.get([ir.ShapedType.get_dynamic_size()],
+                              ir.IntegerType.get_signless(64),
+                              layout=ir.MemRefType(window.type).layout)
+  kctx.call_runtime("pallas_cpu_rt_debug_print", [
+      kctx.runtime_ctx, _i64(print_id), memref.CastOp(dynamic, window).result])
+  return []
+
+
+@register(checkify.check_p, barrier=True)
+def _check(ctx, *err_args, err_tree, debug):
+  if not debug:
+    raise NotImplementedError(
+        "pallas_cpu: non-debug checks; functionalize them with "
+        "jax.experimental.checkify")
+  if not pallas_core.debug_checks_enabled():
+    return []
+  error = tree_util.tree_unflatten(err_tree, err_args)
+  [pred] = error._pred.values()
+  [exception_tree] = error._metadata.values()
+  [payload] = error._payload.values()
+  exception = tree_util.tree_unflatten(exception_tree, payload)
+  kctx = ctx.kernel
+  check_id = len(kctx.check_messages)
+  kctx.check_messages.append(f"{exception.fmt_string} (at {ctx.source})")
+  failed = scalar_of(kctx, pred).value  # check_p's predicate means "failed"
+  if_op = scf.IfOp(failed)
+  with ir.InsertionPoint(if_op.then_block):
+    kctx.call_runtime("pallas_cpu_rt_check_failed", [
+        kctx.runtime_ctx, _i64(check_id), kctx.grid_index()])
+    scf.YieldOp([])
+  return []
