@@ -1,0 +1,149 @@
+// The matmul microkernel that dot_general lowers to for f32 and bf16 inputs
+// with f32 accumulation: C (+)= A @ B on strided 2-D windows.
+//
+// Packs B into NR-wide column panels and A into MR-row panels (converting
+// bf16 to f32 on the way), then runs an MR x NR register-tiled FMA kernel
+// written with GCC vector extensions, which the host compiler maps to the
+// widest vectors it has (the runtime is built on the machine it runs on:
+// -march=native).  Sums run over k in order within each KC chunk, so a row
+// of C is a plain sequential dot product per KC block.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "abi.h"
+
+namespace pallas_cpu {
+namespace {
+
+constexpr int kMR = 8;
+constexpr int kNR = 32;
+constexpr int kKC = 256;
+typedef float V16 __attribute__((vector_size(64), aligned(4)));
+
+struct Matrix {
+  char* base;
+  int64_t rows, cols;
+  int64_t row_stride, col_stride;  // in elements
+};
+
+Matrix FromMemref2D(void* aligned, int64_t offset, int64_t s0, int64_t s1,
+                    int64_t st0, int64_t st1, int64_t elem_bytes) {
+  return Matrix{static_cast<char*>(aligned) + offset * elem_bytes, s0, s1, st0,
+                st1};
+}
+
+inline float Load(const char* p, bool bf16) {
+  if (!bf16) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// C[0:mr, 0:nr] (+)= Ap (kb x MR) . Bp (kb x NR); the tile is full-size in
+// registers, the valid part is written back.
+inline void MicroKernel(const float* ap, const float* bp, int64_t kb, float* c,
+                        int64_t c_rs, int64_t mr, int64_t nr, bool accumulate) {
+  V16 acc[kMR][2];
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = V16{};
+  for (int64_t k = 0; k < kb; ++k) {
+    V16 b0, b1;
+    std::memcpy(&b0, bp + k * kNR, 64);
+    std::memcpy(&b1, bp + k * kNR + 16, 64);
+    const float* a = ap + k * kMR;
+    for (int i = 0; i < kMR; ++i) {
+      acc[i][0] += a[i] * b0;
+      acc[i][1] += a[i] * b1;
+    }
+  }
+  for (int64_t i = 0; i < mr; ++i) {
+    float tile[kNR];
+    std::memcpy(tile, &acc[i][0], 64);
+    std::memcpy(tile + 16, &acc[i][1], 64);
+    float* row = c + i * c_rs;
+    if (accumulate) {
+      for (int64_t j = 0; j < nr; ++j) row[j] += tile[j];
+    } else {
+      for (int64_t j = 0; j < nr; ++j) row[j] = tile[j];
+    }
+  }
+}
+
+void Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+            float* c, int64_t c_rs, bool accumulate) {
+  const int64_t m = a.rows, k = a.cols, n = b.cols;
+  const int64_t ea = a_bf16 ? 2 : 4, eb = b_bf16 ? 2 : 4;
+  const int64_t n_panels = (n + kNR - 1) / kNR;
+  std::vector<float> bp(static_cast<size_t>(n_panels) * kKC * kNR);
+  std::vector<float> ap(static_cast<size_t>(kKC) * kMR);
+  if (k == 0 && !accumulate) {
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.f);
+  }
+  for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+    const int64_t kb = std::min<int64_t>(kKC, k - k0);
+    // Pack B[k0:k0+kb, :] into column panels, zero-padded to NR.
+    for (int64_t p = 0; p < n_panels; ++p) {
+      float* dst = bp.data() + p * kKC * kNR;
+      for (int64_t kk = 0; kk < kb; ++kk) {
+        const char* src = b.base + ((k0 + kk) * b.row_stride) * eb;
+        for (int64_t j = 0; j < kNR; ++j) {
+          int64_t col = p * kNR + j;
+          dst[kk * kNR + j] =
+              col < n ? Load(src + col * b.col_stride * eb, b_bf16) : 0.f;
+        }
+      }
+    }
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, m - i0);
+      for (int64_t kk = 0; kk < kb; ++kk) {
+        for (int64_t i = 0; i < kMR; ++i) {
+          ap[kk * kMR + i] =
+              i < mr ? Load(a.base + ((i0 + i) * a.row_stride +
+                                      (k0 + kk) * a.col_stride) * ea,
+                            a_bf16)
+                     : 0.f;
+        }
+      }
+      for (int64_t p = 0; p < n_panels; ++p) {
+        const int64_t nr = std::min<int64_t>(kNR, n - p * kNR);
+        MicroKernel(ap.data(), bp.data() + p * kKC * kNR, kb,
+                    c + i0 * c_rs + p * kNR, c_rs, mr, nr, acc);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pallas_cpu
+
+extern "C" void pallas_cpu_rt_matmul(
+    PallasCpuRuntimeContext* ctx, int64_t a_bf16, float* a_alloc, void* a,
+    int64_t a_off, int64_t a_s0, int64_t a_s1, int64_t a_st0, int64_t a_st1,
+    int64_t b_bf16, float* b_alloc, void* b, int64_t b_off, int64_t b_s0,
+    int64_t b_s1, int64_t b_st0, int64_t b_st1, float* c_alloc, float* c,
+    int64_t c_off, int64_t c_s0, int64_t c_s1, int64_t c_st0, int64_t c_st1,
+    int64_t accumulate) {
+  (void)ctx;
+  (void)a_alloc;
+  (void)b_alloc;
+  (void)c_alloc;
+  (void)c_s0;
+  (void)c_s1;
+  (void)c_st1;  // C is row-major with unit column stride (a fresh buffer)
+  using pallas_cpu::FromMemref2D;
+  pallas_cpu::Matrix ma =
+      FromMemref2D(a, a_off, a_s0, a_s1, a_st0, a_st1, a_bf16 ? 2 : 4);
+  pallas_cpu::Matrix mb =
+      FromMemref2D(b, b_off, b_s0, b_s1, b_st0, b_st1, b_bf16 ? 2 : 4);
+  pallas_cpu::Matmul(ma, a_bf16 != 0, mb, b_bf16 != 0, c + c_off, c_st0,
+                     accumulate != 0);
+}
