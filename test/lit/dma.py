@@ -52,7 +52,7 @@ def test_dma_start_and_wait():
 
 
 # CHECK-LABEL: TEST: test_semaphore_signal_wait_read
-# CHECK: pallas_cpu.semaphore_names = ["scratch operand 0"]
+# CHECK: pallas_cpu.runtime_info = {{.*}}semaphore_names{{.*}}scratch operand 0
 # CHECK: %[[SEMS:.*]] = memref.alloc() {{.*}} : memref<3xi32, "semaphore">
 # CHECK: linalg.fill ins(%{{.*}} : i32) outs(%[[SEMS]] : memref<3xi32, "semaphore">)
 # CHECK: call @pallas_cpu_rt_sem_signal(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> ()
