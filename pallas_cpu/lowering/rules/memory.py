@@ -2,6 +2,7 @@
 through static and ``pl.ds`` dynamic slices and integer indices."""
 from __future__ import annotations
 
+import numpy as np
 from jax._src import tree_util
 from jax._src.state import indexing
 from jax._src.pallas import primitives as pallas_primitives
@@ -16,10 +17,13 @@ from pallas_cpu.lowering.registry import register
 
 
 def _index(ctx, i) -> views.Index:
-  if isinstance(i, int):
-    return i
+  """An index as a Python int when it is known at compile time (literals
+  reach rules as constants), else as an ``index`` value."""
+  if isinstance(i, (int, np.integer)):
+    return int(i)
   if isinstance(i, values.Scalar):
-    return views.as_index(i.value)
+    const = _constant_int(i.value)
+    return const if const is not None else views.as_index(i.value)
   if isinstance(i, values.Array):
     if i.shape == ():
       return views.as_index(scalar_of(ctx.kernel, i).value)
@@ -29,10 +33,15 @@ def _index(ctx, i) -> views.Index:
   raise TypeError(f"unexpected index {i!r}")
 
 
-def _static(i):
-  """The Python int of a literal index (jaxpr literals arrive as Scalars
-  built from constants, so static ints come from the indexer itself)."""
-  return i if isinstance(i, int) else None
+def _constant_int(v: ir.Value) -> int | None:
+  owner = v.owner
+  if isinstance(owner, ir.Operation) or hasattr(owner, "operation"):
+    op = owner.operation if hasattr(owner, "operation") else owner
+    if op.name == "arith.constant":
+      attr = op.attributes["value"]
+      if isinstance(attr, ir.IntegerAttr):
+        return ir.IntegerAttr(attr).value
+  return None
 
 
 def apply_transforms(ctx, ref: Ref, tree, flat_args) -> tuple[Ref, tuple]:
