@@ -124,9 +124,7 @@ class KernelContext:
       else:
         linalg.fill(values.to_memory(v.value, v.dtype), outs=[dest])
       return
-    if not v.shape:
-      values.store_scalar(scalar_of(self, v).value, dest, v.dtype)
-      return
+    # Rank 0 included: a rank-0 generic computes the expression once.
     values.emit_elementwise(v, dest)
 
   def as_temp(self, v: values.Value) -> values.Value:

@@ -63,11 +63,11 @@ def _cmp(pred: str, a: ir.Value, b: ir.Value) -> ir.Value:
 
 
 def _or(a, b):
-  return b if a is None else arith.ori(a, b)
+  return b if a is None else a if b is None else arith.ori(a, b)
 
 
 def _and(a, b):
-  return b if a is None else arith.andi(a, b)
+  return b if a is None else a if b is None else arith.andi(a, b)
 
 
 class BlockWindow:
@@ -115,7 +115,7 @@ class BlockWindow:
     self.in_bounds = None
     for d, s in zip(self.dims, starts):
       if d.kind == "blocked" and d.array_size % d.size:
-        end = arith.addi(s, views.as_index(d.size))
+        end = arith.addi(views.as_index(s), views.as_index(d.size))
         self.in_bounds = _and(self.in_bounds,
                               _cmp("sle", end, views.as_index(d.array_size)))
     self.starts = starts
@@ -149,7 +149,7 @@ class BlockWindow:
     sizes = []
     for d, s in zip(self.dims, self.starts):
       if d.kind == "blocked" and d.array_size % d.size:
-        rest = arith.subi(views.as_index(d.array_size), s)
+        rest = arith.subi(views.as_index(d.array_size), views.as_index(s))
         sizes.append(arith.minsi(rest, views.as_index(d.size)))
       else:
         sizes.append(d.size)
@@ -236,9 +236,15 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
                                             for c in cj.consts])
   starts = []
   for d, o in zip(w.dims, outs):
-    idx = views.as_index(scalar_of(kctx, o).value)
-    if d.kind == "blocked":
-      idx = arith.muli(idx, views.as_index(d.size))
+    value = scalar_of(kctx, o).value
+    scale = d.size if d.kind == "blocked" else 1
+    const = views.constant_int(value)
+    if const is not None:  # a constant block index: a static window offset
+      starts.append(const * scale)
+      continue
+    idx = views.as_index(value)
+    if scale != 1:
+      idx = arith.muli(idx, views.as_index(scale))
     starts.append(idx)
   return starts
 
@@ -250,7 +256,8 @@ def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
   strides = types.row_major_strides([d.array_size for d in w.dims])
   offset = arith.constant(ir.IndexType.get(), 0)
   for s, stride in zip(starts, strides):
-    offset = arith.addi(offset, arith.muli(s, views.as_index(stride)))
+    offset = arith.addi(offset, arith.muli(views.as_index(s),
+                                           views.as_index(stride)))
   offset = arith.index_cast(i64, offset)
   changed = arith.cmpi(arith.CmpIPredicate.ne, offset, memref.load(last, []))
   if_op = scf.IfOp(changed)
@@ -268,6 +275,10 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
   ok = None
   i64 = ir.IntegerType.get_signless(64)
   for dim, (d, s) in enumerate(zip(w.dims, starts)):
+    if isinstance(s, int):
+      if 0 <= s < d.array_size:
+        continue  # statically inside
+      s = views.as_index(s)
     limit = views.as_index(d.array_size)
     bad = _or(_cmp("slt", s, views.as_index(0)), _cmp("sge", s, limit))
     if_op = scf.IfOp(bad)

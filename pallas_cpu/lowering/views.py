@@ -46,6 +46,17 @@ def space_cast(buf: ir.Value, space: ir.Attribute | None) -> ir.Value:
   return memref.MemorySpaceCastOp(new, buf).result
 
 
+def constant_int(v: ir.Value) -> int | None:
+  """The value of ``v`` if an arith.constant integer defines it."""
+  owner = v.owner
+  op = getattr(owner, "operation", owner)
+  if isinstance(op, ir.Operation) and op.name == "arith.constant":
+    attr = op.attributes["value"]
+    if isinstance(attr, ir.IntegerAttr):
+      return ir.IntegerAttr(attr).value
+  return None
+
+
 def as_index(v: Index) -> ir.Value:
   if isinstance(v, int):
     return arith.constant(ir.IndexType.get(), v)

@@ -22,7 +22,7 @@ def _index(ctx, i) -> views.Index:
   if isinstance(i, (int, np.integer)):
     return int(i)
   if isinstance(i, values.Scalar):
-    const = _constant_int(i.value)
+    const = views.constant_int(i.value)
     return const if const is not None else views.as_index(i.value)
   if isinstance(i, values.Array):
     if i.shape == ():
@@ -32,16 +32,6 @@ def _index(ctx, i) -> views.Index:
         "is not supported yet")
   raise TypeError(f"unexpected index {i!r}")
 
-
-def _constant_int(v: ir.Value) -> int | None:
-  owner = v.owner
-  if isinstance(owner, ir.Operation) or hasattr(owner, "operation"):
-    op = owner.operation if hasattr(owner, "operation") else owner
-    if op.name == "arith.constant":
-      attr = op.attributes["value"]
-      if isinstance(attr, ir.IntegerAttr):
-        return ir.IntegerAttr(attr).value
-  return None
 
 
 def apply_transforms(ctx, ref: Ref, tree, flat_args) -> tuple[Ref, tuple]:
