@@ -1,1 +1,320 @@
-"""(family: reductions) -- rules are added here."""
+"""Reductions: ``reduce_{sum,max,min,prod,and,or}`` and ``argmax``/``argmin``
+over any subset of axes.
+
+Each lowers to one ``linalg.generic`` whose iteration space is the operand's
+shape, with ``reduction`` iterators on the reduced axes, into a fresh buffer
+filled with the reduction's identity.  A lazy operand is not materialized
+first: its elementwise expression is computed inside the reduction's body
+(``jnp.sum(jnp.exp(x - m), axis=1)`` is one loop nest, no temporary).
+
+Semantics follow XLA: float max/min propagate NaN (``arith.maximumf``);
+16-bit float sums and products accumulate in f32 and round once at the end;
+argmax/argmin pick the first index of the extreme value, and the first NaN
+if there is one.  Loops run in index order, so float sums are sequential
+(XLA reassociates them: the last bits may differ).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from jax._src.lax import lax
+from mlir import ir
+from mlir.dialects import arith, linalg
+
+from pallas_cpu.lowering import types, values
+from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.elementwise import convert
+
+PARALLEL = "#linalg.iterator_type<parallel>"
+REDUCTION = "#linalg.iterator_type<reduction>"
+
+
+# -- a linalg.generic over lazy operands --------------------------------------
+def _affine_map(index_map, rank: int) -> ir.AffineMap:
+  exprs = [ir.AffineConstantExpr.get(0) if k is None else ir.AffineDimExpr.get(k)
+           for k in index_map]
+  return ir.AffineMap.get(rank, 0, exprs)
+
+
+def _dims_read(node, acc: set) -> set:
+  """The iteration dims that ``node``'s loads index with (an access that
+  fixes a dim's loop bound)."""
+  if isinstance(node, values.Load):
+    acc.update(k for k in node.index_map if k is not None)
+  elif isinstance(node, values.Op):
+    for a in node.args:
+      _dims_read(a, acc)
+  return acc
+
+
+def emit_generic(kctx, operands: Sequence[tuple[values.Value, Sequence[int]]],
+                 outputs: Sequence[tuple[ir.Value, Sequence[int]]],
+                 iterators: Sequence[str],
+                 body: Callable[[list[ir.Value], list[ir.Value]],
+                                list[ir.Value]]) -> None:
+  """Emits one ``linalg.generic`` over an iteration space of
+  ``len(iterators)`` dimensions (``"parallel"`` / ``"reduction"``).
+
+  ``operands``: (value, dims) where operand dimension ``d`` follows iteration
+  dimension ``dims[d]``; lazy arrays are evaluated inside the body (their
+  loads become inputs of the generic), scalars are used as they are.
+  ``outputs``: (memref, dims) likewise.  ``body(ins, outs)`` gets the operand
+  values (registers: bools as i1) and the output block arguments (memory
+  element types) and returns the values to yield (memory element types).
+
+  linalg derives every loop bound from an operand's shape: an iteration dim
+  that no load and no output indexes (a reduced dim of a broadcast, a splat
+  or an iota) gets it from a materialized copy of an operand spanning it.
+  """
+  rank = len(iterators)
+  covered = {k for _, dims in outputs for k in dims}
+  for v, dims in operands:
+    if isinstance(v, values.Array):
+      covered |= _dims_read(values.reindex(v.node, list(dims), None), set())
+  operands = list(operands)
+  for i, (v, dims) in enumerate(operands):
+    if isinstance(v, values.Array) and not set(dims) <= covered:
+      operands[i] = (kctx.as_temp(v), dims)
+      covered |= set(dims)
+  assert covered == set(range(rank)), (covered, rank)
+  nodes = []
+  for v, dims in operands:
+    if isinstance(v, values.Scalar):
+      nodes.append(values.Splat(v.value))
+    else:
+      assert len(dims) == len(v.shape), (dims, v.shape)
+      nodes.append(values.reindex(v.node, list(dims), None))
+  loads: dict[tuple, int] = {}
+  inputs, maps = [], []
+
+  def collect(node):
+    if isinstance(node, values.Load):
+      key = (node.memref, node.index_map)
+      if key not in loads:
+        loads[key] = len(inputs)
+        inputs.append(node.memref)
+        maps.append(_affine_map(node.index_map, rank))
+    elif isinstance(node, values.Op):
+      for a in node.args:
+        collect(a)
+
+  for n in nodes:
+    collect(n)
+  out_bufs = [buf for buf, _ in outputs]
+  maps.extend(_affine_map(tuple(dims), rank) for _, dims in outputs)
+  op = linalg.GenericOp(
+      result_tensors=[], inputs=inputs, outputs=out_bufs,
+      indexing_maps=ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in maps]),
+      iterator_types=ir.ArrayAttr.get(
+          [ir.Attribute.parse(f"#linalg.iterator_type<{it}>")
+           for it in iterators]))
+  elem_types = [ir.MemRefType(v.type).element_type for v in inputs + out_bufs]
+  block = op.regions[0].blocks.append(*elem_types)
+  with ir.InsertionPoint(block):
+    memo: dict[int, ir.Value] = {}
+
+    def emit(node):
+      if id(node) in memo:
+        return memo[id(node)]
+      if isinstance(node, values.Load):
+        v = block.arguments[loads[(node.memref, node.index_map)]]
+        if node.is_bool:
+          v = values.from_memory(v, np.dtype(np.bool_))
+      elif isinstance(node, values.Splat):
+        v = node.value
+      elif isinstance(node, values.Iota):
+        if node.dim is None:
+          v = arith.constant(ir.IndexType.get(), 0)
+        else:
+          v = linalg.IndexOp(ir.IntegerAttr.get(
+              ir.IntegerType.get_signless(64), node.dim)).result
+        v = values.index_to_element(v, types.element_type(node.dtype))
+      elif isinstance(node, values.Op):
+        v = node.build([emit(a) for a in node.args])
+      else:
+        raise TypeError(node)
+      memo[id(node)] = v
+      return v
+
+    ins = [emit(n) for n in nodes]
+    outs = list(block.arguments[len(inputs):])
+    linalg.YieldOp(body(ins, outs))
+
+
+def const(elem: ir.Type, value) -> ir.Value:
+  """An arith constant of a register or memory element type."""
+  if isinstance(elem, ir.IntegerType):
+    bits = ir.IntegerType(elem).width
+    value = int(value) & ((1 << bits) - 1)
+    if bits > 1 and value >= 2 ** (bits - 1):
+      value -= 2 ** bits
+    if bits == 1:
+      value = -1 if value else 0
+    return arith.constant(elem, ir.IntegerAttr.get(elem, value))
+  return arith.constant(elem, ir.FloatAttr.get(elem, float(value)))
+
+
+def fill(buf: ir.Value, value) -> None:
+  linalg.fill(const(ir.MemRefType(buf.type).element_type, value), outs=[buf])
+
+
+def result(kctx, buf: ir.Value, buf_dtype, out_dtype) -> values.Value:
+  """The value held by ``buf`` as ``out_dtype`` (a lazy conversion when the
+  buffer holds a wider accumulator); rank 0 gives a Scalar."""
+  buf_dtype, out_dtype = np.dtype(buf_dtype), np.dtype(out_dtype)
+  if not ir.MemRefType(buf.type).shape:
+    s = values.load_scalar(buf, buf_dtype)
+    return values.Scalar(convert(s.value, buf_dtype, out_dtype), out_dtype)
+  arr = values.load_array(buf, buf_dtype)
+  if buf_dtype != out_dtype:
+    arr = values.Array(values.Op(lambda a: convert(a[0], buf_dtype, out_dtype),
+                                 (arr.node,)), arr.shape, out_dtype)
+  return arr
+
+
+def accumulator_dtype(dtype) -> np.dtype:
+  """16-bit floats accumulate in f32, as XLA's CPU backend does."""
+  dtype = np.dtype(dtype)
+  if types.is_float(dtype) and types.bitwidth(dtype) < 32:
+    return np.dtype(np.float32)
+  return dtype
+
+
+# -- reduce_* -----------------------------------------------------------------
+def _kind_ops(kind: str, dtype):
+  """(identity, combine(acc, x)) of a reduction on register values of
+  ``dtype`` (the accumulator's dtype)."""
+  dtype = np.dtype(dtype)
+  if types.is_bool(dtype):
+    table = {"sum": (0, arith.ori), "max": (0, arith.ori),
+             "min": (1, arith.andi), "prod": (1, arith.andi),
+             "and": (1, arith.andi), "or": (0, arith.ori)}
+    return table[kind]
+  if types.is_float(dtype):
+    table = {"sum": (0.0, arith.addf), "prod": (1.0, arith.mulf),
+             "max": (float("-inf"), arith.maximumf),
+             "min": (float("inf"), arith.minimumf)}
+    if kind not in table:
+      raise NotImplementedError(f"reduce_{kind} on {dtype}")
+    return table[kind]
+  info = np.iinfo(dtype)
+  unsigned = types.is_unsigned(dtype)
+  table = {"sum": (0, arith.addi), "prod": (1, arith.muli),
+           "and": (-1, arith.andi), "or": (0, arith.ori),
+           "max": (info.min, arith.maxui if unsigned else arith.maxsi),
+           "min": (info.max, arith.minui if unsigned else arith.minsi)}
+  return table[kind]
+
+
+def reduce(ctx, x: values.Value, axes: Sequence[int], kind: str
+           ) -> values.Value:
+  """``x`` reduced over ``axes`` with ``kind`` (sum/prod/max/min/and/or)."""
+  dtype = np.dtype(ctx.avals_in[0].dtype)
+  out_dtype = np.dtype(ctx.avals_out[0].dtype)
+  axes = sorted(int(a) for a in axes)
+  if not axes:
+    return x
+  if isinstance(x, values.Scalar):  # rank 0 has no axes to reduce
+    raise ValueError(f"reducing a scalar over axes {axes}")
+  shape = tuple(x.shape)
+  rank = len(shape)
+  kept = [d for d in range(rank) if d not in axes]
+  out_shape = tuple(shape[d] for d in kept)
+  acc_dtype = (accumulator_dtype(dtype) if kind in ("sum", "prod")
+               else dtype)
+  identity, combine = _kind_ops(kind, acc_dtype)
+  kctx = ctx.kernel
+  buf = kctx.alloc(out_shape, acc_dtype)
+  fill(buf, identity)
+
+  def body(ins, outs):
+    v = convert(ins[0], dtype, acc_dtype)
+    acc = values.from_memory(outs[0], acc_dtype)
+    return [values.to_memory(combine(acc, v), acc_dtype)]
+
+  emit_generic(kctx, [(x, range(rank))], [(buf, kept)],
+               ["reduction" if d in axes else "parallel" for d in range(rank)],
+               body)
+  return result(kctx, buf, acc_dtype, out_dtype)
+
+
+def _reduce_rule(kind):
+  def rule(ctx, x, *, axes, **_):
+    return reduce(ctx, x, axes, kind)
+  return rule
+
+
+register(lax.reduce_sum_p)(_reduce_rule("sum"))
+register(lax.reduce_max_p)(_reduce_rule("max"))
+register(lax.reduce_min_p)(_reduce_rule("min"))
+register(lax.reduce_prod_p)(_reduce_rule("prod"))
+register(lax.reduce_and_p)(_reduce_rule("and"))
+register(lax.reduce_or_p)(_reduce_rule("or"))
+
+
+# -- argmax / argmin ----------------------------------------------------------
+def _arg_reduce(ctx, x, axes, index_dtype, is_max: bool) -> values.Value:
+  dtype = np.dtype(ctx.avals_in[0].dtype)
+  index_dtype = np.dtype(index_dtype)
+  if len(axes) != 1:
+    raise NotImplementedError(
+        f"arg{'max' if is_max else 'min'} over {len(axes)} axes (only one "
+        "axis is supported)")
+  if not types.is_int(index_dtype):
+    raise NotImplementedError(f"argmax/argmin with index_dtype {index_dtype}")
+  if isinstance(x, values.Scalar):
+    raise ValueError("argmax/argmin of a scalar")
+  axis = int(axes[0])
+  shape = tuple(x.shape)
+  rank = len(shape)
+  kept = [d for d in range(rank) if d != axis]
+  out_shape = tuple(shape[d] for d in kept)
+  kctx = ctx.kernel
+  best = kctx.alloc(out_shape, dtype)   # the extreme value so far
+  index = kctx.alloc(out_shape, index_dtype)
+  is_float = types.is_float(dtype)
+  if is_float:
+    fill(best, float("-inf") if is_max else float("inf"))
+  elif types.is_bool(dtype):
+    fill(best, 0 if is_max else 1)
+  else:
+    info = np.iinfo(dtype)
+    fill(best, info.min if is_max else info.max)
+  fill(index, 0)
+  unsigned = types.is_unsigned(dtype) or types.is_bool(dtype)
+
+  def body(ins, outs):
+    v = ins[0]
+    acc = values.from_memory(outs[0], dtype)
+    if is_float:
+      # Strictly better, or the first NaN (XLA: NaN beats every number, the
+      # first of several NaNs wins); ties keep the earlier index.
+      pred = arith.CmpFPredicate.OGT if is_max else arith.CmpFPredicate.OLT
+      better = arith.cmpf(pred, v, acc)
+      first_nan = arith.andi(arith.cmpf(arith.CmpFPredicate.UNO, v, v),
+                             arith.cmpf(arith.CmpFPredicate.ORD, acc, acc))
+      take = arith.ori(better, first_nan)
+    else:
+      name = ("u" if unsigned else "s") + ("gt" if is_max else "lt")
+      take = arith.cmpi(getattr(arith.CmpIPredicate, name), v, acc)
+    i = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64),
+                                          axis)).result
+    i = values.index_to_element(i, types.element_type(index_dtype))
+    return [values.to_memory(arith.select(take, v, acc), dtype),
+            arith.select(take, i, outs[1])]
+
+  emit_generic(kctx, [(x, range(rank))], [(best, kept), (index, kept)],
+               ["reduction" if d == axis else "parallel" for d in range(rank)],
+               body)
+  return result(kctx, index, index_dtype, index_dtype)
+
+
+@register(lax.argmax_p)
+def _argmax(ctx, x, *, axes, index_dtype, **_):
+  return _arg_reduce(ctx, x, axes, index_dtype, True)
+
+
+@register(lax.argmin_p)
+def _argmin(ctx, x, *, axes, index_dtype, **_):
+  return _arg_reduce(ctx, x, axes, index_dtype, False)

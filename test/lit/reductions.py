@@ -1,0 +1,189 @@
+# RUN: %PYTHON %s | FileCheck %s
+"""Reductions: a fill of the identity, then one linalg.generic with
+reduction iterators on the reduced axes (the output map drops them)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import pallas_cpu
+from lit_helpers import lower_text, run_test
+
+
+def whole(kernel, out_shape, dtype=jnp.float32):
+  def f(*args):
+    return pallas_cpu.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct(out_shape, dtype),
+        backend="cpu")(*args)
+  return f
+
+
+X = jnp.zeros((8, 128), jnp.float32)
+
+
+def sum_rows(x_ref, o_ref):
+  o_ref[...] = jnp.sum(x_ref[...], axis=1, keepdims=True)
+
+
+# CHECK-LABEL: TEST: test_sum_over_minor_axis
+# CHECK-DAG: #[[ID:.*]] = affine_map<(d0, d1) -> (d0, d1)>
+# CHECK-DAG: #[[ROWS:.*]] = affine_map<(d0, d1) -> (d0)>
+# CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+# CHECK: %[[ACC:.*]] = memref.alloc() {alignment = 64 : i64} : memref<8xf32, "vmem">
+# CHECK: linalg.fill ins(%[[ZERO]] : f32) outs(%[[ACC]] : memref<8xf32, "vmem">)
+# CHECK-NEXT: linalg.generic {indexing_maps = [#[[ID]], #[[ROWS]]], iterator_types = ["parallel", "reduction"]} ins(%{{.*}} : memref<8x128xf32, {{.*}}>) outs(%[[ACC]] : memref<8xf32, "vmem">)
+# CHECK-NEXT: ^bb0(%[[IN:.*]]: f32, %[[OUT:.*]]: f32):
+# CHECK-NEXT: %[[S:.*]] = arith.addf %[[OUT]], %[[IN]] : f32
+# CHECK-NEXT: linalg.yield %[[S]] : f32
+# CHECK: return
+@run_test
+def test_sum_over_minor_axis():
+  print(lower_text(whole(sum_rows, (8, 1)), X, stage="canonical"))
+
+
+def max_cols(x_ref, o_ref):
+  o_ref[...] = jnp.max(x_ref[...], axis=0)
+
+
+# Float max propagates NaN (maximumf) from -inf.
+# CHECK-LABEL: TEST: test_max_over_major_axis
+# CHECK-DAG: #[[COLS:.*]] = affine_map<(d0, d1) -> (d1)>
+# CHECK: %[[NINF:.*]] = arith.constant 0xFF800000 : f32
+# CHECK: linalg.fill ins(%[[NINF]] : f32)
+# CHECK-NEXT: linalg.generic {indexing_maps = [#{{.*}}, #[[COLS]]], iterator_types = ["reduction", "parallel"]}
+# CHECK: arith.maximumf
+# CHECK-NEXT: linalg.yield
+@run_test
+def test_max_over_major_axis():
+  print(lower_text(whole(max_cols, (128,)), X, stage="canonical"))
+
+
+def int_min_all(x_ref, o_ref):
+  o_ref[0] = jnp.min(x_ref[...])
+
+
+# A full reduction accumulates into a rank-0 buffer read back as a scalar.
+# CHECK-LABEL: TEST: test_int_min_to_scalar
+# CHECK-DAG: #[[NONE:.*]] = affine_map<(d0, d1) -> ()>
+# CHECK: %[[IMAX:.*]] = arith.constant 2147483647 : i32
+# CHECK: %[[ACC:.*]] = memref.alloc() {alignment = 64 : i64} : memref<i32, "vmem">
+# CHECK: linalg.fill ins(%[[IMAX]] : i32) outs(%[[ACC]] : memref<i32, "vmem">)
+# CHECK-NEXT: linalg.generic {indexing_maps = [#{{.*}}, #[[NONE]]], iterator_types = ["reduction", "reduction"]}
+# CHECK: arith.minsi
+# CHECK: memref.load %[[ACC]][] : memref<i32, "vmem">
+@run_test
+def test_int_min_to_scalar():
+  print(lower_text(whole(int_min_all, (1,), jnp.int32),
+                   jnp.zeros((8, 128), jnp.int32), stage="canonical"))
+
+
+def softmax(x_ref, o_ref):
+  x = x_ref[...]
+  e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))
+  o_ref[...] = e / jnp.sum(e, axis=1, keepdims=True)
+
+
+# Row softmax: max-reduce, exp (kept once: used twice), sum-reduce, divide.
+# (exp's own expansion is elementwise.py's business: not checked here.)
+# CHECK-LABEL: TEST: test_softmax
+# CHECK: linalg.fill
+# CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["parallel", "reduction"]
+# CHECK: arith.maximumf
+# CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "parallel"]
+# CHECK: arith.subf
+# CHECK: linalg.fill
+# CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["parallel", "reduction"]
+# CHECK: arith.addf
+# CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "parallel"]
+# CHECK: arith.divf
+# CHECK: return
+@run_test
+def test_softmax():
+  print(lower_text(whole(softmax, (8, 128)), X, stage="canonical"))
+
+
+def sum_scaled(x_ref, o_ref):
+  o_ref[...] = jnp.sum(x_ref[...] * 2.0, axis=1)
+
+
+# A lazy operand is computed inside the reduction's body: no temporary.
+# CHECK-LABEL: TEST: test_operand_fuses_into_reduction
+# CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "reduction"]
+# CHECK-NEXT: ^bb0(%[[IN:.*]]: f32, %[[OUT:.*]]: f32):
+# CHECK-NEXT: %[[E:.*]] = arith.mulf %[[IN]], %{{.*}} : f32
+# CHECK-NEXT: arith.addf %[[OUT]], %[[E]] : f32
+@run_test
+def test_operand_fuses_into_reduction():
+  print(lower_text(whole(sum_scaled, (8,)), X, stage="canonical"))
+
+
+def bf16_sum(x_ref, o_ref):
+  o_ref[...] = lax.reduce_sum_p.bind(x_ref[...], axes=(0,), out_sharding=None)
+
+
+# 16-bit float sums accumulate in f32 and round once at the end.
+# CHECK-LABEL: TEST: test_bf16_sum_accumulates_in_f32
+# CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[ACC:.*]] : memref<128xf32, "vmem">)
+# CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["reduction", "parallel"]
+# CHECK-NEXT: ^bb0(%[[IN:.*]]: bf16, %[[OUT:.*]]: f32):
+# CHECK-NEXT: %[[W:.*]] = arith.extf %[[IN]] : bf16 to f32
+# CHECK-NEXT: arith.addf %[[OUT]], %[[W]] : f32
+# CHECK: linalg.generic {{.*}} ins(%[[ACC]] : memref<128xf32, "vmem">)
+# CHECK: arith.truncf %{{.*}} : f32 to bf16
+@run_test
+def test_bf16_sum_accumulates_in_f32():
+  print(lower_text(whole(bf16_sum, (128,), jnp.bfloat16),
+                   jnp.zeros((8, 128), jnp.bfloat16), stage="canonical"))
+
+
+def any_all(x_ref, a_ref, o_ref):
+  a_ref[...] = jnp.all(x_ref[...] > 0, axis=1).astype(jnp.int32)
+  o_ref[...] = jnp.any(x_ref[...] < 0, axis=1).astype(jnp.int32)
+
+
+# Bools are bytes in memory: the accumulator is i8 (filled with the
+# identity, true for all, false for any), combined as i1; the comparison
+# is computed in the reduction's body.
+# CHECK-LABEL: TEST: test_all_any
+# CHECK-DAG: %[[TRUE:.*]] = arith.constant 1 : i8
+# CHECK-DAG: %[[FALSE:.*]] = arith.constant 0 : i8
+# CHECK: linalg.fill ins(%[[TRUE]] : i8) outs(%{{.*}} : memref<8xi8, "vmem">)
+# CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["parallel", "reduction"]
+# CHECK-NEXT: ^bb0(%[[IN:.*]]: f32, %[[OUT:.*]]: i8):
+# CHECK-NEXT: %[[P:.*]] = arith.cmpf ogt, %[[IN]]
+# CHECK-NEXT: %[[ACC:.*]] = arith.trunci %[[OUT]] : i8 to i1
+# CHECK-NEXT: %[[R:.*]] = arith.andi %[[ACC]], %[[P]] : i1
+# CHECK-NEXT: %[[M:.*]] = arith.extui %[[R]] : i1 to i8
+# CHECK-NEXT: linalg.yield %[[M]] : i8
+# CHECK: linalg.fill ins(%[[FALSE]] : i8) outs(%{{.*}} : memref<8xi8, "vmem">)
+# CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["parallel", "reduction"]
+# CHECK: arith.cmpf olt
+# CHECK: arith.ori
+@run_test
+def test_all_any():
+  out = (jax.ShapeDtypeStruct((8,), jnp.int32),) * 2
+  f = pallas_cpu.pallas_call(any_all, out_shape=out, backend="cpu")
+  print(lower_text(f, X, stage="canonical"))
+
+
+def argmax_rows(x_ref, o_ref):
+  o_ref[...] = jnp.argmax(x_ref[...], axis=1)
+
+
+# argmax carries the best value and its index; NaN wins (the first one),
+# ties keep the earlier index (strict ogt).
+# CHECK-LABEL: TEST: test_argmax
+# CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "reduction"]{{.*}} outs(%{{.*}}, %{{.*}} : memref<8xf32, "vmem">, memref<8xi32, "vmem">)
+# CHECK-NEXT: ^bb0(%[[IN:.*]]: f32, %[[BEST:.*]]: f32, %[[IDX:.*]]: i32):
+# CHECK: %[[GT:.*]] = arith.cmpf ogt, %[[IN]], %[[BEST]] : f32
+# CHECK: arith.cmpf uno, %[[IN]], %[[IN]] : f32
+# CHECK: arith.cmpf ord, %[[BEST]], %[[BEST]] : f32
+# CHECK: linalg.index 1 : index
+# CHECK: linalg.yield
+@run_test
+def test_argmax():
+  print(lower_text(whole(argmax_rows, (8,), jnp.int32), X, stage="canonical"))

@@ -1,0 +1,242 @@
+"""dot_general (every form Mosaic accepts) and transpose, against
+interpret=True and jnp.
+
+Integer products must agree bit for bit; float products sum in a different
+order than XLA's dot (sequential here), so they agree within a tolerance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from conftest import assert_same, call, check_against_interpret
+
+F32, BF16, I32, I8 = jnp.float32, jnp.bfloat16, jnp.int32, jnp.int8
+
+
+def _data(shape, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  if jnp.issubdtype(dtype, jnp.integer):
+    lo, hi = (-128, 128) if dtype == I8 else (-1000, 1000)
+    return jnp.asarray(rng.integers(lo, hi, shape), dtype)
+  return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+def _tol(out_dtype):
+  if jnp.issubdtype(out_dtype, jnp.integer):
+    return dict(exact=True)
+  if out_dtype == BF16:
+    return dict(exact=False, rtol=2e-2, atol=5e-2)
+  return dict(exact=False, rtol=1e-5, atol=1e-4)
+
+
+def _check(fn, *args):
+  """``o = fn(*inputs)`` on whole-array blocks: against interpret and jnp."""
+  want = fn(*args)
+  out = jax.ShapeDtypeStruct(want.shape, want.dtype)
+
+  def kernel(*refs):
+    *ins, o_ref = refs
+    o_ref[...] = fn(*[r[...] for r in ins])
+  got = check_against_interpret(kernel, out, *args, **_tol(want.dtype))
+  assert_same(got, want, **_tol(want.dtype))
+  return got
+
+
+NN = (((1,), (0,)), ((), ()))
+NT = (((1,), (1,)), ((), ()))
+TN = (((0,), (0,)), ((), ()))
+TT = (((0,), (1,)), ((), ()))
+FORMS = {"NN": (NN, (7, 130), (130, 5)), "NT": (NT, (7, 130), (5, 130)),
+         "TN": (TN, (130, 7), (130, 5)), "TT": (TT, (130, 7), (5, 130))}
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, I32], ids=["f32", "bf16", "i32"])
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_2d_forms(form, dtype):
+  dims, ls, rs = FORMS[form]
+  x, y = _data(ls, dtype, 1), _data(rs, dtype, 2)
+  _check(lambda a, b: lax.dot_general(a, b, dims), x, y)
+
+
+def test_q_at_k_transposed_and_matmul_operator():
+  q, k = _data((8, 128), F32, 3), _data((16, 128), F32, 4)
+  _check(lambda a, b: a @ b.T, q, k)
+  _check(lambda a, b: jnp.dot(a.T, b.T), _data((128, 8), F32, 5), k)
+
+
+@pytest.mark.parametrize("out", [F32, BF16], ids=["to_f32", "to_bf16"])
+def test_bf16_inputs(out):
+  """bf16 x bf16 accumulates in f32: to f32 (preferred_element_type), or
+  rounded once to bf16 at the end."""
+  x, y = _data((8, 256), BF16, 6), _data((256, 128), BF16, 7)
+  got = _check(lambda a, b: jnp.dot(a, b, preferred_element_type=out), x, y)
+  want = (np.asarray(x, np.float32) @ np.asarray(y, np.float32))
+  np.testing.assert_allclose(np.asarray(got, np.float32),
+                             want.astype(out).astype(np.float32),
+                             rtol=1e-2 if out == BF16 else 1e-5, atol=1e-3)
+
+
+def test_int8_to_int32():
+  """int8 x int8 -> int32 sign-extends and accumulates in i32 (no int8
+  overflow: 256 products of up to 128*128)."""
+  x = _data((8, 256), I8, 8).at[0, :].set(-128)
+  y = _data((256, 16), I8, 9).at[:, 0].set(-128)
+  got = _check(lambda a, b: lax.dot_general(a, b, NN,
+                                            preferred_element_type=I32), x, y)
+  assert int(got[0, 0]) == 256 * 128 * 128
+  _check(lambda a, b: lax.dot_general(a, b, NT, preferred_element_type=I32),
+         x, _data((16, 256), I8, 10))
+
+
+def test_int32_wraps_around():
+  x = jnp.full((2, 4), 2**20, I32)
+  y = jnp.full((4, 3), 2**12, I32)
+  got = _check(lambda a, b: a @ b, x, y)
+  assert int(got[0, 0]) == np.int32(np.int64(4 * 2**32) % 2**32)
+
+
+@pytest.mark.parametrize("dtype", [F32, I32], ids=["f32", "i32"])
+def test_batched(dtype):
+  a, b = _data((3, 7, 16), dtype, 11), _data((3, 16, 5), dtype, 12)
+  _check(lambda u, v: jnp.einsum("bij,bjk->bik", u, v), a, b)
+  q, k = _data((2, 8, 32), dtype, 13), _data((2, 16, 32), dtype, 14)
+  _check(lambda u, v: jnp.einsum("bqd,bkd->bqk", u, v), q, k)
+  # batch dimension not leading in the rhs
+  _check(lambda u, v: lax.dot_general(u, v, (((2,), (0,)), ((0,), (1,)))),
+         _data((3, 7, 16), dtype, 15), _data((16, 3, 5), dtype, 16))
+
+
+def test_matrix_vector_forms():
+  m, v = _data((8, 130), F32, 17), _data((130,), F32, 18)
+  _check(lambda a, b: a @ b, m, v)                 # (M,K)x(K,) -> (M,)
+  _check(lambda a, b: b @ a.T, m, v)               # (K,)x(K,M) -> (M,)
+  row = _data((1, 130), BF16, 19)
+  mb = _data((8, 130), BF16, 20)
+  # Mosaic's special case: (M,K) x (1,K) contracting both minor dims.
+  _check(lambda a, b: lax.dot_general(a, b, NT, preferred_element_type=F32),
+         mb, row)
+
+
+def test_vector_dot_to_scalar():
+  v, w = _data((130,), F32, 21), _data((130,), F32, 22)
+
+  def kernel(v_ref, w_ref, o_ref):
+    o_ref[...] = jnp.zeros(o_ref.shape, F32)
+    o_ref[0, 0] = jnp.dot(v_ref[...], w_ref[...])
+    o_ref[0, 1] = jnp.dot(v_ref[...], w_ref[...]) * 2.0
+  got = check_against_interpret(kernel, jax.ShapeDtypeStruct((1, 8), F32),
+                                v, w, exact=False, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(got[0, :2], [v @ w, 2 * (v @ w)], rtol=1e-5)
+
+
+def test_size_one_dims():
+  _check(lambda a, b: a @ b, _data((1, 8), F32, 23), _data((8, 1), F32, 24))
+  _check(lambda a, b: a @ b, _data((8, 1), F32, 25), _data((1, 8), F32, 26))
+  _check(lambda a, b: a @ b, _data((1, 1), I32, 27), _data((1, 5), I32, 28))
+
+
+def test_dot_fused_with_elementwise_consumer():
+  """The dot's result feeds a lazy elementwise chain; operands may be lazy
+  expressions themselves (computed inside the dot's loop body)."""
+  x, y = _data((8, 64), F32, 29), _data((64, 16), F32, 30)
+  _check(lambda a, b: jnp.tanh(jnp.dot(a * 2.0, jnp.exp(b))) + 1.0, x, y)
+  # a splat operand: the contracting loop bound comes from the other one
+  _check(lambda a, b: jnp.dot(jnp.ones((4, 64), F32), b) + a[:4, :16], x, y)
+
+
+def test_unsigned_dot_raises():
+  x = jnp.ones((8, 8), jnp.uint32)
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] @ x_ref[...]
+  with pytest.raises(NotImplementedError, match="Unsigned integer"):
+    call(kernel, jax.ShapeDtypeStruct((8, 8), jnp.uint32), x)
+
+
+# -- transpose ------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [F32, BF16, I32], ids=["f32", "bf16", "i32"])
+def test_transpose_2d(dtype):
+  x = _data((7, 130), dtype, 31)
+  _check(lambda a: a.T, x)
+  _check(lambda a: a.T * 2 + a.T, x)
+
+
+def test_transpose_3d_and_bool():
+  x = _data((2, 3, 5), F32, 32)
+
+  def fn(a):
+    return (jnp.transpose(a, (2, 0, 1)), jnp.transpose(a, (1, 2, 0)),
+            jnp.transpose(a, (0, 2, 1)), jnp.transpose(a > 0, (2, 1, 0)))
+  wants = fn(x)
+  outs = tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in wants)
+
+  def kernel(x_ref, *o):
+    for r, v in zip(o, fn(x_ref[...])):
+      r[...] = v
+  got = check_against_interpret(kernel, outs, x)
+  assert_same(got, wants)
+
+
+def test_transpose_in_place_square():
+  """o = o.T reads the whole block before writing it."""
+  x = _data((16, 16), F32, 33)
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...]
+    o_ref[...] = o_ref[...].T + 1.0
+  got = check_against_interpret(kernel, jax.ShapeDtypeStruct(x.shape, F32), x)
+  assert_same(got, x.T + 1.0)
+
+
+# -- real kernels -----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+def test_tiled_matmul_with_vmem_accumulator(dtype):
+  """The canonical Pallas TPU matmul: a (i, j, k) grid, an f32 VMEM
+  accumulator zeroed at k == 0 and written back at the last k."""
+  m, n, kk = 64, 256, 384
+  bm, bn, bk = 32, 128, 128
+  x, y = _data((m, kk), dtype, 34), _data((kk, n), dtype, 35)
+  nk = kk // bk
+
+  def kernel(x_ref, y_ref, o_ref, acc_ref):
+    @pl.when(pl.program_id(2) == 0)
+    def _():
+      acc_ref[...] = jnp.zeros_like(acc_ref)
+
+    acc_ref[...] += jnp.dot(x_ref[...], y_ref[...],
+                            preferred_element_type=jnp.float32)
+
+    @pl.when(pl.program_id(2) == nk - 1)
+    def _():
+      o_ref[...] = acc_ref[...].astype(o_ref.dtype)
+
+  got = check_against_interpret(
+      kernel, jax.ShapeDtypeStruct((m, n), dtype), x, y,
+      grid=(m // bm, n // bn, nk),
+      in_specs=[pl.BlockSpec((bm, bk), lambda i, j, k: (i, k)),
+                pl.BlockSpec((bk, bn), lambda i, j, k: (k, j))],
+      out_specs=pl.BlockSpec((bm, bn), lambda i, j, k: (i, j)),
+      scratch_shapes=[pltpu.VMEM((bm, bn), jnp.float32)], **_tol(dtype))
+  want = jnp.dot(x, y, preferred_element_type=F32).astype(dtype)
+  assert_same(got, want, **_tol(dtype))
+
+
+def test_attention_scores_kernel():
+  """softmax(q @ k.T / sqrt(d)) @ v on (8, 128) query blocks."""
+  q, k, v = (_data((32, 64), F32, s) for s in (36, 37, 38))
+
+  def kernel(q_ref, k_ref, v_ref, o_ref):
+    s = lax.dot_general(q_ref[...], k_ref[...], NT) * (1.0 / 8.0)
+    p = jnp.exp(s - jnp.max(s, axis=1, keepdims=True))
+    p = p / jnp.sum(p, axis=1, keepdims=True)
+    o_ref[...] = jnp.dot(p, v_ref[...])
+  full = pl.BlockSpec((32, 64), lambda i: (0, 0))
+  got = check_against_interpret(
+      kernel, jax.ShapeDtypeStruct((32, 64), F32), q, k, v, grid=(4,),
+      in_specs=[pl.BlockSpec((8, 64), lambda i: (i, 0)), full, full],
+      out_specs=pl.BlockSpec((8, 64), lambda i: (i, 0)), **_tol(F32))
+  want = jax.nn.softmax(q @ k.T / 8.0, axis=1) @ v
+  assert_same(got, want, **_tol(F32))
