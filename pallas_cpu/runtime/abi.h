@@ -122,18 +122,11 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
     int64_t grid_index);
 
 // ---------------------------------------------------------------------------
-// dot_general's fast path: C (+)= A @ B, f32 or bf16 (a_bf16/b_bf16) inputs,
-// f32 C.  Each operand is a rank-2 strided memref (allocated, aligned,
-// offset, sizes[2], strides[2]); A and B may be transposed views.  C must
-// have a unit column stride.
+// dot_general's fast path, pallas_cpu_rt_matmul_<A>_<B> for A, B in {f32,
+// bf16} (runtime/matmul.cc): C (+)= A @ B with f32 C.  Each operand is a
+// rank-2 strided memref, expanded (allocated, aligned, offset, sizes[2],
+// strides[2]); A and B may be transposed views; C has a unit column stride.
 // ---------------------------------------------------------------------------
-PALLAS_CPU_EXPORT void pallas_cpu_rt_matmul(
-    PallasCpuRuntimeContext* ctx, int64_t a_bf16, float* a_alloc, void* a,
-    int64_t a_off, int64_t a_s0, int64_t a_s1, int64_t a_st0, int64_t a_st1,
-    int64_t b_bf16, float* b_alloc, void* b, int64_t b_off, int64_t b_s0,
-    int64_t b_s1, int64_t b_st0, int64_t b_st1, float* c_alloc, float* c,
-    int64_t c_off, int64_t c_s0, int64_t c_s1, int64_t c_st0, int64_t c_st1,
-    int64_t accumulate);
 
 }  // extern "C"
 

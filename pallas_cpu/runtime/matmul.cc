@@ -10,9 +10,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
 #include "abi.h"
+#include "runtime_context.h"
 
 namespace pallas_cpu {
 namespace {
@@ -125,25 +127,49 @@ void Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
 }  // namespace
 }  // namespace pallas_cpu
 
-extern "C" void pallas_cpu_rt_matmul(
-    PallasCpuRuntimeContext* ctx, int64_t a_bf16, float* a_alloc, void* a,
-    int64_t a_off, int64_t a_s0, int64_t a_s1, int64_t a_st0, int64_t a_st1,
-    int64_t b_bf16, float* b_alloc, void* b, int64_t b_off, int64_t b_s0,
-    int64_t b_s1, int64_t b_st0, int64_t b_st1, float* c_alloc, float* c,
-    int64_t c_off, int64_t c_s0, int64_t c_s1, int64_t c_st0, int64_t c_st1,
-    int64_t accumulate) {
-  (void)ctx;
-  (void)a_alloc;
-  (void)b_alloc;
-  (void)c_alloc;
-  (void)c_s0;
-  (void)c_s1;
-  (void)c_st1;  // C is row-major with unit column stride (a fresh buffer)
-  using pallas_cpu::FromMemref2D;
-  pallas_cpu::Matrix ma =
-      FromMemref2D(a, a_off, a_s0, a_s1, a_st0, a_st1, a_bf16 ? 2 : 4);
-  pallas_cpu::Matrix mb =
-      FromMemref2D(b, b_off, b_s0, b_s1, b_st0, b_st1, b_bf16 ? 2 : 4);
-  pallas_cpu::Matmul(ma, a_bf16 != 0, mb, b_bf16 != 0, c + c_off, c_st0,
-                     accumulate != 0);
+namespace pallas_cpu {
+namespace {
+
+void MatmulEntry(PallasCpuRuntimeContext* ctx, int64_t c_s0, int64_t c_s1,
+                 bool a_bf16, void* a, int64_t a_off, int64_t a_s0,
+                 int64_t a_s1, int64_t a_st0, int64_t a_st1, bool b_bf16,
+                 void* b, int64_t b_off, int64_t b_s0, int64_t b_s1,
+                 int64_t b_st0, int64_t b_st1, float* c, int64_t c_off,
+                 int64_t c_st0, int64_t accumulate) {
+  if (a_s1 != b_s0 || c_s0 != a_s0 || c_s1 != b_s1) {
+    // A lowering bug, never the user's: refuse rather than scribble.
+    std::ostringstream os;
+    os << "internal error: matmul of " << a_s0 << "x" << a_s1 << " by " << b_s0
+       << "x" << b_s1 << " into " << c_s0 << "x" << c_s1;
+    ctx->Fail(os.str());
+    return;
+  }
+  Matrix ma = FromMemref2D(a, a_off, a_s0, a_s1, a_st0, a_st1, a_bf16 ? 2 : 4);
+  Matrix mb = FromMemref2D(b, b_off, b_s0, b_s1, b_st0, b_st1, b_bf16 ? 2 : 4);
+  Matmul(ma, a_bf16, mb, b_bf16, c + c_off, c_st0, accumulate != 0);
 }
+
+}  // namespace
+}  // namespace pallas_cpu
+
+// One symbol per operand element-type pair (each MLIR declaration needs its
+// own name, as with the DMA entry points).  Memrefs arrive expanded:
+// (allocated, aligned, offset, size0, size1, stride0, stride1).
+#define PALLAS_CPU_MATMUL_FOR(A, A_BF16, B, B_BF16)                          \
+  extern "C" PALLAS_CPU_EXPORT void pallas_cpu_rt_matmul_##A##_##B(          \
+      PallasCpuRuntimeContext* ctx, void* a_alloc, void* a, int64_t a_off,   \
+      int64_t a_s0, int64_t a_s1, int64_t a_st0, int64_t a_st1,              \
+      void* b_alloc, void* b, int64_t b_off, int64_t b_s0, int64_t b_s1,     \
+      int64_t b_st0, int64_t b_st1, float* c_alloc, float* c, int64_t c_off, \
+      int64_t c_s0, int64_t c_s1, int64_t c_st0, int64_t c_st1,              \
+      int64_t accumulate) {                                                  \
+    (void)a_alloc; (void)b_alloc; (void)c_alloc; (void)c_st1;                \
+    pallas_cpu::MatmulEntry(ctx, c_s0, c_s1, A_BF16, a, a_off, a_s0, a_s1, a_st0, a_st1,      \
+                            B_BF16, b, b_off, b_s0, b_s1, b_st0, b_st1, c,   \
+                            c_off, c_st0, accumulate);                       \
+  }
+PALLAS_CPU_MATMUL_FOR(f32, false, f32, false)
+PALLAS_CPU_MATMUL_FOR(bf16, true, bf16, true)
+PALLAS_CPU_MATMUL_FOR(f32, false, bf16, true)
+PALLAS_CPU_MATMUL_FOR(bf16, true, f32, false)
+#undef PALLAS_CPU_MATMUL_FOR

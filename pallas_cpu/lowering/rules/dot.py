@@ -10,14 +10,21 @@ temporary.  16-bit float results accumulate in f32 and round once at the
 end, as XLA's CPU backend does.  A transposed operand (``q @ k.T``) is not
 copied: ``transpose`` is a lazy re-indexing, and the generic reads the
 operand through the permuted indexing map.
+
+Matrix products proper -- f32 or bf16 operands, one free dimension on each
+side, one contracting dimension, any batch dimensions -- go to the runtime's
+register-tiled microkernel instead (runtime/matmul.cc): operand views are
+passed in place (transposes as strides), f32 accumulation.
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 from jax._src.lax import lax
-from mlir.dialects import arith
+from mlir import ir
+from mlir.dialects import arith, memref, scf
 
-from pallas_cpu.lowering import types, values
+from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.elementwise import convert
 from pallas_cpu.lowering.rules.reductions import (
@@ -70,6 +77,10 @@ def _dot_general(ctx, lhs, rhs, *, dimension_numbers, precision=None,
   acc_is_float = types.is_float(acc_dtype)
   kctx = ctx.kernel
   acc = kctx.alloc(out_shape, acc_dtype)
+  if _use_microkernel(in_dtypes, acc_dtype, nlf, nrf, nc, lhs_aval, lc):
+    _matmul_microkernel(kctx, lhs, rhs, acc, in_dtypes,
+                        lhs_dims, rhs_dims, nb, out_shape)
+    return result(kctx, acc, acc_dtype, out_dtype)
   fill(acc, 0)
 
   def body(ins, outs):
@@ -98,3 +109,101 @@ def _transpose(ctx, x, *, permutation):
     dim_map[d] = k
   shape = tuple(x.shape[d] for d in perm)
   return values.Array(values.reindex(x.node, dim_map, shape), shape, x.dtype)
+
+
+# -- the microkernel path ---------------------------------------------------
+_MICROKERNEL_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16))
+# Below this many multiply-adds the generic loop nest wins: packing costs.
+_MICROKERNEL_MIN_WORK = 8 * 8 * 8
+
+
+def _use_microkernel(in_dtypes, acc_dtype, nlf, nrf, nc, lhs_aval, lc) -> bool:
+  if acc_dtype != np.float32 or any(d not in _MICROKERNEL_DTYPES
+                                   for d in in_dtypes):
+    return False
+  if (nlf, nrf, nc) != (1, 1, 1):
+    return False
+  return int(np.prod(lhs_aval.shape)) * 8 >= _MICROKERNEL_MIN_WORK
+
+
+def _matrix_view(kctx, v: values.Array, dims: list[int], nb: int,
+                 batch_ivs: list[ir.Value], row_it: int) -> ir.Value:
+  """A 2-D strided view of the operand for one batch element, whose rows
+  follow iteration dim ``row_it`` (the lhs: its free dim; the rhs: the
+  contracting dim).  ``dims[d]``: the iteration dim of operand dim d.
+
+  An operand that is a plain (possibly transposed) load is viewed in place;
+  anything else is computed into a temporary first."""
+  node = v.node
+  if (isinstance(node, values.Load) and None not in node.index_map
+      and len(node.index_map) == len(v.shape)):
+    base, value_dim_of = node.memref, list(node.index_map)
+  else:
+    base = views.with_layout(kctx.materialize(v))
+    value_dim_of = list(range(len(v.shape)))
+  # Memref dim m holds value dim value_dim_of[m], iteration dim
+  # dims[value_dim_of[m]].
+  it_of = [dims[vd] for vd in value_dim_of]
+  offsets, sizes, drop = [], [], []
+  shape = ir.MemRefType(base.type).shape
+  for m, it in enumerate(it_of):
+    if it < nb:
+      offsets.append(batch_ivs[it])
+      sizes.append(1)
+      drop.append(m)
+    else:
+      offsets.append(0)
+      sizes.append(shape[m])
+  view = views.subview(base, offsets, sizes, drop=drop)
+  kept = [it for m, it in enumerate(it_of) if m not in drop]
+  t = ir.MemRefType(view.type)
+  if kept[0] != row_it:  # stored (cols, rows): transpose the view
+    strides = types.memref_strides(t)
+    transposed = ir.MemRefType.get(
+        [t.shape[1], t.shape[0]], t.element_type,
+        layout=types.strided_layout([strides[1], strides[0]]),
+        memory_space=t.memory_space)
+    perm = ir.AffineMap.get_permutation([1, 0])
+    view = memref.TransposeOp(transposed, view,
+                              ir.AffineMapAttr.get(perm)).result
+    t = ir.MemRefType(view.type)
+  dyn = ir.ShapedType.get_dynamic_size()
+  flat = views.space_cast(view, None)
+  generic = ir.MemRefType.get([dyn, dyn], t.element_type,
+                              layout=types.strided_layout([None, None]))
+  return memref.CastOp(generic, flat).result
+
+
+def _matmul_microkernel(kctx, lhs, rhs, acc, in_dtypes, lhs_dims, rhs_dims,
+                        nb, out_shape) -> None:
+  """acc = lhs . rhs through runtime/matmul.cc, one call per batch element
+  (a loop nest over the batch dims)."""
+  names = ["bf16" if d == ml_dtypes.bfloat16 else "f32" for d in in_dtypes]
+  acc_view = views.with_layout(acc)
+
+  def emit(batch_ivs):
+    # Iteration dims: batch < lhs free (nb) < rhs free (nb+1) < contracting.
+    a = _matrix_view(kctx, lhs, lhs_dims, nb, batch_ivs, row_it=nb)
+    b = _matrix_view(kctx, rhs, rhs_dims, nb, batch_ivs, row_it=nb + 2)
+    c = views.subview(acc_view, [*batch_ivs, 0, 0],
+                      [1] * nb + list(out_shape[nb:]), drop=list(range(nb)))
+    c = views.space_cast(c, None)
+    dyn = ir.ShapedType.get_dynamic_size()
+    c = memref.CastOp(ir.MemRefType.get(
+        [dyn, dyn], ir.F32Type.get(),
+        layout=types.strided_layout([None, None])), c).result
+    kctx.call_runtime(f"pallas_cpu_rt_matmul_{names[0]}_{names[1]}", [
+        kctx.runtime_ctx, a, b, c,
+        arith.constant(ir.IntegerType.get_signless(64), 0)])
+
+  def nest(d, ivs):
+    if d == nb:
+      emit(ivs)
+      return
+    loop = scf.ForOp(views.as_index(0), views.as_index(out_shape[d]),
+                     views.as_index(1))
+    with ir.InsertionPoint(loop.body):
+      nest(d + 1, [*ivs, loop.induction_variable])
+      scf.YieldOp([])
+
+  nest(0, [])
