@@ -10,6 +10,7 @@ import dataclasses
 from typing import Callable
 
 from jax._src import core as jax_core
+from jax._src import dtypes as jax_dtypes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,11 @@ def register(*prims: jax_core.Primitive, pure: bool = True,
 
 def lookup(prim: jax_core.Primitive) -> Rule | None:
   _load_rules()
-  return _RULES.get(prim)
+  rule = _RULES.get(prim)
+  if rule is not None and prim in _KEY_RULES:  # see register_key_rule
+    rule = dataclasses.replace(rule, fn=_key_dispatch(_KEY_RULES[prim],
+                                                      rule.fn))
+  return rule
 
 
 def registered() -> dict[jax_core.Primitive, Rule]:
@@ -56,3 +61,34 @@ def _load_rules():
   if not _loaded:
     _loaded = True
     from pallas_cpu.lowering import rules  # noqa: F401  (registers rules)
+
+
+# -- PRNG key arrays ---------------------------------------------------------------
+# Key arrays (extended dtypes) are carried as their key data, with trailing
+# key dimensions; a primitive's ordinary rule (slice, squeeze...) does not
+# know that.  A key rule, ``key_rule(ordinary_fn, ctx, *args, **params)``,
+# takes over when an operand or result of the equation is a key array
+# (rules/random.py registers them).
+_KEY_RULES: dict[jax_core.Primitive, Callable] = {}
+
+
+def register_key_rule(*prims: jax_core.Primitive):
+  def wrap(fn):
+    for p in prims:
+      _KEY_RULES[p] = fn
+    return fn
+  return wrap
+
+
+def _is_key(aval) -> bool:
+  dtype = getattr(aval, "dtype", None)
+  return (isinstance(dtype, jax_dtypes.ExtendedDType)
+          and jax_dtypes.issubdtype(dtype, jax_dtypes.prng_key))
+
+
+def _key_dispatch(key_fn: Callable, fn: Callable) -> Callable:
+  def rule(ctx, *args, **params):
+    if any(_is_key(a) for a in (*ctx.avals_in, *ctx.avals_out)):
+      return key_fn(fn, ctx, *args, **params)
+    return fn(ctx, *args, **params)
+  return rule
