@@ -98,8 +98,13 @@ STAGES: tuple[Stage, ...] = (
         "expand-strided-metadata",   # subviews -> reinterpret_cast arithmetic
         "lower-affine",              # affine.apply left by the step above
         "convert-scf-to-cf",
-        "convert-math-to-libm",      # exact log1p/expm1/erf... from libm
+        # Intrinsics first (sqrt, floor, ctpop... vectorize); libm for what
+        # has none (erf...).  math-to-libm marks the whole dialect illegal,
+        # so it must come second.  log1p/expm1 never reach here as math ops
+        # (rules/elementwise.py calls libm: math-to-llvm expands them
+        # imprecisely).
         "convert-math-to-llvm",
+        "convert-math-to-libm",
         "finalize-memref-to-llvm",
         "convert-arith-to-llvm",
         "convert-func-to-llvm",

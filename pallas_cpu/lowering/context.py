@@ -170,3 +170,22 @@ class RuleContext:
 
   def constant(self, value, dtype) -> values.Scalar:
     return self.kernel.constant(value, dtype)
+
+
+def call_external(name: str, args: list[ir.Value], result: ir.Type) -> ir.Value:
+  """Calls the C function ``name`` (libm, resolved when the kernel's shared
+  object is loaded) from wherever the insertion point is -- also inside a
+  fused loop body -- declaring it in the enclosing module on first use."""
+  op = ir.InsertionPoint.current.block.owner
+  while op is not None and op.name != "builtin.module":
+    op = op.parent
+  module_body = op.regions[0].blocks[0]
+  declared = any(o.operation.name == "func.func" and ir.StringAttr(
+      o.operation.attributes["sym_name"]).value == name
+                 for o in module_body.operations)
+  if not declared:
+    with ir.InsertionPoint.at_block_begin(module_body):
+      decl = func.FuncOp(name, ir.FunctionType.get([a.type for a in args],
+                                                   [result]))
+      decl.sym_visibility = ir.StringAttr.get("private")
+  return func.CallOp([result], ir.FlatSymbolRefAttr.get(name), args).result

@@ -27,18 +27,17 @@ def matmul(x_ref, y_ref, o_ref):
   o_ref[...] = jnp.dot(x_ref[...], y_ref[...])
 
 
+# A matrix product calls the runtime's microkernel on in-place views: the
+# accumulator is written by the call, no fill, no generic.
 # CHECK-LABEL: TEST: test_nn
-# CHECK-DAG: #[[LHS:.*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
-# CHECK-DAG: #[[RHS:.*]] = affine_map<(d0, d1, d2) -> (d2, d1)>
-# CHECK-DAG: #[[OUT:.*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
-# CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+# CHECK-DAG: func.func private @pallas_cpu_rt_matmul_f32_f32(!llvm.ptr, memref<?x?xf32, strided<[?, ?], offset: ?>>, memref<?x?xf32, strided<[?, ?], offset: ?>>, memref<?x?xf32, strided<[?, ?], offset: ?>>, i64)
 # CHECK: %[[ACC:.*]] = memref.alloc() {alignment = 64 : i64} : memref<8x16xf32, "vmem">
-# CHECK: linalg.fill ins(%[[ZERO]] : f32) outs(%[[ACC]] : memref<8x16xf32, "vmem">)
-# CHECK-NEXT: linalg.generic {indexing_maps = [#[[LHS]], #[[RHS]], #[[OUT]]], iterator_types = ["parallel", "parallel", "reduction"]} {{.*}} outs(%[[ACC]] : memref<8x16xf32, "vmem">)
-# CHECK-NEXT: ^bb0(%[[A:.*]]: f32, %[[B:.*]]: f32, %[[C:.*]]: f32):
-# CHECK-NEXT: %[[P:.*]] = arith.mulf %[[A]], %[[B]] : f32
-# CHECK-NEXT: %[[S:.*]] = arith.addf %[[C]], %[[P]] : f32
-# CHECK-NEXT: linalg.yield %[[S]] : f32
+# CHECK-NOT: linalg.fill {{.*}} outs(%[[ACC]]
+# CHECK: %[[A:.*]] = memref.cast %{{.*}} : memref<8x32xf32, {{.*}}> to memref<?x?xf32, strided<[?, ?], offset: ?>>
+# CHECK: %[[B:.*]] = memref.cast %{{.*}} : memref<32x16xf32, {{.*}}> to memref<?x?xf32, strided<[?, ?], offset: ?>>
+# CHECK: %[[C:.*]] = memref.cast %{{.*}} : memref<8x16xf32, {{.*}}> to memref<?x?xf32, strided<[?, ?], offset: ?>>
+# CHECK: call @pallas_cpu_rt_matmul_f32_f32(%{{.*}}, %[[A]], %[[B]], %[[C]], %{{.*}})
+# CHECK-NOT: iterator_types = ["parallel", "parallel", "reduction"]
 @run_test
 def test_nn():
   print(lower_text(whole(matmul, (8, 16)), jnp.zeros((8, 32)),
@@ -50,19 +49,12 @@ def qk(q_ref, k_ref, o_ref):
                        preferred_element_type=jnp.float32)
 
 
-# q @ k.T: no transposed copy; the rhs map reads k[j, k] directly.  bf16
-# operands are widened in the body and accumulate in f32.
+# q @ k.T: no transposed copy; the microkernel reads k through a transposed
+# view (memref.transpose: swapped strides).  bf16 operands, f32 accumulation.
 # CHECK-LABEL: TEST: test_nt_bf16_to_f32
-# CHECK-DAG: #[[LHS:.*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
-# CHECK-DAG: #[[RHS:.*]] = affine_map<(d0, d1, d2) -> (d1, d2)>
 # CHECK-NOT: memref.alloc() {{.*}} : memref<128x16xbf16
-# CHECK: linalg.fill ins(%{{.*}} : f32) outs(%{{.*}} : memref<8x16xf32, "vmem">)
-# CHECK-NEXT: linalg.generic {indexing_maps = [#[[LHS]], #[[RHS]], #{{.*}}], iterator_types = ["parallel", "parallel", "reduction"]}
-# CHECK-NEXT: ^bb0(%[[A:.*]]: bf16, %[[B:.*]]: bf16, %[[C:.*]]: f32):
-# CHECK-NEXT: %[[AW:.*]] = arith.extf %[[A]] : bf16 to f32
-# CHECK-NEXT: %[[BW:.*]] = arith.extf %[[B]] : bf16 to f32
-# CHECK-NEXT: %[[P:.*]] = arith.mulf %[[AW]], %[[BW]] : f32
-# CHECK-NEXT: arith.addf %[[C]], %[[P]] : f32
+# CHECK: %[[KT:.*]] = memref.transpose %{{.*}} (d0, d1) -> (d1, d0) : memref<16x128xbf16, strided<[128, 1], offset: ?>{{.*}}> to memref<128x16xbf16, strided<[1, 128], offset: ?>
+# CHECK: call @pallas_cpu_rt_matmul_bf16_bf16(
 @run_test
 def test_nt_bf16_to_f32():
   print(lower_text(whole(qk, (8, 16)), jnp.zeros((8, 128), jnp.bfloat16),
@@ -94,12 +86,12 @@ def batched(q_ref, k_ref, o_ref):
   o_ref[...] = jnp.einsum("bqd,bkd->bqk", q_ref[...], k_ref[...])
 
 
-# Batch dims lead the iteration space.
+# Batched: a loop over the batch dimension, one microkernel call per batch
+# element on rank-reduced views.
 # CHECK-LABEL: TEST: test_batched
-# CHECK-DAG: #[[LHS:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>
-# CHECK-DAG: #[[RHS:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2, d3)>
-# CHECK-DAG: #[[OUT:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>
-# CHECK: linalg.generic {indexing_maps = [#[[LHS]], #[[RHS]], #[[OUT]]], iterator_types = ["parallel", "parallel", "parallel", "reduction"]}
+# CHECK: scf.for %[[B:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
+# CHECK: memref.subview %{{.*}}[%[[B]], 0, 0] [1, 8, 32] [1, 1, 1]
+# CHECK: call @pallas_cpu_rt_matmul_f32_f32(
 @run_test
 def test_batched():
   print(lower_text(whole(batched, (2, 8, 16)), jnp.zeros((2, 8, 32)),
@@ -121,4 +113,19 @@ def transpose(x_ref, o_ref):
 @run_test
 def test_transpose():
   print(lower_text(whole(transpose, (128, 8)), jnp.zeros((8, 128)),
+                   stage="canonical"))
+
+
+def matvec(x_ref, v_ref, o_ref):
+  o_ref[...] = jnp.dot(x_ref[...], v_ref[...])
+
+
+# Matrix-vector products keep the generic loop nest (too little work for the
+# microkernel's packing).
+# CHECK-LABEL: TEST: test_matvec_generic
+# CHECK: linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
+# CHECK-NOT: pallas_cpu_rt_matmul
+@run_test
+def test_matvec_generic():
+  print(lower_text(whole(matvec, (8,)), jnp.zeros((8, 32)), jnp.zeros((32,)),
                    stage="canonical"))

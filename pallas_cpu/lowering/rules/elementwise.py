@@ -10,6 +10,7 @@ from mlir import ir
 from mlir.dialects import arith, math
 
 from pallas_cpu.lowering import types
+from pallas_cpu.lowering.context import call_external
 from pallas_cpu.lowering.rules import approx
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.common import elementwise
@@ -206,6 +207,15 @@ _log = _f32_or(approx.log_f32, math.log)
 _tanh = _f32_or(approx.tanh_f32, math.tanh)
 
 
+def _libm(name_f32: str, name_f64: str):
+  """A direct call to a libm function: MLIR's math-to-llvm expands log1p and
+  expm1 as log(1 + x) and exp(x) - 1, which lose all precision near 0."""
+  def build(v):
+    name = name_f32 if isinstance(v.type, ir.F32Type) else name_f64
+    return call_external(name, [v], v.type)
+  return build
+
+
 def _rsqrt(v):
   return arith.divf(_const_like(v, 1), math.sqrt(v))
 
@@ -217,7 +227,8 @@ def _logistic(v):
 
 for _p, _fn in [
     (lax.exp_p, _exp), (lax.exp2_p, math.exp2), (lax.log_p, _log),
-    (lax.log1p_p, math.log1p), (lax.expm1_p, math.expm1),
+    (lax.log1p_p, _libm("log1pf", "log1p")),
+    (lax.expm1_p, _libm("expm1f", "expm1")),
     (lax.tanh_p, _tanh), (lax.logistic_p, _logistic),
     (lax.sqrt_p, math.sqrt), (lax.rsqrt_p, _rsqrt),
     (lax.sin_p, math.sin), (lax.cos_p, math.cos), (lax.tan_p, math.tan),
