@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
 
@@ -20,9 +21,13 @@ def scaled_add(x_ref, y_ref, o_ref):
 
 def _kernel_call(backend):
   spec = pl.BlockSpec((BLOCK, BLOCK), lambda i, j: (i, j))
+  # Written as for a TPU: both grid dimensions are parallel (megacore there,
+  # the runtime's thread pool here).
   return jax.jit(pallas_cpu.pallas_call(
       scaled_add, out_shape=jax.ShapeDtypeStruct((N, N), jnp.float32),
       grid=(N // BLOCK, N // BLOCK), in_specs=[spec, spec], out_specs=spec,
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel")),
       backend=backend))
 
 
