@@ -10,6 +10,7 @@ from pallas_cpu.lowering.rules import (  # noqa: F401
     grid_queries,
     layout,
     memory,
+    misc,
     random,
     reductions,
     shape,

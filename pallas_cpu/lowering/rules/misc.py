@@ -1,0 +1,72 @@
+"""Primitives that mean little on a CPU core, lowered as Mosaic lowers them
+where that has a CPU meaning: identities, no-ops, and Mosaic's branch of
+``platform_dependent``."""
+from __future__ import annotations
+
+import numpy as np
+from jax._src import ad_util
+from jax._src import core as jax_core
+from jax._src import pjit
+from jax._src.lax import control_flow as lax_cf
+from jax._src.pallas import primitives as pallas_primitives
+from jax._src.pallas.mosaic import primitives as tpu_primitives
+from jax._src.state import types as state_types
+
+from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.elementwise import _binary
+from mlir.dialects import arith
+
+# add_any (gradient accumulation inside custom VJP bodies) is an add.
+register(ad_util.add_any_p)(_binary(arith.addf, arith.addi))
+
+
+@register(jax_core.stage_p)
+def _stage(ctx, x):
+  return x
+
+
+@register(pjit.reshard_p)
+def _reshard(ctx, x, **_):
+  return x  # one CPU core: no sharding inside a kernel
+
+
+@register(lax_cf.platform_index_p)
+def _platform_index(ctx, *, platforms, **_):
+  """The kernel is a Mosaic kernel: take the branch Mosaic would (the one
+  naming "mosaic", else the default -- not "tpu", XLA's TPU platform)."""
+  for i, ps in enumerate(platforms):
+    if ps is None or "mosaic" in ps:
+      return ctx.constant(i, np.int32)
+  raise NotImplementedError("platform_dependent without a mosaic or default "
+                            "branch")
+
+
+@register(pallas_primitives.delay_p, pure=False)
+def _delay(ctx, nanos):
+  """pltpu.delay stalls a TPU core for some nanoseconds; on the CPU nothing
+  waits on it (no other core observes the timing), so it is a no-op."""
+  return []
+
+
+@register(tpu_primitives.trace_value_p, pure=False)
+def _trace_value(ctx, value, *, label):
+  """Values traced for the TPU profiler: no profiler here, a no-op."""
+  return []
+
+
+@register(tpu_primitives.touch_p, pure=False)
+def _touch(ctx, x):
+  """pltpu.touch orders effects on TPU; compiled code runs in order."""
+  return []
+
+
+@register(jax_core.empty_ref_p, pure=False)
+def _empty_ref(ctx, *args, **params):
+  """A fresh ref (jax.empty_ref inside a kernel): scratch memory filled with
+  the uninitialized-memory value."""
+  from pallas_cpu.lowering import kernel as kernel_lowering
+  (aval,) = ctx.avals_out
+  ref_aval = aval if isinstance(aval, state_types.AbstractRef) else (
+      state_types.AbstractRef(aval))
+  return kernel_lowering.allocate_ref(ctx.kernel, ref_aval, ("empty_ref", id(ctx.eqn)),
+                                      f"empty_ref at {ctx.source}")
