@@ -218,11 +218,18 @@ def from_memory(v: ir.Value, dtype) -> ir.Value:
   return v
 
 
+def _zeros(memref: ir.Value) -> list[ir.Value]:
+  """Index 0 in every dimension: a single-element memref of any rank."""
+  rank = ir.MemRefType(memref.type).rank
+  return [arith.constant(ir.IndexType.get(), 0)] * rank
+
+
 def load_scalar(memref: ir.Value, dtype) -> Scalar:
   from mlir.dialects import memref as memref_d
-  return Scalar(from_memory(memref_d.load(memref, []), dtype), np.dtype(dtype))
+  return Scalar(from_memory(memref_d.load(memref, _zeros(memref)), dtype),
+                np.dtype(dtype))
 
 
 def store_scalar(v: ir.Value, memref: ir.Value, dtype) -> None:
   from mlir.dialects import memref as memref_d
-  memref_d.store(to_memory(v, dtype), memref, [])
+  memref_d.store(to_memory(v, dtype), memref, _zeros(memref))
