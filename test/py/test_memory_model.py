@@ -249,3 +249,16 @@ def test_uninitialized_scratch_fill(fill, expect_nan):
       compiler_params=pallas_cpu.CompilerParams(uninitialized_memory=fill))()
   out = np.asarray(out)
   assert np.isnan(out).all() if expect_nan else (out == 0).all()
+
+
+def test_barrier_semaphore_local_signal_and_wait():
+  def kernel(x_ref, o_ref):
+    barrier = pltpu.get_barrier_semaphore()
+    pltpu.semaphore_signal(barrier, 2)
+    pltpu.semaphore_wait(barrier, 2)
+    o_ref[...] = x_ref[...] + pltpu.semaphore_read(barrier).astype(jnp.float32)
+
+  out = pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+      compiler_params=pltpu.CompilerParams(collective_id=0))(X[:8])
+  assert_same(out, X[:8])

@@ -135,3 +135,14 @@ def _transformed(sem, transforms):
 
 def _is_true(x) -> bool:
   return bool(x) if isinstance(x, (bool, int, np.bool_)) else True
+
+
+@register(tpu_primitives.get_barrier_semaphore_p)
+def _get_barrier_semaphore(ctx):
+  """The kernel's barrier semaphore (pltpu.get_barrier_semaphore): one per
+  kernel invocation, zero at entry.  Devices signal each other's through it;
+  on one device only local signals and waits reach it."""
+  kctx = ctx.kernel
+  if getattr(kctx, "_barrier_semaphore", None) is None:
+    kctx._barrier_semaphore = kctx.new_semaphores((), "barrier semaphore")
+  return kctx._barrier_semaphore
