@@ -61,9 +61,9 @@ def test_dma_start_and_wait():
 @run_test
 def test_semaphore_signal_wait_read():
   def kernel(x_hbm, o_ref, sems):
-    pltpu.semaphore_signal(sems.at[2], 5)
-    pltpu.semaphore_wait(sems.at[2], 5)
-    o_ref[...] = jnp.full((8, 128), pltpu.semaphore_read(sems.at[2]),
+    pl.semaphore_signal(sems.at[2], 5)
+    pl.semaphore_wait(sems.at[2], 5)
+    o_ref[...] = jnp.full((8, 128), pl.semaphore_read(sems.at[2]),
                           jnp.float32)
   print(lower_text(_call(kernel, [pltpu.SemaphoreType.REGULAR((3,))]), X))
 

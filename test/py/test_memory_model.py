@@ -93,10 +93,10 @@ def test_semaphore_ping_pong_between_grid_steps():
 
     @pl.when(i > 0)
     def _():
-      pltpu.semaphore_wait(sem, i)         # what the previous step signalled
+      pl.semaphore_wait(sem, i)         # what the previous step signalled
 
-    pltpu.semaphore_signal(sem, i + 1)
-    o_ref[...] = x_ref[...] + pltpu.semaphore_read(sem).astype(jnp.float32)
+    pl.semaphore_signal(sem, i + 1)
+    o_ref[...] = x_ref[...] + pl.semaphore_read(sem).astype(jnp.float32)
 
   spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
   # TPU interpret mode cannot lower semaphore_read on CPU: compare with jnp.
@@ -164,8 +164,8 @@ def test_emit_pipeline_inside_a_kernel():
 
 def test_deadlocked_wait_names_the_semaphore():
   def kernel(x_ref, o_ref, sems):
-    pltpu.semaphore_signal(sems.at[1], 1)
-    pltpu.semaphore_wait(sems.at[1], 2)
+    pl.semaphore_signal(sems.at[1], 1)
+    pl.semaphore_wait(sems.at[1], 2)
     o_ref[...] = x_ref[...]
 
   f = pallas_cpu.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(
@@ -254,9 +254,9 @@ def test_uninitialized_scratch_fill(fill, expect_nan):
 def test_barrier_semaphore_local_signal_and_wait():
   def kernel(x_ref, o_ref):
     barrier = pltpu.get_barrier_semaphore()
-    pltpu.semaphore_signal(barrier, 2)
-    pltpu.semaphore_wait(barrier, 2)
-    o_ref[...] = x_ref[...] + pltpu.semaphore_read(barrier).astype(jnp.float32)
+    pl.semaphore_signal(barrier, 2)
+    pl.semaphore_wait(barrier, 2)
+    o_ref[...] = x_ref[...] + pl.semaphore_read(barrier).astype(jnp.float32)
 
   out = pallas_cpu.pallas_call(
       kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),

@@ -78,7 +78,7 @@ def test_errors_from_any_thread_are_reported():
   def kernel(x_ref, o_ref, sem):
     @pl.when(pl.program_id(0) == 6)
     def _():
-      pltpu.semaphore_wait(sem, 1)
+      pl.semaphore_wait(sem, 1)
     o_ref[...] = x_ref[...]
 
   spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
