@@ -6,6 +6,8 @@ import ml_dtypes
 import numpy as np
 from mlir import ir
 
+from pallas_cpu.lowering import fp8
+
 
 def is_float(dtype) -> bool:
   # jnp knows the ml_dtypes floats (bfloat16, float8_*) that numpy does not.
@@ -37,8 +39,11 @@ _FLOATS = {
 
 
 def element_type(dtype) -> ir.Type:
-  """The MLIR element type of a JAX dtype (integers are signless)."""
+  """The MLIR register type of a JAX dtype (integers are signless; float8
+  values are computed in f32, see fp8.py)."""
   dtype = np.dtype(dtype)
+  if fp8.is_fp8(dtype):
+    return ir.F32Type.get()
   if dtype in _FLOATS:
     return _FLOATS[dtype]()
   if is_bool(dtype):
@@ -50,10 +55,16 @@ def element_type(dtype) -> ir.Type:
 
 def memory_element_type(dtype) -> ir.Type:
   """The element type in memory: bools are bytes (as XLA stores them; LLVM
-  cannot address i1)."""
-  if is_bool(dtype):
+  cannot address i1), float8 values are their bytes."""
+  if is_bool(dtype) or fp8.is_fp8(dtype):
     return ir.IntegerType.get_signless(8)
   return element_type(dtype)
+
+
+def converted_in_registers(dtype) -> bool:
+  """Whether the register type differs from the memory type (bool: i1 vs
+  i8; float8: f32 vs i8)."""
+  return is_bool(dtype) or fp8.is_fp8(dtype)
 
 
 def index_type() -> ir.Type:

@@ -19,7 +19,7 @@ import numpy as np
 from mlir import ir
 from mlir.dialects import arith, linalg
 
-from pallas_cpu.lowering import types
+from pallas_cpu.lowering import fp8, types
 
 # How a leaf indexes its memref: per memref dimension, either the iteration
 # dimension it follows (an int) or None for the constant index 0 (a size-1
@@ -50,7 +50,9 @@ class Load(Node):
   index_map: IndexMap
   root: object | None
   key: object = None  # identifies the view (see rules/memory.py)
-  is_bool: bool = False  # bools are bytes in memory, i1 in registers
+  # The value's dtype when memory holds another representation (bool: i8
+  # for i1; float8: a byte for an f32), else None.
+  converted: np.dtype | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -118,7 +120,7 @@ def reindex(node: Node, dim_map: Sequence[int | None], out_shape) -> Node:
   if isinstance(node, Load):
     return Load(node.memref,
                 tuple(None if k is None else dim_map[k] for k in node.index_map),
-                node.root, node.key, node.is_bool)
+                node.root, node.key, node.converted)
   if isinstance(node, Splat):
     return node
   if isinstance(node, Iota):
@@ -169,8 +171,8 @@ def emit_elementwise(array: Array, dest: ir.Value) -> None:
         return memo[id(node)]
       if isinstance(node, Load):
         v = block.arguments[loads[(node.memref, node.index_map)]]
-        if node.is_bool:
-          v = from_memory(v, np.dtype(np.bool_))
+        if node.converted is not None:
+          v = from_memory(v, node.converted)
       elif isinstance(node, Splat):
         v = node.value
       elif isinstance(node, Iota):
@@ -201,20 +203,26 @@ def index_to_element(v: ir.Value, elem: ir.Type) -> ir.Value:
 def load_array(memref: ir.Value, dtype, *, root=None, key=None) -> Array:
   """The whole of ``memref`` as a lazy array (identity index map)."""
   shape = tuple(ir.MemRefType(memref.type).shape)
-  return Array(Load(memref, identity_map(len(shape)), root, key,
-                    types.is_bool(dtype)), shape, np.dtype(dtype))
+  converted = np.dtype(dtype) if types.converted_in_registers(dtype) else None
+  return Array(Load(memref, identity_map(len(shape)), root, key, converted),
+               shape, np.dtype(dtype))
 
 
 def to_memory(v: ir.Value, dtype) -> ir.Value:
-  """A register value as stored in memory (bool: i1 -> i8)."""
+  """A register value as stored in memory (bool: i1 -> i8; float8: f32 ->
+  its byte)."""
   if types.is_bool(dtype):
     return arith.extui(types.memory_element_type(dtype), v)
+  if fp8.is_fp8(dtype):
+    return fp8.encode(v, dtype)
   return v
 
 
 def from_memory(v: ir.Value, dtype) -> ir.Value:
   if types.is_bool(dtype):
     return arith.trunci(types.element_type(dtype), v)
+  if fp8.is_fp8(dtype):
+    return fp8.decode(v, dtype)
   return v
 
 

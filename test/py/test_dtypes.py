@@ -1,5 +1,6 @@
 """Every dtype Mosaic handles, through the common primitives: results equal
-interpret=True bit for bit (single ops; float chains round per op)."""
+interpret=True bit for bit (single ops; float chains round per op).  float8
+values include NaN, inf and overflowing inputs in the conversions."""
 import contextlib
 
 import jax
@@ -12,7 +13,9 @@ from conftest import check_against_interpret
 
 SHAPE, SPEC = (16, 256), pl.BlockSpec((8, 128), lambda i, j: (i, j))
 DTYPES = ["float16", "bfloat16", "float32", "float64", "int8", "int16",
-          "int32", "int64", "uint8", "uint16", "uint32", "bool"]
+          "int32", "int64", "uint8", "uint16", "uint32", "bool",
+          # float8: bytes in memory, f32 in registers, every result rounded.
+          "float8_e4m3fn", "float8_e5m2", "float8_e4m3b11fnuz"]
 
 
 def _x64(dtype):
@@ -61,7 +64,8 @@ def test_conversions_to_and_from_f32_and_i32(dtype):
     x = _data(3, dtype)
     _run(lambda a: a.astype(jnp.float32), "float32", x)
     _run(lambda a: a.astype(jnp.int32), "int32", x)
-    f = _data(4, "float32") * 50
+    f = (_data(4, "float32") * 50).at[0, :6].set(
+        jnp.asarray([jnp.nan, jnp.inf, -jnp.inf, 1e6, -1e6, 1e-9]))
     _run(lambda a: a.astype(dtype), dtype, f)
 
 

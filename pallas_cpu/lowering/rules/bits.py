@@ -153,7 +153,7 @@ def in_memory(ctx, x: values.Array) -> tuple[ir.Value, object]:
   loads must name: the memref ``x`` already reads when it is a plain load
   (no copy), else a fresh immutable temporary (root None)."""
   node = x.node
-  if (isinstance(node, values.Load) and not node.is_bool
+  if (isinstance(node, values.Load) and node.converted is None
       and node.index_map == values.identity_map(len(x.shape))
       and tuple(ir.MemRefType(node.memref.type).shape) == tuple(x.shape)):
     return views.with_layout(node.memref), node.root

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 import numpy as np
 from mlir import ir
 
-from pallas_cpu.lowering import values
+from pallas_cpu.lowering import fp8, values
 from pallas_cpu.lowering.context import RuleContext, scalar_of
 
 
@@ -17,6 +17,9 @@ def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
   out_aval = ctx.avals_out[0]
   dtype = np.dtype(out_dtype if out_dtype is not None else out_aval.dtype)
   shape = tuple(out_aval.shape)
+  if fp8.is_fp8(dtype):  # computed in f32, each result rounded (as XLA)
+    inner = build
+    build = lambda ops: fp8.round_to(inner(ops), dtype)  # noqa: E731
   if not shape:
     scalars = [scalar_of(ctx.kernel, a).value for a in args]
     return values.Scalar(build(scalars), dtype)

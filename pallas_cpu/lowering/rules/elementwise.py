@@ -9,7 +9,7 @@ from jax._src.lax import special
 from mlir import ir
 from mlir.dialects import arith, math
 
-from pallas_cpu.lowering import types
+from pallas_cpu.lowering import fp8, types
 from pallas_cpu.lowering.context import call_external
 from pallas_cpu.lowering.rules import approx
 from pallas_cpu.lowering.registry import register
@@ -348,9 +348,14 @@ def _clamp(ctx, lo, x, hi):
 def convert(v: ir.Value, src, dst) -> ir.Value:
   """Converts one scalar from JAX dtype ``src`` to ``dst`` as XLA does."""
   src, dst = np.dtype(src), np.dtype(dst)
-  out_t = types.element_type(dst)
   if src == dst:
     return v
+  f32 = np.dtype(np.float32)
+  if fp8.is_fp8(src):  # its register already holds the exact f32 value
+    return convert(v, f32, dst)
+  if fp8.is_fp8(dst):
+    return fp8.round_to(convert(v, src, f32), dst)
+  out_t = types.element_type(dst)
   if types.is_bool(dst):
     zero = _const_like(v, 0)
     return _cmpf("une", v, zero) if types.is_float(src) else _cmpi("ne", v, zero)
