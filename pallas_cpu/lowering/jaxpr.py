@@ -125,6 +125,8 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
       try:
         out = rule.fn(ctx, *args_in, **eqn.params)
       except Exception as e:  # noqa: BLE001 - rewrapped with the source line
+        if getattr(e, "_pallas_cpu_wrapped", False):
+          raise  # wrapped at the innermost equation already
         raise _wrap(e, eqn, line) from e
     outs = out if eqn.primitive.multiple_results else [out]
     for v, o in zip(eqn.outvars, outs):
@@ -152,8 +154,6 @@ def _materialize_mutable_reads(kctx, env, last_use, i, keep) -> None:
 
 
 def _wrap(e: Exception, eqn, line: str) -> Exception:
-  if getattr(e, "_pallas_cpu_wrapped", False):
-    return e
   msg = f"{e}\n  while lowering primitive '{eqn.primitive.name}' at {line}"
   if isinstance(e, (NotImplementedError, ValueError, TypeError)):
     new = type(e)(msg)

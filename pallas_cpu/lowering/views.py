@@ -70,8 +70,12 @@ def subview(src: ir.Value, offsets: Sequence[Index], sizes: Sequence[Index],
             drop: Sequence[int] = ()) -> ir.Value:
   """A window of ``src``; dimensions in ``drop`` (size 1) are squeezed out.
 
-  ``src`` must have a dynamic-offset strided layout (see ``with_layout``).
+  A source without a dynamic-offset strided layout is cast to one first
+  (``with_layout``), so the result type is always predictable.
   """
+  _, src_offset = ir.MemRefType(src.type).get_strides_and_offset()
+  if src_offset != DYN:
+    src = with_layout(src)
   t = ir.MemRefType(src.type)
   rank = t.rank
   steps = list(steps) if steps is not None else [1] * rank

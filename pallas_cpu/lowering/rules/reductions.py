@@ -119,8 +119,8 @@ def emit_generic(kctx, operands: Sequence[tuple[values.Value, Sequence[int]]],
         return memo[id(node)]
       if isinstance(node, values.Load):
         v = block.arguments[loads[(node.memref, node.index_map)]]
-        if node.is_bool:
-          v = values.from_memory(v, np.dtype(np.bool_))
+        if node.converted is not None:
+          v = values.from_memory(v, node.converted)
       elif isinstance(node, values.Splat):
         v = node.value
       elif isinstance(node, values.Iota):
