@@ -64,3 +64,22 @@ def test_error_inside_rule_names_primitive_and_line():
     pallas_cpu.pallas_call(kernel, out_shape=X, grid=(2,), in_specs=[SPEC],
                            out_specs=SPEC)(X)
   assert "test_errors.py" in str(e.value)
+
+
+def test_error_in_a_nested_jaxpr_is_reported_once():
+  """A rule failing two levels down (cond inside jit) is wrapped once, at
+  the innermost equation; re-raising it must not chain it to itself (JAX's
+  error handling would then loop forever)."""
+  @jax.jit
+  def helper(ref):
+    return jax.lax.cond(True, lambda: ref[jnp.arange(8), :],
+                        lambda: ref[...])
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = helper(x_ref)
+
+  with pytest.raises(NotImplementedError) as e:
+    pallas_cpu.pallas_call(kernel, out_shape=X, grid=(2,), in_specs=[SPEC],
+                           out_specs=SPEC)(X)
+  assert e.value.__cause__ is not e.value
+  assert str(e.value).count("while lowering primitive") == 1
