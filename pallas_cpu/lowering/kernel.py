@@ -67,6 +67,16 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     entry = func.FuncOp(ENTRY, ir.FunctionType.get(
         [ptr, i64, i64, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+    # XLA gives every operand its own buffer unless input_output_aliases pairs
+    # them: telling LLVM lets it keep values in registers and vectorize
+    # loops that read one operand and write another.
+    aliased = {i for i, _ in spec.input_output_aliases} | {
+        len(spec.in_avals) + o for _, o in spec.input_output_aliases}
+    noalias = ir.DictAttr.get({"llvm.noalias": ir.UnitAttr.get()})
+    entry.arg_attrs = ir.ArrayAttr.get(
+        [ir.DictAttr.get({})] * 3 + [
+            ir.DictAttr.get({}) if i in aliased else noalias
+            for i in range(len(operand_types))])
   attrs = module.operation.attributes
   attrs["pallas_cpu.kernel_name"] = ir.StringAttr.get(spec.name)
   attrs["pallas_cpu.opt_level"] = ir.IntegerAttr.get(

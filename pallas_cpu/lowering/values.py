@@ -241,3 +241,33 @@ def load_scalar(memref: ir.Value, dtype) -> Scalar:
 def store_scalar(v: ir.Value, memref: ir.Value, dtype) -> None:
   from mlir.dialects import memref as memref_d
   memref_d.store(to_memory(v, dtype), memref, _zeros(memref))
+
+
+def evaluate_at(node: Node, ivs: Sequence[ir.Value], dtype=None,
+                memo: dict | None = None) -> ir.Value:
+  """The register value of ``node`` at iteration point ``ivs`` (index
+  values), emitted at the current insertion point: loads become
+  ``memref.load``s.  For loops that are not linalg ops (a reduction whose
+  accumulator lives in a register)."""
+  from mlir.dialects import memref as memref_d
+  memo = {} if memo is None else memo
+  if id(node) in memo:
+    return memo[id(node)]
+  if isinstance(node, Load):
+    zero = arith.constant(ir.IndexType.get(), 0)
+    idx = [zero if k is None else ivs[k] for k in node.index_map]
+    v = memref_d.load(node.memref, idx)
+    if node.converted is not None:
+      v = from_memory(v, node.converted)
+  elif isinstance(node, Splat):
+    v = node.value
+  elif isinstance(node, Iota):
+    i = arith.constant(ir.IndexType.get(), 0) if node.dim is None else (
+        ivs[node.dim])
+    v = index_to_element(i, types.element_type(node.dtype))
+  elif isinstance(node, Op):
+    v = node.build([evaluate_at(a, ivs, memo=memo) for a in node.args])
+  else:
+    raise TypeError(node)
+  memo[id(node)] = v
+  return v

@@ -21,7 +21,7 @@ def copy_kernel(x_ref, o_ref):
 # is the block index times the block size, the window keeps the array's
 # strides, and the kernel sees it in "vmem".
 # CHECK-LABEL: TEST: test_blocked_view
-# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<16x256xf32, "hbm">, %[[O:[^:]+]]: memref<16x256xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<16x256xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x256xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK-DAG: %[[C8:.*]] = arith.constant 8 : index
 # CHECK-DAG: %[[C128:.*]] = arith.constant 128 : index
 # CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
@@ -55,7 +55,7 @@ def test_blocked_view():
 # rank-reducing subview of size 1 along it, whose index-map value is an
 # element index, not a block index.
 # CHECK-LABEL: TEST: test_squeezed_dims_rank_reduce
-# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<8x4x256xf32, "hbm">, %[[O:[^:]+]]: memref<4x8x256xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<8x4x256xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<4x8x256xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
 # CHECK: scf.for %[[J:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
 # CHECK: %[[XB:.*]] = memref.subview %[[X]][0, %[[I]], %{{.*}}] [8, 1, 128] [1, 1, 1] : memref<8x4x256xf32, "hbm"> to memref<8x128xf32, strided<[1024, 1], offset: ?>, "hbm">
@@ -83,7 +83,7 @@ def scale_kernel(x_ref, o_ref):
 # operand itself (here with a static slice), only the blocked output is in
 # "vmem".
 # CHECK-LABEL: TEST: test_any_memory_space_is_whole_operand
-# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<16x128xf32, "hbm">, %[[O:[^:]+]]: memref<8x128xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<8x128xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK: %[[OV:.*]] = memref.memory_space_cast %{{.*}} : {{.*}} to memref<8x128xf32, strided<[128, 1], offset: ?>, "vmem">
 # CHECK: %[[XS:.*]] = memref.subview %[[X]][0, 0] [8, 128] [1, 1] : memref<16x128xf32, "hbm"> to memref<8x128xf32, strided<[128, 1]>, "hbm">
 # CHECK-NOT: memory_space_cast
@@ -111,7 +111,7 @@ def copy2_kernel(x_ref, o_ref, p_ref):
 # CHECK-LABEL: TEST: test_output_block_revisit_tracking
 # CHECK-DAG: func.func private @pallas_cpu_rt_output_block_changed(!llvm.ptr, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(
-# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">, %[[O:[^:]+]]: memref<16x128xf32, "hbm">, %[[P:[^:]+]]: memref<16x128xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[P:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK-DAG: %[[NONE:.*]] = arith.constant -1 : i64
 # CHECK-DAG: %[[OUT0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[OUT1:.*]] = arith.constant 1 : i64

@@ -36,7 +36,7 @@ def copy(x):
 # here) need no check.
 # CHECK-LABEL: TEST: test_every_dimension_is_checked
 # CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
-# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">, %{{[^:]+}}: memref<16x128xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK: scf.for
 #
 # Operand 0 (x), dimension 0: a window of 8 rows out of 16.
@@ -106,7 +106,7 @@ def gather(idx, x):
 # CHECK-LABEL: TEST: test_data_dependent_index_map
 # CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
-# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[IDX:[^:]+]]: memref<2xi32, "smem">,
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[IDX:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}},
 # CHECK-DAG: %[[I0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
 # CHECK-DAG: %[[I2:.*]] = arith.constant 2 : i64
@@ -175,7 +175,7 @@ def dynamic_index(s, x):
 # o_ref[0:8, :], o_ref[8, :]) need no check once canonicalized.
 # CHECK-LABEL: TEST: test_dynamic_ref_indices
 # CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
-# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[S:[^:]+]]: memref<2xi32, "smem">,
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[S:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}},
 # CHECK-DAG: %[[DIM0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
 # CHECK-DAG: %[[I8:.*]] = arith.constant 8 : i64

@@ -36,7 +36,7 @@ def blocked(kernel, shape, dtype, block, grid, **kwargs):
 # block.  One padded "vmem" buffer per operand is allocated once, outside
 # the grid loops, and freed after them.
 # CHECK-LABEL: TEST: test_edge_blocks_2d
-# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<100x130xf32, "hbm">, %[[O:[^:]+]]: memref<100x130xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<100x130xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<100x130xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK-DAG: %[[NAN:.*]] = arith.constant 0x7FC00000 : f32
 # CHECK-DAG: %[[TRUE:.*]] = arith.constant true
 # CHECK-DAG: %[[C32:.*]] = arith.constant 32 : index

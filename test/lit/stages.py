@@ -60,7 +60,7 @@ def test_stage_names():
 # nest of scalar loads, the fused body and one store, inside the grid loop.
 # CHECK-LABEL: TEST: test_loops_stage
 # CHECK-NOT: linalg.
-# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">, %{{[^:]+}}: memref<16x128xf32, "hbm">, %[[O:[^:]+]]: memref<16x128xf32, "hbm">)
+# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK-NOT: linalg.
 # CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} {
 # CHECK-NOT: linalg.
@@ -102,7 +102,7 @@ def test_loops_stage_edge_blocks():
 # CHECK-NOT: "hbm"
 # CHECK-NOT: "vmem"
 # CHECK-NOT: memory_space_cast
-# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<16x128xf32>, %{{[^:]+}}: memref<16x128xf32>, %{{[^:]+}}: memref<16x128xf32>)
+# CHECK: func.func @pallas_cpu_entry(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[X:[^:]+]]: memref<16x128xf32>{{( \{llvm.noalias\})?}}, %{{[^:]+}}: memref<16x128xf32>{{( \{llvm.noalias\})?}}, %{{[^:]+}}: memref<16x128xf32>{{( \{llvm.noalias\})?}})
 # CHECK-NOT: "hbm"
 # CHECK-NOT: "vmem"
 # CHECK-NOT: memory_space_cast
@@ -145,14 +145,14 @@ def test_flat_stage_edge_blocks():
 # CHECK-DAG: llvm.func @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
 # (The argument lists are long and repetitive: [^:]+ keeps captures to one
 # name.)
-# CHECK: llvm.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr,
+# CHECK: llvm.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr{{( \{llvm.noalias\})?}}, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr{{( \{llvm.noalias\})?}}, %{{[^:]+}}: !llvm.ptr{{( \{llvm.noalias\})?}}, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr{{( \{llvm.noalias\})?}},
 # CHECK-SAME: attributes {llvm.emit_c_interface}
 # CHECK: llvm.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]],
 # CHECK: llvm.fmul
 # CHECK-NEXT: llvm.fadd
 # CHECK-NEXT: llvm.call @log1pf(%{{.*}}) : (f32) -> f32
 # CHECK: llvm.return
-# CHECK: llvm.func @_mlir_ciface_pallas_cpu_entry(%[[CRT:[^:]+]]: !llvm.ptr, %[[LO:[^:]+]]: i64, %[[HI:[^:]+]]: i64, %[[D0:[^:]+]]: !llvm.ptr, %[[D1:[^:]+]]: !llvm.ptr, %[[D2:[^:]+]]: !llvm.ptr) attributes {llvm.emit_c_interface}
+# CHECK: llvm.func @_mlir_ciface_pallas_cpu_entry(%[[CRT:[^:]+]]: !llvm.ptr{{( \{llvm.noalias\})?}}, %[[LO:[^:]+]]: i64, %[[HI:[^:]+]]: i64, %[[D0:[^:]+]]: !llvm.ptr{{( \{llvm.noalias\})?}}, %[[D1:[^:]+]]: !llvm.ptr{{( \{llvm.noalias\})?}}, %[[D2:[^:]+]]: !llvm.ptr{{( \{llvm.noalias\})?}}) attributes {llvm.emit_c_interface}
 # CHECK: llvm.load %[[D0]] : !llvm.ptr -> !llvm.struct<(ptr, ptr, i64, array<2 x i64>, array<2 x i64>)>
 # CHECK: llvm.load %[[D1]] : !llvm.ptr -> !llvm.struct<(ptr, ptr, i64, array<2 x i64>, array<2 x i64>)>
 # CHECK: llvm.load %[[D2]] : !llvm.ptr -> !llvm.struct<(ptr, ptr, i64, array<2 x i64>, array<2 x i64>)>

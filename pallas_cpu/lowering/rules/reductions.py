@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 from jax._src.lax import lax
 from mlir import ir
-from mlir.dialects import arith, linalg
+from mlir.dialects import arith, linalg, scf
 
-from pallas_cpu.lowering import types, values
+from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.elementwise import convert
 
@@ -192,7 +192,12 @@ def _kind_ops(kind: str, dtype):
              "and": (1, arith.andi), "or": (0, arith.ori)}
     return table[kind]
   if types.is_float(dtype):
-    table = {"sum": (0.0, arith.addf), "prod": (1.0, arith.mulf),
+    # Sums and products may be reassociated (as XLA's do): without it LLVM
+    # cannot vectorize the reduction loop, which then runs one element per
+    # step.  Max and min are exact in any order.
+    reassoc = ir.Attribute.parse("#arith.fastmath<reassoc>")
+    table = {"sum": (0.0, lambda a, b: arith.addf(a, b, fastmath=reassoc)),
+             "prod": (1.0, lambda a, b: arith.mulf(a, b, fastmath=reassoc)),
              "max": (float("-inf"), arith.maximumf),
              "min": (float("inf"), arith.minimumf)}
     if kind not in table:
@@ -226,6 +231,10 @@ def reduce(ctx, x: values.Value, axes: Sequence[int], kind: str
   identity, combine = _kind_ops(kind, acc_dtype)
   kctx = ctx.kernel
   buf = kctx.alloc(out_shape, acc_dtype)
+  if axes == list(range(rank - len(axes), rank)) and isinstance(
+      x, values.Array) and not types.is_bool(acc_dtype):
+    _reduce_trailing(x, dtype, acc_dtype, identity, combine, buf, len(kept))
+    return result(kctx, buf, acc_dtype, out_dtype)
   fill(buf, identity)
 
   def body(ins, outs):
@@ -237,6 +246,46 @@ def reduce(ctx, x: values.Value, axes: Sequence[int], kind: str
                ["reduction" if d in axes else "parallel" for d in range(rank)],
                body)
   return result(kctx, buf, acc_dtype, out_dtype)
+
+
+def _reduce_trailing(x: values.Array, dtype, acc_dtype, identity, combine,
+                     buf: ir.Value, n_kept: int) -> None:
+  """Reduction over the trailing axes with the accumulator in a register
+  (an scf.for iter_arg): as a linalg.generic the accumulator is a memory
+  cell LLVM cannot keep in a register (it may alias the input), and the
+  innermost loop -- the one to vectorize -- would not vectorize."""
+  shape = x.shape
+  step = views.as_index(1)
+
+  def nest(d, ivs):
+    if d == n_kept:
+      init = const(types.element_type(acc_dtype), identity)
+      values.store_scalar(reduce_nest(d, ivs, init), _at(buf, ivs), acc_dtype)
+      return
+    loop = scf.ForOp(views.as_index(0), views.as_index(shape[d]), step)
+    with ir.InsertionPoint(loop.body):
+      nest(d + 1, [*ivs, loop.induction_variable])
+      scf.YieldOp([])
+
+  def reduce_nest(d, ivs, acc):
+    if d == len(shape):
+      v = values.evaluate_at(x.node, ivs)
+      return combine(acc, convert(v, dtype, acc_dtype))
+    loop = scf.ForOp(views.as_index(0), views.as_index(shape[d]), step, [acc])
+    with ir.InsertionPoint(loop.body):
+      scf.YieldOp([reduce_nest(d + 1, [*ivs, loop.induction_variable],
+                               loop.inner_iter_args[0])])
+    return loop.results[0]
+
+  nest(0, [])
+
+
+def _at(buf: ir.Value, ivs) -> ir.Value:
+  """The single element of ``buf`` at ``ivs`` as a rank-0 view."""
+  if not ivs:
+    return buf
+  rank = len(ivs)
+  return views.subview(buf, list(ivs), [1] * rank, drop=list(range(rank)))
 
 
 def _reduce_rule(kind):
