@@ -63,3 +63,63 @@ def test_random_elementwise_kernels(program, seed):
       in_specs=[spec, spec], out_specs=spec,
       # float chains may differ from XLA in FMA contraction (README)
       exact=dtype != jnp.float32, rtol=1e-5, atol=1e-5)
+
+
+@st.composite
+def reduction_cases(draw):
+  dtype = draw(st.sampled_from([jnp.float32, jnp.int32, jnp.bfloat16]))
+  rank = draw(st.integers(1, 3))
+  shape = tuple(draw(st.sampled_from([1, 3, 8, 17, 128])) for _ in range(rank))
+  axes = tuple(sorted(draw(st.sets(st.integers(0, rank - 1), min_size=1))))
+  kind = draw(st.sampled_from(["sum", "max", "min"]))
+  return dtype, shape, axes, kind
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(reduction_cases(), st.integers(0, 2**31 - 1))
+def test_random_reductions(case, seed):
+  """Any axes of any rank (trailing axes take the register-accumulator path,
+  others the generic one), against interpret=True."""
+  dtype, shape, axes, kind = case
+  fn = {"sum": jnp.sum, "max": jnp.max, "min": jnp.min}[kind]
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = fn(x_ref[...], axis=axes, keepdims=True)
+
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.integers(-50, 50, shape) if dtype == jnp.int32
+                  else rng.standard_normal(shape), dtype)
+  out_shape = tuple(1 if d in axes else n for d, n in enumerate(shape))
+  exact = kind != "sum" or dtype == jnp.int32
+  check_against_interpret(kernel, jax.ShapeDtypeStruct(out_shape, dtype), x,
+                          exact=exact, rtol=2e-2 if dtype == jnp.bfloat16
+                          else 1e-5, atol=1e-4)
+
+
+@st.composite
+def dot_cases(draw):
+  m, k, n = (draw(st.sampled_from([1, 5, 8, 33, 128])) for _ in range(3))
+  dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16]))
+  ta, tb = draw(st.booleans()), draw(st.booleans())
+  return m, k, n, dtype, ta, tb
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(dot_cases(), st.integers(0, 2**31 - 1))
+def test_random_matmuls(case, seed):
+  """Shapes (odd and size 1) and transposed operands, through the
+  microkernel or the generic path, against interpret=True."""
+  m, k, n, dtype, ta, tb = case
+  rng = np.random.default_rng(seed)
+  a = jnp.asarray(rng.standard_normal((k, m) if ta else (m, k)), dtype)
+  b = jnp.asarray(rng.standard_normal((n, k) if tb else (k, n)), dtype)
+
+  def kernel(a_ref, b_ref, o_ref):
+    av = a_ref[...].T if ta else a_ref[...]
+    bv = b_ref[...].T if tb else b_ref[...]
+    o_ref[...] = jnp.dot(av, bv, preferred_element_type=jnp.float32)
+
+  check_against_interpret(kernel, jax.ShapeDtypeStruct((m, n), jnp.float32),
+                          a, b, exact=False, rtol=1e-4, atol=1e-4)
