@@ -164,31 +164,7 @@ def emit_elementwise(array: Array, dest: ir.Value) -> None:
   elem_types.append(ir.MemRefType(dest.type).element_type)
   block = op.regions[0].blocks.append(*elem_types)
   with ir.InsertionPoint(block):
-    memo: dict[int, ir.Value] = {}
-
-    def emit(node):
-      if id(node) in memo:
-        return memo[id(node)]
-      if isinstance(node, Load):
-        v = block.arguments[loads[(node.memref, node.index_map)]]
-        if node.converted is not None:
-          v = from_memory(v, node.converted)
-      elif isinstance(node, Splat):
-        v = node.value
-      elif isinstance(node, Iota):
-        if node.dim is None:
-          v = arith.constant(ir.IndexType.get(), 0)
-        else:
-          v = linalg.IndexOp(ir.IntegerAttr.get(
-              ir.IntegerType.get_signless(64), node.dim)).result
-        v = index_to_element(v, types.element_type(node.dtype))
-      elif isinstance(node, Op):
-        v = node.build([emit(a) for a in node.args])
-      else:
-        raise TypeError(node)
-      memo[id(node)] = v
-      return v
-
+    emit = generic_body_emitter(block, loads)
     linalg.YieldOp([to_memory(emit(array.node), array.dtype)])
 
 
@@ -243,31 +219,56 @@ def store_scalar(v: ir.Value, memref: ir.Value, dtype) -> None:
   memref_d.store(to_memory(v, dtype), memref, _zeros(memref))
 
 
-def evaluate_at(node: Node, ivs: Sequence[ir.Value], dtype=None,
-                memo: dict | None = None) -> ir.Value:
+def node_emitter(load_leaf: Callable[[Load], ir.Value],
+                 index: Callable[[int], ir.Value]) -> Callable[[Node], ir.Value]:
+  """Emits a node tree's register value at the current insertion point.
+
+  ``load_leaf(load)`` gives a Load leaf's raw memory value and ``index(d)``
+  the iteration index along dim ``d``: block arguments and linalg.index in a
+  linalg body, memref.load and loop variables in a plain loop.  Shared
+  subtrees are emitted once."""
+  memo: dict[int, ir.Value] = {}
+
+  def emit(node: Node) -> ir.Value:
+    if id(node) in memo:
+      return memo[id(node)]
+    if isinstance(node, Load):
+      v = load_leaf(node)
+      if node.converted is not None:
+        v = from_memory(v, node.converted)
+    elif isinstance(node, Splat):
+      v = node.value
+    elif isinstance(node, Iota):
+      i = (arith.constant(ir.IndexType.get(), 0) if node.dim is None
+           else index(node.dim))
+      v = index_to_element(i, types.element_type(node.dtype))
+    elif isinstance(node, Op):
+      v = node.build([emit(a) for a in node.args])
+    else:
+      raise TypeError(node)
+    memo[id(node)] = v
+    return v
+  return emit
+
+
+def generic_body_emitter(block: ir.Block, loads: dict) -> Callable:
+  """The emitter inside a linalg.generic body whose inputs are the Load
+  leaves numbered by ``loads[(memref, index_map)]``."""
+  return node_emitter(
+      lambda n: block.arguments[loads[(n.memref, n.index_map)]],
+      lambda d: linalg.IndexOp(ir.IntegerAttr.get(
+          ir.IntegerType.get_signless(64), d)).result)
+
+
+def evaluate_at(node: Node, ivs: Sequence[ir.Value]) -> ir.Value:
   """The register value of ``node`` at iteration point ``ivs`` (index
   values), emitted at the current insertion point: loads become
   ``memref.load``s.  For loops that are not linalg ops (a reduction whose
   accumulator lives in a register)."""
   from mlir.dialects import memref as memref_d
-  memo = {} if memo is None else memo
-  if id(node) in memo:
-    return memo[id(node)]
-  if isinstance(node, Load):
+
+  def load(n: Load) -> ir.Value:
     zero = arith.constant(ir.IndexType.get(), 0)
-    idx = [zero if k is None else ivs[k] for k in node.index_map]
-    v = memref_d.load(node.memref, idx)
-    if node.converted is not None:
-      v = from_memory(v, node.converted)
-  elif isinstance(node, Splat):
-    v = node.value
-  elif isinstance(node, Iota):
-    i = arith.constant(ir.IndexType.get(), 0) if node.dim is None else (
-        ivs[node.dim])
-    v = index_to_element(i, types.element_type(node.dtype))
-  elif isinstance(node, Op):
-    v = node.build([evaluate_at(a, ivs, memo=memo) for a in node.args])
-  else:
-    raise TypeError(node)
-  memo[id(node)] = v
-  return v
+    return memref_d.load(n.memref,
+                         [zero if k is None else ivs[k] for k in n.index_map])
+  return node_emitter(load, lambda d: ivs[d])(node)

@@ -112,31 +112,7 @@ def emit_generic(kctx, operands: Sequence[tuple[values.Value, Sequence[int]]],
   elem_types = [ir.MemRefType(v.type).element_type for v in inputs + out_bufs]
   block = op.regions[0].blocks.append(*elem_types)
   with ir.InsertionPoint(block):
-    memo: dict[int, ir.Value] = {}
-
-    def emit(node):
-      if id(node) in memo:
-        return memo[id(node)]
-      if isinstance(node, values.Load):
-        v = block.arguments[loads[(node.memref, node.index_map)]]
-        if node.converted is not None:
-          v = values.from_memory(v, node.converted)
-      elif isinstance(node, values.Splat):
-        v = node.value
-      elif isinstance(node, values.Iota):
-        if node.dim is None:
-          v = arith.constant(ir.IndexType.get(), 0)
-        else:
-          v = linalg.IndexOp(ir.IntegerAttr.get(
-              ir.IntegerType.get_signless(64), node.dim)).result
-        v = values.index_to_element(v, types.element_type(node.dtype))
-      elif isinstance(node, values.Op):
-        v = node.build([emit(a) for a in node.args])
-      else:
-        raise TypeError(node)
-      memo[id(node)] = v
-      return v
-
+    emit = values.generic_body_emitter(block, loads)
     ins = [emit(n) for n in nodes]
     outs = list(block.arguments[len(inputs):])
     linalg.YieldOp(body(ins, outs))
