@@ -92,3 +92,22 @@ def _key_dispatch(key_fn: Callable, fn: Callable) -> Callable:
       return key_fn(fn, ctx, *args, **params)
     return fn(ctx, *args, **params)
   return rule
+
+
+def lower_fun(ctx, fn: Callable, *args, multiple_results: bool = False):
+  """Lowers ``fn`` -- a traceable JAX function of the equation's operands --
+  with the rules: a primitive defined by a JAX reference implementation
+  needs no rule of its own."""
+  import jax
+  import numpy as np
+  from pallas_cpu.lowering import jaxpr as jaxpr_lowering
+  closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(a.shape, a.dtype)
+                                for a in ctx.avals_in])
+  kctx = ctx.kernel
+  if any(np.ndim(c) for c in closed.consts):
+    raise NotImplementedError("lower_fun of a function capturing arrays")
+  consts = [kctx.constant(c, np.asarray(c).dtype) for c in closed.consts]
+  jaxpr_lowering.check_supported(closed.jaxpr, kctx.name)
+  outs = jaxpr_lowering.lower_jaxpr(kctx, closed.jaxpr, args, consts=consts,
+                                    parent=ctx.source)
+  return outs if multiple_results else outs[0]

@@ -5,15 +5,18 @@ data moves); a true reshape copies into a contiguous temporary and
 reinterprets it."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from jax._src.lax import lax
+from jax._src.pallas import einshape
 from jax._src.lax import slicing
 from mlir import ir
 from mlir.dialects import memref
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.context import scalar_of
-from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.registry import lower_fun, register
 
 
 def _reindexed(v: values.Array, dim_map, shape) -> values.Array:
@@ -103,3 +106,12 @@ def _slice(ctx, x, *, start_indices, limit_indices, strides):
   view = views.subview(buf, list(start_indices), sizes, list(strides))
   out = values.load_array(view, x.dtype)
   return out if sizes else scalar_of(ctx.kernel, out)
+
+
+@register(einshape.einshape_lo_p)
+def _einshape_lo(ctx, x, *, equation, sizes, assert_is_tile_preserving):
+  """pltpu.einshape: its reshapes and transposes, lowered from JAX's own
+  reference implementation."""
+  del assert_is_tile_preserving  # a TPU layout property
+  return lower_fun(ctx, functools.partial(einshape._einshape, equation,
+                                          **dict(sizes)), x)
