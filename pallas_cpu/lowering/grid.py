@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from jax._src import core as jax_core
 from jax._src.pallas import core as pallas_core
+from jax._src.state import types as state_types
 from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
@@ -71,10 +72,22 @@ def _and(a, b):
 
 
 class BlockWindow:
-  """One BlockSpec operand: its array, block geometry and per-step view."""
+  """One BlockSpec operand: its array, block geometry and per-step view.
+
+  A block is one of:
+  - a view of the operand in place (the block lies inside the array);
+  - where edge blocks can occur, that view or, at an edge, a padded copy;
+  - always a private copy: blocks larger than the array, inputs the kernel
+    writes (on TPU it writes its VMEM copy, never the caller's array), and
+    outputs that several threads may share (each TPU core has its own).
+  Copies are refreshed only when the block changes between steps: like a
+  TPU pipeline, a block that stays resident keeps what the kernel wrote,
+  padding included.  Outputs are written back (the in-bounds part).
+  """
 
   def __init__(self, kctx: KernelContext, operand_index: int, array: ir.Value,
-               bm, root, is_output: bool, n_inputs: int):
+               bm, root, is_output: bool, n_inputs: int,
+               private: bool = False):
     self.kctx = kctx
     self.n_inputs = n_inputs
     self.operand_index = operand_index
@@ -89,10 +102,21 @@ class BlockWindow:
     if self.whole:
       return
     self.dims = _block_dims(bm, bm.origin)
-    self.may_edge = any(d.kind == "blocked" and d.array_size % d.size
-                        for d in self.dims)
+    self.edge_dims = [k for k, d in enumerate(self.dims)
+                      if d.kind == "blocked" and d.array_size % d.size]
+    self.private = private or any(d.size > d.array_size for d in self.dims)
+    self.may_edge = bool(self.edge_dims) and not self.private
+    self.copies = self.private or self.may_edge
     self.kept = [i for i, d in enumerate(self.dims) if d.kind == "blocked"]
     self.block_shape = tuple(self.dims[i].size for i in self.kept)
+    if self.copies:
+      full = tuple(d.size for d in self.dims)
+      self.pad = views.with_layout(kctx.alloc(full, self.dtype, self.space))
+      # Element offset of the block the copy holds (-1: none).
+      self.resident = kctx.alloc((), np.int64)
+      with kctx.alloc_ip:
+        memref.store(arith.constant(ir.IntegerType.get_signless(64), -1),
+                     self.resident, [])
     if self.may_edge:
       # Both the in-place view and the padded buffer are cast to this type.
       inner_unit = bool(self.kept) and self.kept[-1] == len(self.dims) - 1
@@ -101,40 +125,59 @@ class BlockWindow:
         strides[-1] = 1
       self.view_type = types.memref_type(
           self.block_shape, self.dtype, memory_spaces.attr(self.space), strides)
-      full = tuple(d.size for d in self.dims)
-      self.pad = views.with_layout(kctx.alloc(full, self.dtype, self.space))
 
   def open(self, starts: list[ir.Value]) -> ir.Value:
     """The block at ``starts`` (index values) as the kernel's memref."""
     space = memory_spaces.attr(self.space)
     sizes = [d.size for d in self.dims]
     drop = [i for i, d in enumerate(self.dims) if d.kind == "squeezed"]
-    if not self.may_edge:
+    self.starts = starts
+    if not self.copies:
       return views.space_cast(views.subview(self.array, starts, sizes, drop=drop),
                               space)
+    if self.private:
+      self._fetch()
+      return views.subview(self.pad, [0] * len(sizes), sizes, drop=drop)
     self.in_bounds = None
-    for d, s in zip(self.dims, starts):
-      if d.kind == "blocked" and d.array_size % d.size:
-        end = arith.addi(views.as_index(s), views.as_index(d.size))
-        self.in_bounds = _and(self.in_bounds,
-                              _cmp("sle", end, views.as_index(d.array_size)))
-    self.starts = starts
+    for k in self.edge_dims:
+      end = arith.addi(views.as_index(starts[k]),
+                       views.as_index(self.dims[k].size))
+      self.in_bounds = _and(self.in_bounds, _cmp(
+          "sle", end, views.as_index(self.dims[k].array_size)))
     if_op = scf.IfOp(self.in_bounds, [self.view_type], has_else=True)
     with ir.InsertionPoint(if_op.then_block):
+      memref.store(arith.constant(ir.IntegerType.get_signless(64), -1),
+                   self.resident, [])
       view = views.space_cast(views.subview(self.array, starts, sizes, drop=drop),
                               space)
       scf.YieldOp([views.with_layout(view, types.memref_strides(self.view_type))])
     with ir.InsertionPoint(if_op.else_block):
-      self.kctx.store(uninitialized_scalar(self.kctx, self.dtype), self.pad)
-      src, dst = self._valid_regions()
-      linalg.copy(src, outs=[dst])
+      self._fetch()
       view = views.subview(self.pad, [0] * len(sizes), sizes, drop=drop)
       scf.YieldOp([views.with_layout(view, types.memref_strides(self.view_type))])
     return if_op.results[0]
 
+  def _fetch(self) -> None:
+    """Fills the copy with the block -- padding with the uninitialized
+    value -- unless it already holds it (the same block as the last step)."""
+    offset = block_offset(self, self.starts)
+    fresh = arith.cmpi(arith.CmpIPredicate.ne, offset,
+                       memref.load(self.resident, []))
+    if_op = scf.IfOp(fresh)
+    with ir.InsertionPoint(if_op.then_block):
+      self.kctx.store(uninitialized_scalar(self.kctx, self.dtype), self.pad)
+      src, dst = self._valid_regions()
+      linalg.copy(src, outs=[dst])
+      memref.store(offset, self.resident, [])
+      scf.YieldOp([])
+
   def close(self) -> None:
-    """Writes an output's edge block back (the in-bounds part only)."""
-    if self.whole or not self.may_edge or not self.is_output:
+    """Writes an output's copied block back (the in-bounds part only)."""
+    if self.whole or not self.copies or not self.is_output:
+      return
+    if self.private:
+      src, dst = self._valid_regions()
+      linalg.copy(dst, outs=[src])
       return
     true = arith.constant(ir.IntegerType.get_signless(1), 1)
     edge = arith.xori(self.in_bounds, true)
@@ -148,7 +191,8 @@ class BlockWindow:
     """(array window, padded-buffer window) of the in-bounds part."""
     sizes = []
     for d, s in zip(self.dims, self.starts):
-      if d.kind == "blocked" and d.array_size % d.size:
+      if d.kind == "blocked" and (d.array_size % d.size or
+                                  d.size > d.array_size):
         rest = arith.subi(views.as_index(d.array_size), views.as_index(s))
         sizes.append(arith.minsi(rest, views.as_index(d.size)))
       else:
@@ -158,6 +202,17 @@ class BlockWindow:
     return src, dst
 
 
+def block_offset(w: BlockWindow, starts) -> ir.Value:
+  """The element offset (i64) of the block at ``starts``: identifies it."""
+  i64 = ir.IntegerType.get_signless(64)
+  strides = types.row_major_strides([d.array_size for d in w.dims])
+  offset = arith.constant(ir.IndexType.get(), 0)
+  for s, stride in zip(starts, strides):
+    offset = arith.addi(offset, arith.muli(views.as_index(s),
+                                           views.as_index(stride)))
+  return arith.index_cast(i64, offset)
+
+
 def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
                index_operands: Sequence[ir.Value],
                block_operands: Sequence[ir.Value], roots: Sequence,
@@ -165,13 +220,26 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
   """Emits the grid loop nest with index maps, windows and the body."""
   gm = grid_mapping
   n_in = gm.num_inputs
-  index_refs = [Ref(v, ("index", i), np.dtype(a.dtype))
-                for i, (v, a) in enumerate(zip(index_operands,
-                                              gm.index_map_avals[len(gm.grid):]))]
-  windows = [BlockWindow(kctx, i, arr, bm, roots[i], is_output=i >= n_in,
-                         n_inputs=n_in)
-             for i, (arr, bm) in enumerate(zip(block_operands,
-                                               gm.block_mappings))]
+  n_index = len(index_operands)
+  written = _written_args(jaxpr)
+  index_refs = []
+  for i, (v, a) in enumerate(zip(index_operands,
+                                 gm.index_map_avals[len(gm.grid):])):
+    if i in written:  # the kernel's SMEM copy, not the caller's array
+      copy = kctx.alloc(ir.MemRefType(v.type).shape, a.dtype,
+                        memory_spaces.SMEM)
+      linalg.copy(v, outs=[copy])
+      v = views.with_layout(copy)
+    index_refs.append(Ref(v, ("index", i), np.dtype(a.dtype)))
+  threaded = kctx.parallel_range is not None
+  windows = []
+  for i, (arr, bm) in enumerate(zip(block_operands, gm.block_mappings)):
+    is_output = i >= n_in
+    private = (not is_output and n_index + i in written) or (
+        is_output and threaded and not _uses_grid_index(
+            bm.index_map_jaxpr.jaxpr, kctx.parallel_range[0]))
+    windows.append(BlockWindow(kctx, i, arr, bm, roots[i], is_output=is_output,
+                               n_inputs=n_in, private=private))
 
   # Per output window, the element offset of the previous step's block.
   i64 = ir.IntegerType.get_signless(64)
@@ -249,16 +317,31 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
   return starts
 
 
+def _written_args(jaxpr: jax_core.Jaxpr) -> set[int]:
+  """Indices of the kernel's ref arguments that it may write (an effect's
+  ``input`` is the argument's Var, or its position)."""
+  position = {v: k for k, v in enumerate(jaxpr.invars)}
+  written = set()
+  for e in jaxpr.effects:
+    if isinstance(e, (state_types.WriteEffect, state_types.AccumEffect)):
+      written.add(e.input if isinstance(e.input, int) else position.get(e.input))
+  return written
+
+
+def _uses_grid_index(index_map: jax_core.Jaxpr, dim: int) -> bool:
+  """Whether an index map reads grid index ``dim`` (conservatively: at
+  all).  An output block that ignores the threaded dimension is shared by
+  the threads, so each gets a private copy, as each TPU core would."""
+  v = index_map.invars[dim]
+  return v in index_map.outvars or any(
+      v in e.invars for e in index_map.eqns)
+
+
 def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
   """Tells the runtime when an output's block changes between steps, so a
   non-adjacent revisit is reported (interpret mode's check)."""
   i64 = ir.IntegerType.get_signless(64)
-  strides = types.row_major_strides([d.array_size for d in w.dims])
-  offset = arith.constant(ir.IndexType.get(), 0)
-  for s, stride in zip(starts, strides):
-    offset = arith.addi(offset, arith.muli(views.as_index(s),
-                                           views.as_index(stride)))
-  offset = arith.index_cast(i64, offset)
+  offset = block_offset(w, starts)
   changed = arith.cmpi(arith.CmpIPredicate.ne, offset, memref.load(last, []))
   if_op = scf.IfOp(changed)
   with ir.InsertionPoint(if_op.then_block):

@@ -194,13 +194,6 @@ SPLASH_BLOCKS = splash.BlockSizes(
 # (0, 0) for every head, and its head dimension is "parallel".  On TPU each
 # core has its own VMEM copy of an output block; here output blocks are views
 # of the one output buffer, so two threads share them.
-SPLASH_RACE = (
-    "race: splash's forward kernel keeps m/l/o accumulators in OUTPUT blocks "
-    "with a constant index map (0, 0) while its head grid dimension is "
-    "'parallel'; pallas_cpu writes in-bounds output blocks in place in the "
-    "shared output buffer, so the threads of the parallel dimension overwrite "
-    "each other's accumulators (TPU: a private VMEM copy per core).  "
-    "Wrong/NaN outputs in most calls with >= 2 threads.")
 # One thread: the kernels' numerics, independent of the race above.
 ONE_THREAD = pallas_cpu.CompilerParams(num_threads=1)
 
@@ -250,12 +243,10 @@ def test_splash_attention_backward_one_thread(kind):
   _close(got, want, **F32_TOL)
 
 
-@pytest.mark.xfail(strict=len(os.sched_getaffinity(0)) >= 2, reason=SPLASH_RACE,
-                   raises=AssertionError)
 def test_splash_attention_forward_parallel_heads():
   """The kernel's own dimension semantics (heads "parallel") on two threads,
-  20 calls.  On a single core the threads rarely overlap, so the xfail is
-  strict only with two cores or more."""
+  20 calls: its accumulators are output blocks shared by the heads, so each
+  thread gets a private copy, as each TPU core has its own VMEM."""
   kernel, reference, (q, k, v), seg = _splash_case("mha")
   want = np.asarray(reference(q, k, v, seg))
   with pallas_cpu.force_cpu_backend(pallas_cpu.CompilerParams(num_threads=2)):
@@ -265,21 +256,6 @@ def test_splash_attention_forward_parallel_heads():
 
 
 # -- paged_attention ----------------------------------------------------------
-
-PAGED_BLOCKERS = (
-    "(1) the m/l outputs have shape (..., 1) but q's BlockSpec, whose last "
-    "block dim is head_dim=128: a block larger than its array fails MLIR "
-    "verification ('slice along dimension 3 runs out-of-bounds: 127 >= 1', "
-    "grid.py BlockWindow.open builds the in-bounds subview even when it can "
-    "never be in bounds); (2) behind it, edge-block padding is refilled with "
-    "NaN each time the same output block is reopened on the next grid step "
-    "(TPU and interpret keep it), so the kernel's 128-lane m/l state is NaN; "
-    "(3) the kernel writes its scalar-prefetch operands (init_flag, "
-    "buffer_index): pallas_cpu writes them into the caller's XLA buffers (here "
-    "jit constants), so a second call deadlocks waiting on a DMA semaphore, "
-    "and with megacore_mode='batch' the two parallel threads share them "
-    "(deadlock on the first call).")
-
 
 def _paged_case():
   batch, q_heads, kv_heads, head_dim = 4, 8, 2, 128
@@ -306,7 +282,6 @@ def _paged_case():
   return args, reference(*args)
 
 
-@pytest.mark.xfail(strict=True, reason=PAGED_BLOCKERS)
 @pytest.mark.parametrize("inline_seq_dim,megacore_mode", [
     (True, None), (False, None), (True, "batch")])
 def test_paged_attention(inline_seq_dim, megacore_mode):
@@ -472,14 +447,10 @@ def test_philox_matches_interpret(what):
 
 
 # -- the blockers above, cut down -------------------------------------------
-# Each reproduces one failure of a kernel above in a few lines; strict xfails,
+# Each reproduces one (former) failure of a kernel above in a few lines; those
+# still failing are strict xfails,
 # so a fix shows up as XPASS.
 
-@pytest.mark.xfail(strict=True, reason=(
-    "paged_attention blocker 1: a block larger than its array in some "
-    "dimension fails MLIR verification (memref.subview 'slice along dimension "
-    "1 runs out-of-bounds: 127 >= 1'): BlockWindow.open always emits the "
-    "in-place subview branch, which is statically out of bounds here"))
 def test_blocker_block_larger_than_array():
   def kernel(x_ref, o_ref):
     o_ref[...] = x_ref[...] + 1.0
@@ -490,11 +461,6 @@ def test_blocker_block_larger_than_array():
   assert_same(got, x + 1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "paged_attention blocker 2: an output edge block revisited on consecutive "
-    "grid steps is reopened with its padding refilled (NaN) instead of "
-    "keeping the VMEM contents, as TPU, interpret=True and TPU interpret do"),
-    raises=AssertionError)
 def test_blocker_edge_block_padding_persists_across_revisits():
   def kernel(o_ref):
     @pl.when(pl.program_id(1) == 0)
@@ -511,11 +477,6 @@ def test_blocker_edge_block_padding_persists_across_revisits():
   assert_same(got, jnp.full((8, 129), 4.0, jnp.float32))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "paged/ragged_paged_attention blocker: a kernel that writes a "
-    "scalar-prefetch operand writes the caller's XLA buffer (a jit constant "
-    "or the user's array); on TPU the kernel writes its own SMEM copy"),
-    raises=AssertionError)
 def test_blocker_scalar_prefetch_writes_stay_in_the_kernel():
   def kernel(flag_ref, x_ref, o_ref):
     flag = flag_ref[0]
@@ -532,10 +493,6 @@ def test_blocker_scalar_prefetch_writes_stay_in_the_kernel():
   assert_same(flag, jnp.ones((1,), jnp.int32))  # the caller's array is unchanged
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "same family: writes to an in-bounds INPUT block go to the caller's "
-    "array (input blocks are views of the XLA operand; TPU writes a VMEM copy)"),
-    raises=AssertionError)
 def test_blocker_input_block_writes_stay_in_the_kernel():
   def kernel(x_ref, o_ref):
     x_ref[...] = x_ref[...] * 2.0
