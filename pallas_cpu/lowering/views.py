@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 from mlir import ir
 from mlir.dialects import arith, memref
 
@@ -106,3 +107,55 @@ def subview(src: ir.Value, offsets: Sequence[Index], sizes: Sequence[Index],
                              memory_space=t.memory_space)
   return memref.SubViewOp(result, src, dyn_offsets, dyn_sizes, [],
                           static_offsets, static_sizes, list(steps)).result
+
+
+def reshape(src: ir.Value, shape) -> ir.Value:
+  """``ref.reshape(shape)``: a view of a contiguous window with another
+  shape (collapsed to one dimension, then expanded)."""
+  t = ir.MemRefType(src.type)
+  size = int(np.prod(t.shape))
+  shape = list(shape)
+  if -1 in shape:
+    known = int(np.prod([d for d in shape if d != -1]))
+    shape[shape.index(-1)] = size // known
+  if int(np.prod(shape)) != size:
+    raise ValueError(f"cannot reshape a ref of shape {t.shape} to {shape}")
+  strides = types.memref_strides(t)
+  if strides != types.row_major_strides(t.shape):
+    raise NotImplementedError(
+        f"pallas_cpu: reshaping a non-contiguous ref view (shape {t.shape}, "
+        f"strides {strides})")
+  if list(t.shape) == shape:
+    return src
+  flat = src
+  if t.rank != 1:
+    flat_t = ir.MemRefType.get([size], t.element_type,
+                               layout=types.strided_layout([1]),
+                               memory_space=t.memory_space)
+    flat = memref.CollapseShapeOp(flat_t, src, ir.ArrayAttr.get([
+        ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IntegerType.get_signless(64),
+                                             d) for d in range(t.rank)])])
+    ).result
+  if len(shape) == 1:
+    return flat
+  out_t = ir.MemRefType.get(shape, t.element_type,
+                            layout=types.strided_layout(
+                                types.row_major_strides(shape)),
+                            memory_space=t.memory_space)
+  reassociation = ir.ArrayAttr.get([ir.ArrayAttr.get([
+      ir.IntegerAttr.get(ir.IntegerType.get_signless(64), d)
+      for d in range(len(shape))])])
+  return memref.ExpandShapeOp(out_t, flat, reassociation, [], shape).result
+
+
+def transpose(src: ir.Value, permutation) -> ir.Value:
+  """``ref.T`` / a transposed ref: the same memory with permuted strides."""
+  t = ir.MemRefType(src.type)
+  perm = [int(p) for p in permutation]
+  strides = types.memref_strides(t)
+  out_t = ir.MemRefType.get([t.shape[p] for p in perm], t.element_type,
+                            layout=types.strided_layout([strides[p]
+                                                         for p in perm]),
+                            memory_space=t.memory_space)
+  return memref.TransposeOp(out_t, src, ir.AffineMapAttr.get(
+      ir.AffineMap.get_permutation(perm))).result

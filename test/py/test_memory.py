@@ -5,6 +5,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+import pallas_cpu
 from conftest import assert_same, check_against_interpret
 
 X = jnp.asarray(np.random.default_rng(0).standard_normal((32, 256)),
@@ -100,3 +101,21 @@ def test_whole_array_blocks_and_default_specs():
 
   check_against_interpret(kernel, jax.ShapeDtypeStruct(X.shape, jnp.int32),
                           X * 10)
+
+
+def test_reshaped_and_transposed_refs():
+  """ref.reshape(...) and ref.T views of contiguous refs, read and written."""
+  x = jnp.arange(2 * 8 * 128, dtype=jnp.float32).reshape(2, 8, 128)
+
+  def kernel(x_ref, o_ref, t_ref):
+    o_ref[...] = x_ref.reshape(16, 128)[1::2, :]
+    o_ref.reshape(8, 2, 64)[:, 0, :] = x_ref[0, :, 0:64] * 2
+    t_ref[...] = x_ref.at[1].T[...]
+
+  out, t = pallas_cpu.pallas_call(
+      kernel, out_shape=(jax.ShapeDtypeStruct((8, 128), jnp.float32),
+                         jax.ShapeDtypeStruct((128, 8), jnp.float32)))(x)
+  want = x.reshape(16, 128)[1::2, :].reshape(8, 2, 64).at[:, 0, :].set(
+      x[0, :, 0:64] * 2).reshape(8, 128)
+  assert_same(out, want)
+  assert_same(t, x[1].T)

@@ -296,15 +296,11 @@ def test_paged_attention(inline_seq_dim, megacore_mode):
 
 # -- ragged_paged_attention -------------------------------------------------
 
-RAGGED_BLOCKER = (
-    "NotImplementedError: pallas_cpu: ref transform ReshapeTransform is not "
-    "supported yet, while lowering primitive 'get' at ragged_paged_attention/"
-    "kernel.py:364 (kv_bufs.at[buf_idx].reshape(...)[start::step, :]: a "
-    "reshaped ref; rules/memory.py apply_indexers takes only NDIndexer).  "
-    "With reshape supported, f32 matches ref_ragged_paged_attention.")
-RAGGED_BF16_BLOCKER = RAGGED_BLOCKER + (
-    "  bf16 KV then also needs BitcastTransform: ref.bitcast(jnp.uint32) at "
-    "kernel.py:370 ('ref transform BitcastTransform is not supported yet').")
+RAGGED_BF16_BLOCKER = (
+    "bf16 KV needs a bitcast ref transform: ref.bitcast(jnp.uint32) at "
+    "kernel.py:370 ('ref transform BitcastTransform is not supported yet'); "
+    "a TPU ref bitcast packs along the second-minor dimension, which is not "
+    "a reinterpretation of row-major memory.")
 
 
 def _ragged_case(dtype):
@@ -323,8 +319,7 @@ def _ragged_case(dtype):
 
 
 @pytest.mark.parametrize("dtype", [
-    pytest.param(jnp.float32, id="f32", marks=pytest.mark.xfail(
-        strict=True, reason=RAGGED_BLOCKER, raises=NotImplementedError)),
+    pytest.param(jnp.float32, id="f32"),
     pytest.param(jnp.bfloat16, id="bf16", marks=pytest.mark.xfail(
         strict=True, reason=RAGGED_BF16_BLOCKER, raises=NotImplementedError)),
 ])
@@ -503,8 +498,6 @@ def test_blocker_input_block_writes_stay_in_the_kernel():
   assert_same(x, jnp.ones((8, 128), jnp.float32))
 
 
-@pytest.mark.xfail(strict=True, reason=RAGGED_BLOCKER,
-                   raises=NotImplementedError)
 def test_blocker_reshaped_ref():
   def kernel(x_ref, o_ref):
     o_ref[...] = x_ref.reshape(16, 128)[0::2, :]

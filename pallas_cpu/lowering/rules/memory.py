@@ -71,6 +71,14 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
 def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
   view, key = ref.memref, (ref.root, ref.memref)
   for t in transforms:
+    if isinstance(t, state_types.ReshapeTransform):
+      view = views.reshape(view, t.shape)
+      key = (key, "reshape", tuple(t.shape))
+      continue
+    if isinstance(t, state_types.TransposeTransform):
+      view = views.transpose(view, t.permutation)
+      key = (key, "transpose", tuple(t.permutation))
+      continue
     if not isinstance(t, indexing.NDIndexer):
       raise NotImplementedError(
           f"pallas_cpu: ref transform {type(t).__name__} is not supported yet")
