@@ -92,14 +92,19 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   compiled = compiler.compile_kernel(text)
   runtime_lib.ensure_registered()
   runtime_lib.register_kernel(compiled.fingerprint, compiled.entry_address)
-  call = mlir_ffi_lowering(tuple(spec.input_output_aliases))
+  # HLO operand indices count the dynamic grid bounds that come first.
+  n_dyn = spec.grid_mapping.num_dynamic_grid_bounds
+  call = mlir_ffi_lowering(tuple((n_dyn + i, o)
+                                 for i, o in spec.input_output_aliases))
   return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
               kernel_name=spec.name,
               semaphore_names="\n".join(info["semaphore_names"]),
               debug_prints=json.dumps(info["debug_prints"]),
               check_messages="\n".join(
                   m.replace("\n", " ") for m in info["check_messages"]),
-              grid=np.asarray(spec.grid_mapping.grid, dtype=np.int64),
+              # (0 for a dynamic dimension: messages then count steps)
+              grid=np.asarray([g if isinstance(g, int) else 0
+                               for g in spec.grid_mapping.grid], np.int64),
               parallel_extent=np.int64(
                   0 if spec.parallel_dim is None
                   else spec.grid_mapping.grid[spec.parallel_dim]),

@@ -72,8 +72,8 @@ class KernelContext:
     i64 = ir.IntegerType.get_signless(64)
     lin = arith.constant(ir.IndexType.get(), 0)
     for iv, n in zip(self.grid_ivs, self.grid):
-      lin = arith.addi(arith.muli(lin, arith.constant(ir.IndexType.get(), n)),
-                       iv)
+      size = arith.constant(ir.IndexType.get(), n) if isinstance(n, int) else n
+      lin = arith.addi(arith.muli(lin, size), iv)
     return arith.index_cast(i64, lin)
 
   def new_semaphores(self, shape, name: str) -> Ref:

@@ -279,7 +279,7 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       if run:
         scf.YieldOp([])
 
-  bounds = [(views.as_index(0), views.as_index(n)) for n in gm.grid]
+  bounds = [(views.as_index(0), views.as_index(n)) for n in kctx.grid]
   if kctx.parallel_range is not None:
     dim, lo, hi = kctx.parallel_range
     bounds[dim] = (lo, hi)

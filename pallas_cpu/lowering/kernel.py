@@ -43,20 +43,19 @@ class KernelSpec:
 def lower_kernel(spec: KernelSpec) -> ir.Module:
   """Builds the kernel module in the current MLIR context."""
   gm = spec.grid_mapping
-  if gm.num_dynamic_grid_bounds:
-    raise NotImplementedError(
-        f"pallas_cpu: kernel '{spec.name}' has dynamic grid bounds, which are "
-        "not supported yet")
   jaxpr_lowering.check_supported(spec.jaxpr, spec.name)
   for bm in gm.block_mappings:
     jaxpr_lowering.check_supported(bm.index_map_jaxpr.jaxpr,
                                    f"{spec.name} (index map of {bm.origin})")
 
+  # Operands: dynamic grid bounds (traced sizes of grid dimensions), scalar
+  # prefetch, inputs, outputs.
+  n_dyn = gm.num_dynamic_grid_bounds
   n_index = gm.num_index_operands
   operand_avals = [*spec.in_avals, *spec.out_avals]
   operand_types = []
   for i, a in enumerate(operand_avals):
-    space = memory_spaces.SMEM if i < n_index else memory_spaces.HBM
+    space = memory_spaces.SMEM if i < n_dyn + n_index else memory_spaces.HBM
     operand_types.append(types.memref_type(a.shape, a.dtype,
                                            memory_spaces.attr(space)))
 
@@ -70,7 +69,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     # XLA gives every operand its own buffer unless input_output_aliases pairs
     # them: telling LLVM lets it keep values in registers and vectorize
     # loops that read one operand and write another.
-    aliased = {i for i, _ in spec.input_output_aliases} | {
+    aliased = {n_dyn + i for i, _ in spec.input_output_aliases} | {
         len(spec.in_avals) + o for _, o in spec.input_output_aliases}
     noalias = ir.DictAttr.get({"llvm.noalias": ir.UnitAttr.get()})
     entry.arg_attrs = ir.ArrayAttr.get(
@@ -84,11 +83,18 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   block = entry.add_entry_block()
   with ir.InsertionPoint(block):
     anchor = arith.constant(ir.IndexType.get(), 0)
+    operands = [views.with_layout(a) for a in block.arguments[3:]]
+    # A dynamic grid dimension's size is read from its operand (an index).
+    bounds = iter(operands[:n_dyn])
+    grid = tuple(
+        g if isinstance(g, int) else views.as_index(
+            memref.load(next(bounds), []))
+        for g in gm.grid)
+    operands = operands[n_dyn:]
     kctx = KernelContext(name=spec.name, module=module, entry=entry,
                          params=spec.params,
-                         grid=tuple(gm.grid), vmapped_dims=tuple(gm.vmapped_dims))
+                         grid=grid, vmapped_dims=tuple(gm.vmapped_dims))
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
-    operands = [views.with_layout(a) for a in block.arguments[3:]]
     if spec.parallel_dim is not None:
       kctx.parallel_range = (spec.parallel_dim,
                              views.as_index(block.arguments[1]),

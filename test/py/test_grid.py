@@ -159,3 +159,20 @@ def test_inside_larger_jit(rng):
   got = f(x)
   want = ((jnp.sin(x) * 2 + 1) * 2 + 1).sum(axis=0) - 1
   assert_same(got, want, exact=False, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_grid_bounds(rng):
+  """A traced grid size (as megablox uses): the loop bound is read at run
+  time, num_programs returns it."""
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] * 2.0 + pl.num_programs(0).astype(jnp.float32)
+
+  def f(x, n):
+    spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
+    return pl.pallas_call(kernel, out_shape=x, grid=(n,), in_specs=[spec],
+                          out_specs=spec)(x)
+
+  x = _data(rng, (32, 128), jnp.float32)
+  with pallas_cpu.force_cpu_backend():
+    out = jax.jit(f)(x, jnp.int32(3))
+  assert_same(np.asarray(out)[:24], np.asarray(x[:24] * 2 + 3), exact=False)

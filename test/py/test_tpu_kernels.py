@@ -337,12 +337,6 @@ def test_ragged_paged_attention(dtype):
 
 # -- megablox gmm / tgmm ----------------------------------------------------
 
-MEGABLOX_BLOCKER = (
-    "NotImplementedError: pallas_cpu: kernel 'kernel' has dynamic grid "
-    "bounds, which are not supported yet (gmm/tgmm size the grid's "
-    "m-tile dimension by num_active_tiles, a traced value from "
-    "make_group_metadata; kernel.py lower_kernel rejects "
-    "gm.num_dynamic_grid_bounds)")
 GMM_M, GMM_K, GMM_N = 512, 256, 256
 GMM_SIZES = jnp.array([100, 0, 250, 162], jnp.int32)  # one empty group
 TILING = (128, 128, 128)
@@ -373,8 +367,6 @@ def _gmm_operands():
   return lhs, rhs, dout
 
 
-@pytest.mark.xfail(strict=True, reason=MEGABLOX_BLOCKER,
-                   raises=NotImplementedError)
 def test_megablox_gmm():
   lhs, rhs, _ = _gmm_operands()
   got = _compiled(lambda a, b: megablox_ops.gmm(
@@ -382,8 +374,6 @@ def test_megablox_gmm():
   _close(got, _gmm_reference(lhs, rhs), **F32_TOL)
 
 
-@pytest.mark.xfail(strict=True, reason=MEGABLOX_BLOCKER,
-                   raises=NotImplementedError)
 def test_megablox_tgmm():
   lhs, _, dout = _gmm_operands()
   got = _compiled(lambda a, b: megablox_gmm.tgmm(
@@ -392,8 +382,6 @@ def test_megablox_tgmm():
   _close(got, _tgmm_reference(lhs.T, dout), **F32_TOL)
 
 
-@pytest.mark.xfail(strict=True, reason=MEGABLOX_BLOCKER,
-                   raises=NotImplementedError)
 def test_megablox_gmm_grad():
   """ops.gmm's custom VJP: gmm with the transposed rhs, and tgmm."""
   lhs, rhs, dout = _gmm_operands()
@@ -507,8 +495,6 @@ def test_blocker_reshaped_ref():
   assert_same(got, x.reshape(16, 128)[0::2])
 
 
-@pytest.mark.xfail(strict=True, reason=MEGABLOX_BLOCKER,
-                   raises=NotImplementedError)
 def test_blocker_dynamic_grid():
   def kernel(x_ref, o_ref):
     o_ref[...] = x_ref[...] * 2.0

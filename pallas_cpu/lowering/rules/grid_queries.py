@@ -27,4 +27,7 @@ def _num_programs(ctx, *, axis):
   if not 0 <= axis < len(sizes):
     raise ValueError(f"num_programs axis {axis} out of range for a grid of "
                      f"rank {len(sizes)}")
-  return ctx.constant(sizes[axis], np.int32)
+  if isinstance(sizes[axis], int):
+    return ctx.constant(sizes[axis], np.int32)
+  i32 = ir.IntegerType.get_signless(32)  # a dynamic grid bound
+  return values.Scalar(arith.index_cast(i32, sizes[axis]), np.dtype(np.int32))
