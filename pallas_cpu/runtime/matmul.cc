@@ -36,20 +36,6 @@ Matrix FromMemref2D(void* aligned, int64_t offset, int64_t s0, int64_t s1,
                 st1};
 }
 
-inline float Load(const char* p, bool bf16) {
-  if (!bf16) {
-    float f;
-    std::memcpy(&f, p, 4);
-    return f;
-  }
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 // C[0:mr, 0:nr] (+)= Ap (kb x MR) . Bp (kb x NR); the tile is full-size in
 // registers, the valid part is written back.
 inline void MicroKernel(const float* ap, const float* bp, int64_t kb, float* c,
@@ -79,48 +65,100 @@ inline void MicroKernel(const float* ap, const float* bp, int64_t kb, float* c,
   }
 }
 
-void Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
-            float* c, int64_t c_rs, bool accumulate) {
-  const int64_t m = a.rows, k = a.cols, n = b.cols;
-  const int64_t ea = a_bf16 ? 2 : 4, eb = b_bf16 ? 2 : 4;
+template <bool kBf16>
+inline float Ld(const char* p) {
+  if constexpr (!kBf16) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  } else {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+}
+
+// B[k0:k0+kb, :] as NR-wide column panels, zero-padded; unit-stride rows of
+// full panels take a straight (vectorizable) loop.
+template <bool kBf16>
+void PackB(const Matrix& b, int64_t k0, int64_t kb, int64_t n, float* bp) {
+  constexpr int64_t eb = kBf16 ? 2 : 4;
   const int64_t n_panels = (n + kNR - 1) / kNR;
-  std::vector<float> bp(static_cast<size_t>(n_panels) * kKC * kNR);
-  std::vector<float> ap(static_cast<size_t>(kKC) * kMR);
+  for (int64_t p = 0; p < n_panels; ++p) {
+    float* dst = bp + p * kKC * kNR;
+    const bool full = (p + 1) * kNR <= n;
+    for (int64_t kk = 0; kk < kb; ++kk) {
+      const char* row = b.base + (k0 + kk) * b.row_stride * eb;
+      float* out = dst + kk * kNR;
+      if (full && b.col_stride == 1) {
+        const char* src = row + p * kNR * eb;
+        for (int64_t j = 0; j < kNR; ++j) out[j] = Ld<kBf16>(src + j * eb);
+      } else {
+        for (int64_t j = 0; j < kNR; ++j) {
+          int64_t col = p * kNR + j;
+          out[j] = col < n ? Ld<kBf16>(row + col * b.col_stride * eb) : 0.f;
+        }
+      }
+    }
+  }
+}
+
+// A[i0:i0+MR, k0:k0+kb] transposed into kb x MR, zero-padded rows.
+template <bool kBf16>
+void PackA(const Matrix& a, int64_t i0, int64_t mr, int64_t k0, int64_t kb,
+           float* ap) {
+  constexpr int64_t ea = kBf16 ? 2 : 4;
+  for (int64_t i = 0; i < kMR; ++i) {
+    if (i >= mr) {
+      for (int64_t kk = 0; kk < kb; ++kk) ap[kk * kMR + i] = 0.f;
+      continue;
+    }
+    const char* row = a.base + ((i0 + i) * a.row_stride + k0 * a.col_stride) * ea;
+    for (int64_t kk = 0; kk < kb; ++kk) {
+      ap[kk * kMR + i] = Ld<kBf16>(row + kk * a.col_stride * ea);
+    }
+  }
+}
+
+template <bool kABf16, bool kBBf16>
+void Matmul(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
+            bool accumulate) {
+  const int64_t m = a.rows, k = a.cols, n = b.cols;
+  const int64_t n_panels = (n + kNR - 1) / kNR;
+  // Per-thread scratch, reused across calls (a kernel calls this every step).
+  thread_local std::vector<float> bp, ap;
+  bp.resize(static_cast<size_t>(n_panels) * kKC * kNR);
+  ap.resize(static_cast<size_t>(kKC) * kMR);
   if (k == 0 && !accumulate) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.f);
   }
   for (int64_t k0 = 0; k0 < k; k0 += kKC) {
     const int64_t kb = std::min<int64_t>(kKC, k - k0);
-    // Pack B[k0:k0+kb, :] into column panels, zero-padded to NR.
-    for (int64_t p = 0; p < n_panels; ++p) {
-      float* dst = bp.data() + p * kKC * kNR;
-      for (int64_t kk = 0; kk < kb; ++kk) {
-        const char* src = b.base + ((k0 + kk) * b.row_stride) * eb;
-        for (int64_t j = 0; j < kNR; ++j) {
-          int64_t col = p * kNR + j;
-          dst[kk * kNR + j] =
-              col < n ? Load(src + col * b.col_stride * eb, b_bf16) : 0.f;
-        }
-      }
-    }
+    PackB<kBBf16>(b, k0, kb, n, bp.data());
     const bool acc = accumulate || k0 > 0;
     for (int64_t i0 = 0; i0 < m; i0 += kMR) {
       const int64_t mr = std::min<int64_t>(kMR, m - i0);
-      for (int64_t kk = 0; kk < kb; ++kk) {
-        for (int64_t i = 0; i < kMR; ++i) {
-          ap[kk * kMR + i] =
-              i < mr ? Load(a.base + ((i0 + i) * a.row_stride +
-                                      (k0 + kk) * a.col_stride) * ea,
-                            a_bf16)
-                     : 0.f;
-        }
-      }
+      PackA<kABf16>(a, i0, mr, k0, kb, ap.data());
       for (int64_t p = 0; p < n_panels; ++p) {
         const int64_t nr = std::min<int64_t>(kNR, n - p * kNR);
         MicroKernel(ap.data(), bp.data() + p * kKC * kNR, kb,
                     c + i0 * c_rs + p * kNR, c_rs, mr, nr, acc);
       }
     }
+  }
+}
+
+void Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+            float* c, int64_t c_rs, bool accumulate) {
+  if (a_bf16) {
+    b_bf16 ? Matmul<true, true>(a, b, c, c_rs, accumulate)
+           : Matmul<true, false>(a, b, c, c_rs, accumulate);
+  } else {
+    b_bf16 ? Matmul<false, true>(a, b, c, c_rs, accumulate)
+           : Matmul<false, false>(a, b, c, c_rs, accumulate);
   }
 }
 
