@@ -106,7 +106,6 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
     print(pallas_cpu.lower(my_kernel_fn, x).as_text("loops"))
   """
   from mlir import ir
-  from pallas_cpu.lowering import kernel as kernel_lowering
 
   closed = jax.make_jaxpr(fn)(*args, **kwargs)
   kernels = []
@@ -117,11 +116,8 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
     p = dict(eqn.params)
     spec = registration.kernel_spec(p, [v.aval for v in eqn.invars],
                                     [v.aval for v in eqn.outvars], backend)
-    stages = {}
+    stages = {"kernel": registration.kernel_ir(spec)[0]}
     with ir.Context(), ir.Location.unknown():
-      module = kernel_lowering.lower_kernel(spec)
-      module.operation.verify()
-      stages["kernel"] = module.operation.get_asm(enable_debug_info=False)
       module = ir.Module.parse(stages["kernel"])
       compiler.run_stages(
           module, name=spec.name,

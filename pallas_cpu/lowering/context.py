@@ -51,20 +51,12 @@ class KernelContext:
     self.check_messages: list[str] = []    # by check id
     # (dim, lo, hi): the grid dimension this call runs only [lo, hi) of.
     self.parallel_range: tuple[int, ir.Value, ir.Value] | None = None
-    self._declared: set[str] = set()
 
   # -- runtime calls -----------------------------------------------------------
   def call_runtime(self, name: str, args: list[ir.Value],
                    results: list[ir.Type] = ()) -> list[ir.Value]:
-    """Calls ``name`` from runtime/abi.h, declaring it on first use."""
-    if name not in self._declared:
-      self._declared.add(name)
-      with ir.InsertionPoint.at_block_begin(self.module.body):
-        decl = func.FuncOp(name, ir.FunctionType.get(
-            [a.type for a in args], list(results)))
-        decl.sym_visibility = ir.StringAttr.get("private")
-    return list(func.CallOp(list(results), ir.FlatSymbolRefAttr.get(name),
-                            args).results)
+    """Calls ``name`` from runtime/abi.h (declared on first use)."""
+    return call_external(name, args, list(results))
 
   def grid_index(self) -> ir.Value:
     """Row-major linear index (i64) of the current grid point, for
@@ -172,10 +164,13 @@ class RuleContext:
     return self.kernel.constant(value, dtype)
 
 
-def call_external(name: str, args: list[ir.Value], result: ir.Type) -> ir.Value:
-  """Calls the C function ``name`` (libm, resolved when the kernel's shared
-  object is loaded) from wherever the insertion point is -- also inside a
-  fused loop body -- declaring it in the enclosing module on first use."""
+def call_external(name: str, args: list[ir.Value],
+                  result: ir.Type | list[ir.Type]):
+  """Calls the C function ``name`` (the runtime's, or libm's; resolved when
+  the kernel's shared object is loaded) from wherever the insertion point is
+  -- also inside a fused loop body -- declaring it in the enclosing module
+  on first use.  One result type gives the value; a list, the values."""
+  results = result if isinstance(result, list) else [result]
   op = ir.InsertionPoint.current.block.owner
   while op is not None and op.name != "builtin.module":
     op = op.parent
@@ -186,6 +181,7 @@ def call_external(name: str, args: list[ir.Value], result: ir.Type) -> ir.Value:
   if not declared:
     with ir.InsertionPoint.at_block_begin(module_body):
       decl = func.FuncOp(name, ir.FunctionType.get([a.type for a in args],
-                                                   [result]))
+                                                   results))
       decl.sym_visibility = ir.StringAttr.get("private")
-  return func.CallOp([result], ir.FlatSymbolRefAttr.get(name), args).result
+  call = func.CallOp(results, ir.FlatSymbolRefAttr.get(name), args)
+  return list(call.results) if isinstance(result, list) else call.result

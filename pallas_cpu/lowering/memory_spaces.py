@@ -23,14 +23,6 @@ def attr(space: str) -> ir.Attribute:
   return ir.StringAttr.get(space)
 
 
-def of_type(t: ir.Type) -> str | None:
-  """The named space of a memref type, or None if it has none."""
-  space = ir.MemRefType(t).memory_space
-  if space is None:
-    return None
-  return ir.StringAttr(space).value
-
-
 def from_pallas(memory_space) -> str:
   """Maps a Pallas/TPU memory space object to our space name."""
   if memory_space is None:

@@ -67,10 +67,6 @@ def converted_in_registers(dtype) -> bool:
   return is_bool(dtype) or fp8.is_fp8(dtype)
 
 
-def index_type() -> ir.Type:
-  return ir.IndexType.get()
-
-
 def row_major_strides(shape) -> list[int]:
   strides, acc = [], 1
   for d in reversed(shape):

@@ -111,23 +111,33 @@ def identity_map(rank: int) -> IndexMap:
   return tuple(range(rank))
 
 
-def reindex(node: Node, dim_map: Sequence[int | None], out_shape) -> Node:
+def reindex(node: Node, dim_map: Sequence[int | None], out_shape=None,
+            memo: dict | None = None) -> Node:
   """Re-expresses ``node`` over a new iteration space (for broadcasts).
 
   ``dim_map[d]`` is the new iteration dimension that old dimension ``d``
   follows, or None where the old dimension had size 1 and is broadcast.
+  Shared subtrees stay shared (``memo``).  (``out_shape`` is not needed: the
+  caller's Array carries it.)
   """
+  memo = {} if memo is None else memo
+  if id(node) in memo:
+    return memo[id(node)]
   if isinstance(node, Load):
-    return Load(node.memref,
-                tuple(None if k is None else dim_map[k] for k in node.index_map),
-                node.root, node.key, node.converted)
-  if isinstance(node, Splat):
-    return node
-  if isinstance(node, Iota):
-    return Iota(None if node.dim is None else dim_map[node.dim], node.dtype)
-  if isinstance(node, Op):
-    return Op(node.build, tuple(reindex(a, dim_map, out_shape) for a in node.args))
-  raise TypeError(node)
+    out = Load(node.memref,
+               tuple(None if k is None else dim_map[k] for k in node.index_map),
+               node.root, node.key, node.converted)
+  elif isinstance(node, Splat):
+    out = node
+  elif isinstance(node, Iota):
+    out = Iota(None if node.dim is None else dim_map[node.dim], node.dtype)
+  elif isinstance(node, Op):
+    out = Op(node.build, tuple(reindex(a, dim_map, memo=memo)
+                               for a in node.args))
+  else:
+    raise TypeError(node)
+  memo[id(node)] = out
+  return out
 
 
 def _affine_map(index_map: IndexMap, rank: int) -> ir.AffineMap:
