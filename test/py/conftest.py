@@ -51,6 +51,19 @@ def check_against_interpret(kernel, out_shape, *args, exact=True, rtol=1e-6,
   return got
 
 
+def check_outputs_of(fn, x, **kwargs):
+  """A whole-array kernel writing each output of ``fn(x_ref[...])``: the
+  compiled result equals interpret mode's and ``fn(x)`` (exactly)."""
+  wants = fn(x)
+  outs = tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in wants)
+
+  def kernel(x_ref, *o):
+    for r, v in zip(o, fn(x_ref[...])):
+      r[...] = v
+  got = check_against_interpret(kernel, outs, x, **kwargs)
+  assert_same(got, wants)
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)

@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 from jax.experimental import pallas as pl
 
-from conftest import assert_same, call, check_against_interpret
+from conftest import check_outputs_of, assert_same, call, check_against_interpret
 
 F32, BF16, I32 = jnp.float32, jnp.bfloat16, jnp.int32
 
@@ -154,14 +154,7 @@ def test_float_max_min_propagate_nan_and_infinities():
 
   def fn(v):
     return jnp.max(v, axis=1), jnp.min(v, axis=1), jnp.max(v, axis=0)
-  wants = fn(x)
-  outs = tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in wants)
-
-  def kernel(x_ref, *o):
-    for r, v in zip(o, fn(x_ref[...])):
-      r[...] = v
-  got = check_against_interpret(kernel, outs, x)
-  assert_same(got, wants)
+  check_outputs_of(fn, x)
 
 
 def test_bf16_reduce_sum_accumulates_in_f32():
@@ -206,14 +199,7 @@ def test_all_any():
             jnp.all(p, axis=0).astype(I32), jnp.any(p, axis=0).astype(I32),
             jnp.all(p, keepdims=True).astype(I32),
             jnp.any(p, keepdims=True).astype(I32))
-  wants = fn(x)
-  outs = tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in wants)
-
-  def kernel(x_ref, *o):
-    for r, v in zip(o, fn(x_ref[...])):
-      r[...] = v
-  got = check_against_interpret(kernel, outs, x)
-  assert_same(got, wants)
+  check_outputs_of(fn, x)
 
 
 def test_bitwise_and_or_reductions_on_ints():
@@ -259,14 +245,7 @@ def test_argmax_argmin(dtype):
     return (jnp.argmax(v, axis=1), jnp.argmin(v, axis=1),
             jnp.argmax(v, axis=0), jnp.argmin(v, axis=0),
             jnp.argmax(v, axis=1, keepdims=True))
-  wants = fn(x)
-  outs = tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in wants)
-
-  def kernel(x_ref, *o):
-    for r, v in zip(o, fn(x_ref[...])):
-      r[...] = v
-  got = check_against_interpret(kernel, outs, x)
-  assert_same(got, wants)
+  check_outputs_of(fn, x)
 
 
 def test_argmax_1d_to_scalar_and_3d():
