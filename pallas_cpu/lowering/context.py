@@ -159,6 +159,9 @@ class RuleContext:
   avals_out: list[Any]
   source: str  # the user's source line, for error messages
   outs_used: list[bool] = dataclasses.field(default_factory=list)
+  # Set on a dot_general whose product may be accumulated straight into a
+  # ref view (fusion.AccumulateTarget); None otherwise.
+  accumulate_into: Any = None
 
   def constant(self, value, dtype) -> values.Scalar:
     return self.kernel.constant(value, dtype)

@@ -8,7 +8,7 @@ from jax._src import source_info_util
 from jax._src.state import types as state_types
 from mlir import ir
 
-from pallas_cpu.lowering import registry, values
+from pallas_cpu.lowering import fusion, registry, values
 from pallas_cpu.lowering.context import KernelContext, Ref, RuleContext
 
 
@@ -94,6 +94,8 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
   is the source line of the equation whose sub-jaxpr this is."""
   env: dict = {}
   counts, last_use = _use_counts(jaxpr)
+  users = fusion.users_of(jaxpr)
+  fused_away: set[int] = set()
 
   def read(atom):
     if isinstance(atom, jax_core.Literal):
@@ -106,6 +108,8 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
     env[v] = x
 
   for i, eqn in enumerate(jaxpr.eqns):
+    if i in fused_away:
+      continue
     rule = registry.lookup(eqn.primitive)
     line = source_line(eqn, parent)
     if rule is None:  # check_supported ran first; this is a bug guard
@@ -121,6 +125,14 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
     ctx = RuleContext(kctx, eqn, [a.aval for a in eqn.invars],
                       [v.aval for v in eqn.outvars], line,
                       [counts.get(v, 0) > 0 for v in eqn.outvars])
+    match = fusion.match_dot_accumulate(jaxpr, i, users)
+    if match is not None:
+      swap = jaxpr.eqns[match.fused[1]]
+      ctx.accumulate_into = fusion.AccumulateTarget(
+          read(swap.invars[0]), swap.params["tree"],
+          [read(a) for a in swap.invars[2:]],
+          flush=lambda root, i=i, dead=match.acc_var: _materialize_reads_of(
+              kctx, env, last_use, i, root, dead))
     with _location(eqn):
       try:
         out = rule.fn(ctx, *args_in, **eqn.params)
@@ -128,6 +140,8 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
         if getattr(e, "_pallas_cpu_wrapped", False):
           raise  # wrapped at the innermost equation already
         raise _wrap(e, eqn, line) from e
+    if match is not None and ctx.accumulate_into.accepted:
+      fused_away.update(match.fused)  # the add and the swap: done
     outs = out if eqn.primitive.multiple_results else [out]
     for v, o in zip(eqn.outvars, outs):
       if isinstance(v, jax_core.DropVar):
@@ -150,6 +164,17 @@ def _materialize_mutable_reads(kctx, env, last_use, i, keep) -> None:
     if var in keep_vars and last_use[var] == i:
       continue
     if values.roots_read(val.node):
+      env[var] = kctx.as_temp(val)
+
+
+def _materialize_reads_of(kctx, env, last_use, i, root, dead) -> None:
+  """Like ``_materialize_mutable_reads`` for one root, before an equation
+  that writes it early (a fused accumulation); ``dead`` is skipped."""
+  for var, val in list(env.items()):
+    if (var is dead or not isinstance(val, values.Array)
+        or last_use.get(var, -1) < i):
+      continue
+    if root in values.roots_read(val.node):
       env[var] = kctx.as_temp(val)
 
 

@@ -36,20 +36,28 @@ Matrix FromMemref2D(void* aligned, int64_t offset, int64_t s0, int64_t s1,
                 st1};
 }
 
-// C[0:mr, 0:nr] (+)= Ap (kb x MR) . Bp (kb x NR); the tile is full-size in
-// registers, the valid part is written back.
-inline void MicroKernel(const float* ap, const float* bp, int64_t kb, float* c,
-                        int64_t c_rs, int64_t mr, int64_t nr, bool accumulate) {
+// C[0:mr, 0:nr] (+)= A (mr x kb) . Bp (kb x NR); the tile is full-size in
+// registers, the valid part is written back.  A is read in place through
+// strides: row i of the tile at a + a_off[i], step a_ks per k (a packed
+// panel: offsets 0..MR-1, step MR; a row-major f32 block: offsets i * row
+// stride, step 1; a transposed one: offsets i, step its row stride).  Rows
+// past mr repeat row 0, whose results are never written.
+inline void MicroKernel(const float* a, const int64_t* a_off, int64_t a_ks,
+                        const float* bp, int64_t kb, float* c, int64_t c_rs,
+                        int64_t mr, int64_t nr, bool accumulate) {
   V16 acc[kMR][2];
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = V16{};
+  int64_t off[kMR];
+  for (int i = 0; i < kMR; ++i) off[i] = a_off[i];
   for (int64_t k = 0; k < kb; ++k) {
     V16 b0, b1;
     std::memcpy(&b0, bp + k * kNR, 64);
     std::memcpy(&b1, bp + k * kNR + 16, 64);
-    const float* a = ap + k * kMR;
+    const float* ak = a + k * a_ks;
     for (int i = 0; i < kMR; ++i) {
-      acc[i][0] += a[i] * b0;
-      acc[i][1] += a[i] * b1;
+      const float ai = ak[off[i]];
+      acc[i][0] += ai * b0;
+      acc[i][1] += ai * b1;
     }
   }
   for (int64_t i = 0; i < mr; ++i) {
@@ -141,10 +149,23 @@ void Matmul(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
     const bool acc = accumulate || k0 > 0;
     for (int64_t i0 = 0; i0 < m; i0 += kMR) {
       const int64_t mr = std::min<int64_t>(kMR, m - i0);
-      PackA<kABf16>(a, i0, mr, k0, kb, ap.data());
+      // f32 A is read in place (packing it would be a scalar transpose of
+      // every panel, a third of the work for 128-wide blocks); bf16 A is
+      // packed, which also converts it.
+      const float* a_panel = ap.data();
+      int64_t a_off[kMR], a_ks = kMR;
+      if constexpr (kABf16) {
+        PackA<kABf16>(a, i0, mr, k0, kb, ap.data());
+        for (int i = 0; i < kMR; ++i) a_off[i] = i;
+      } else {
+        a_panel = reinterpret_cast<const float*>(a.base) +
+                  i0 * a.row_stride + k0 * a.col_stride;
+        a_ks = a.col_stride;
+        for (int i = 0; i < kMR; ++i) a_off[i] = (i < mr ? i : 0) * a.row_stride;
+      }
       for (int64_t p = 0; p < n_panels; ++p) {
         const int64_t nr = std::min<int64_t>(kNR, n - p * kNR);
-        MicroKernel(ap.data(), bp.data() + p * kKC * kNR, kb,
+        MicroKernel(a_panel, a_off, a_ks, bp.data() + p * kKC * kNR, kb,
                     c + i0 * c_rs + p * kNR, c_rs, mr, nr, acc);
       }
     }

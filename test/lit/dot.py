@@ -129,3 +129,32 @@ def matvec(x_ref, v_ref, o_ref):
 def test_matvec_generic():
   print(lower_text(whole(matvec, (8,)), jnp.zeros((8, 32)), jnp.zeros((32,)),
                    stage="canonical"))
+
+
+def tiled(x_ref, y_ref, o_ref, acc_ref):
+  acc_ref[...] += jnp.dot(x_ref[...], y_ref[...])
+  o_ref[...] = acc_ref[...]
+
+
+def tiled_call(x, y):
+  from jax.experimental.pallas import tpu as pltpu
+  return pallas_cpu.pallas_call(
+      tiled, out_shape=jax.ShapeDtypeStruct((8, 16), jnp.float32),
+      scratch_shapes=[pltpu.VMEM((8, 16), jnp.float32)], backend="cpu")(x, y)
+
+
+# acc_ref[...] += dot(x, y) is one microkernel call that accumulates into the
+# scratch accumulator (accumulate = 1): no product temporary, no add pass.
+# CHECK-LABEL: TEST: test_accumulate_fused
+# CHECK: %[[ONE:.*]] = arith.constant 1 : i64
+# CHECK: %[[ACC:.*]] = memref.alloc() {alignment = 64 : i64} : memref<8x16xf32, "vmem">
+# CHECK-NOT: memref.alloc() {alignment = 64 : i64} : memref<8x16xf32
+# CHECK: %[[V:.*]] = memref.cast %[[ACC]] : memref<8x16xf32, "vmem"> to memref<8x16xf32, strided<[16, 1], offset: ?>, "vmem">
+# CHECK: %[[S:.*]] = memref.memory_space_cast %[[V]]
+# CHECK: %[[C:.*]] = memref.cast %[[S]]
+# CHECK: call @pallas_cpu_rt_matmul_f32_f32(%{{.*}}, %{{.*}}, %{{.*}}, %[[C]], %[[ONE]])
+# CHECK-NOT: arith.addf
+@run_test
+def test_accumulate_fused():
+  print(lower_text(tiled_call, jnp.zeros((8, 32)), jnp.zeros((32, 16)),
+                   stage="canonical"))

@@ -233,3 +233,65 @@ def test_attention_scores_kernel():
       out_specs=pl.BlockSpec((8, 64), lambda i: (i, 0)), **_tol(F32))
   want = jax.nn.softmax(q @ k.T / 8.0, axis=1) @ v
   assert_same(got, want, **_tol(F32))
+
+
+# -- acc_ref[...] += dot(...): the fused accumulation (lowering/fusion.py) ----
+def _acc_kernel_check(body, x, y, acc_shape, out_shape, want):
+  """A one-step kernel with an f32 VMEM scratch accumulator ``acc`` that
+  ``body(x_ref, y_ref, o_ref, acc_ref)`` updates; vs interpret and ``want``."""
+  def kernel(x_ref, y_ref, o_ref, acc_ref):
+    acc_ref[...] = jnp.full(acc_ref.shape, 0.5, jnp.float32)
+    body(x_ref, y_ref, o_ref, acc_ref)
+  got = check_against_interpret(
+      kernel, jax.ShapeDtypeStruct(out_shape, F32), x, y,
+      scratch_shapes=[pltpu.VMEM(acc_shape, F32)], **_tol(F32))
+  assert_same(got, want, **_tol(F32))
+
+
+def test_accumulate_reads_old_value_taken_before_the_update():
+  """A value read from the accumulator before the update and used after it
+  must keep the old contents (the fused write happens at the dot)."""
+  x, y = _data((16, 32), F32, 40), _data((32, 16), F32, 41)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    old = acc_ref[...] * 2.0
+    acc_ref[...] += jnp.dot(x_ref[...], y_ref[...])
+    o_ref[...] = old + acc_ref[...]
+  _acc_kernel_check(body, x, y, (16, 16), (16, 16), 1.0 + (0.5 + x @ y))
+
+
+def test_accumulate_into_a_slice_with_dynamic_index():
+  x, y = _data((8, 32), F32, 42), _data((32, 16), F32, 43)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    i = jnp.int32(1) + (x_ref[0, 0] > 1e9).astype(jnp.int32)  # 1, traced
+    acc_ref[pl.ds(i * 8, 8), :] += jnp.dot(x_ref[...], y_ref[...])
+    o_ref[...] = acc_ref[...]
+  want = jnp.full((24, 16), 0.5, F32).at[8:16].add(x @ y)
+  _acc_kernel_check(body, x, y, (24, 16), (24, 16), want)
+
+
+def test_accumulate_with_operand_reading_the_accumulator():
+  """acc += acc @ y: the product reads the accumulator -- not fused."""
+  x, y = _data((16, 16), F32, 44), _data((16, 16), F32, 45)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    acc_ref[...] = x_ref[...]
+    acc_ref[...] += jnp.dot(acc_ref[...], y_ref[...])
+    o_ref[...] = acc_ref[...]
+  _acc_kernel_check(body, x, y, (16, 16), (16, 16), x + x @ y)
+
+
+def test_accumulate_add_order_and_product_used_twice():
+  """d + acc (operands swapped) is fused; a product also used elsewhere is
+  not (it needs its own buffer)."""
+  x, y = _data((16, 32), F32, 46), _data((32, 16), F32, 47)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    d = jnp.dot(x_ref[...], y_ref[...])
+    acc_ref[...] = d + acc_ref[...]
+    p = jnp.dot(x_ref[...], y_ref[...])
+    acc_ref[...] += p
+    o_ref[...] = acc_ref[...] + p
+  want = 0.5 + 3 * (x @ y)
+  _acc_kernel_check(body, x, y, (16, 16), (16, 16), want)

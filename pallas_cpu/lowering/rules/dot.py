@@ -76,8 +76,17 @@ def _dot_general(ctx, lhs, rhs, *, dimension_numbers, precision=None,
   acc_dtype = accumulator_dtype(out_dtype)
   acc_is_float = types.is_float(acc_dtype)
   kctx = ctx.kernel
+  use_microkernel = _use_microkernel(in_dtypes, acc_dtype, nlf, nrf, nc,
+                                     lhs_aval, lc)
+  target = ctx.accumulate_into
+  if use_microkernel and out_dtype == acc_dtype and target is not None:
+    dest = _accumulator_view(ctx, target, lhs, rhs)
+    if dest is not None:
+      _matmul_microkernel(kctx, lhs, rhs, dest, in_dtypes, lhs_dims,
+                          rhs_dims, nb, out_shape, accumulate=True)
+      return None  # the fused add and swap never read the product
   acc = kctx.alloc(out_shape, acc_dtype)
-  if _use_microkernel(in_dtypes, acc_dtype, nlf, nrf, nc, lhs_aval, lc):
+  if use_microkernel:
     _matmul_microkernel(kctx, lhs, rhs, acc, in_dtypes,
                         lhs_dims, rhs_dims, nb, out_shape)
     return result(kctx, acc, acc_dtype, out_dtype)
@@ -139,8 +148,14 @@ def _matrix_view(kctx, v: values.Array, dims: list[int], nb: int,
       and len(node.index_map) == len(v.shape)):
     base, value_dim_of = node.memref, list(node.index_map)
   else:
-    base = views.with_layout(kctx.materialize(v))
-    value_dim_of = list(range(len(v.shape)))
+    # Computed into a temporary in the order its loads read memory (a
+    # transposed masked tile is written row by row, not gathered column by
+    # column); the view below transposes it back through strides.
+    value_dim_of = _memory_order(node, len(v.shape))
+    dim_map = [value_dim_of.index(d) for d in range(len(v.shape))]
+    in_order = values.Array(values.reindex(node, dim_map),
+                            tuple(v.shape[d] for d in value_dim_of), v.dtype)
+    base = views.with_layout(kctx.materialize(in_order))
   # Memref dim m holds value dim value_dim_of[m], iteration dim
   # dims[value_dim_of[m]].
   it_of = [dims[vd] for vd in value_dim_of]
@@ -174,10 +189,42 @@ def _matrix_view(kctx, v: values.Array, dims: list[int], nb: int,
   return memref.CastOp(generic, flat).result
 
 
+def _memory_order(node: values.Node, rank: int) -> list[int]:
+  """The value dims in the order the first full-rank load of ``node`` lays
+  them out in memory (identity when there is none)."""
+  stack = [node]
+  while stack:
+    n = stack.pop()
+    if isinstance(n, values.Load):
+      if (len(n.index_map) == rank and None not in n.index_map
+          and sorted(n.index_map) == list(range(rank))):
+        return list(n.index_map)
+    elif isinstance(n, values.Op):
+      stack.extend(reversed(n.args))
+  return list(range(rank))
+
+
+def _accumulator_view(ctx, target, lhs, rhs) -> ir.Value | None:
+  """The ref view of a fused ``acc_ref[idx] += dot(...)`` (see
+  lowering/fusion.py) when the microkernel can accumulate into it in place:
+  f32 in memory, operands not reading it.  Accepting flushes lazy reads of
+  the ref, since it is now written before the add's position."""
+  from pallas_cpu.lowering.rules import memory  # rules import rules lazily
+  view, _ = memory.apply_transforms(ctx, target.ref, target.tree,
+                                    target.index_args)
+  if view.dtype != np.float32 or view.sem_id is not None:
+    return None
+  if any(view.root in values.roots_read(v.node) for v in (lhs, rhs)):
+    return None
+  target.flush(view.root)
+  target.accepted = True
+  return view.memref
+
+
 def _matmul_microkernel(kctx, lhs, rhs, acc, in_dtypes, lhs_dims, rhs_dims,
-                        nb, out_shape) -> None:
-  """acc = lhs . rhs through runtime/matmul.cc, one call per batch element
-  (a loop nest over the batch dims)."""
+                        nb, out_shape, accumulate: bool = False) -> None:
+  """acc (+)= lhs . rhs through runtime/matmul.cc, one call per batch
+  element (a loop nest over the batch dims)."""
   names = ["bf16" if d == ml_dtypes.bfloat16 else "f32" for d in in_dtypes]
   acc_view = views.with_layout(acc)
 
@@ -194,7 +241,7 @@ def _matmul_microkernel(kctx, lhs, rhs, acc, in_dtypes, lhs_dims, rhs_dims,
         layout=types.strided_layout([None, None])), c).result
     kctx.call_runtime(f"pallas_cpu_rt_matmul_{names[0]}_{names[1]}", [
         kctx.runtime_ctx, a, b, c,
-        arith.constant(ir.IntegerType.get_signless(64), 0)])
+        arith.constant(ir.IntegerType.get_signless(64), int(accumulate))])
 
   def nest(d, ivs):
     if d == nb:
