@@ -155,8 +155,20 @@ void Matmul(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
       const float* a_panel = ap.data();
       int64_t a_off[kMR], a_ks = kMR;
       if constexpr (kABf16) {
-        PackA<kABf16>(a, i0, mr, k0, kb, ap.data());
-        for (int i = 0; i < kMR; ++i) a_off[i] = i;
+        if (a.col_stride == 1) {
+          // Rows converted to f32 as they are (a vectorizable widening),
+          // then read in place like an f32 block.
+          for (int64_t i = 0; i < mr; ++i) {
+            const char* row = a.base + ((i0 + i) * a.row_stride + k0) * 2;
+            float* out = ap.data() + i * kb;
+            for (int64_t kk = 0; kk < kb; ++kk) out[kk] = Ld<true>(row + kk * 2);
+          }
+          a_ks = 1;
+          for (int i = 0; i < kMR; ++i) a_off[i] = (i < mr ? i : 0) * kb;
+        } else {
+          PackA<kABf16>(a, i0, mr, k0, kb, ap.data());
+          for (int i = 0; i < kMR; ++i) a_off[i] = i;
+        }
       } else {
         a_panel = reinterpret_cast<const float*>(a.base) +
                   i0 * a.row_stride + k0 * a.col_stride;
