@@ -1,8 +1,9 @@
 """Lowering state: the kernel being built and the context each rule sees."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 from jax._src import core as jax_core
@@ -32,7 +33,8 @@ class KernelContext:
 
   def __init__(self, *, name: str, module: ir.Module, entry: func.FuncOp,
                params: CompilerParams, grid: tuple[int, ...],
-               vmapped_dims: tuple[int, ...]):
+               vmapped_dims: tuple[int, ...],
+               grid_names: Sequence[Hashable] | None = None):
     self.name = name
     self.module = module
     self.entry = entry
@@ -45,12 +47,32 @@ class KernelContext:
     self.alloc_ip = ir.InsertionPoint.at_block_begin(entry.entry_block)
     self.allocs: list[ir.Value] = []
     self.program_ids: list[ir.Value] = []  # index values, non-vmapped dims
+    # Sizes (ints, or index values for dynamic dims) and names (None where
+    # unnamed) of the non-vmapped dims, for num_programs and axis_index.
+    self.program_sizes: list = [g for d, g in enumerate(grid)
+                                if d not in vmapped_dims]
+    self.grid_names: tuple = (tuple(grid_names) if grid_names
+                              else (None,) * len(self.program_sizes))
     self.grid_ivs: list[ir.Value] = []     # index values, every grid dim
     self.semaphore_names: list[str] = []   # by sem_id, for runtime messages
     self.debug_prints: list[dict] = []     # by print id (rules/debug.py)
     self.check_messages: list[str] = []    # by check id
     # (dim, lo, hi): the grid dimension this call runs only [lo, hi) of.
     self.parallel_range: tuple[int, ir.Value, ir.Value] | None = None
+
+  @contextlib.contextmanager
+  def scoped_grid(self, ids: Sequence, sizes: Sequence,
+                  names: Sequence[Hashable | None]):
+    """Grid queries (program_id, num_programs, axis_index) answer for
+    another grid inside the block: an emit_pipeline body sees its pipeline's
+    indices.  The loop nest itself (``grid``, ``grid_ivs``) is unchanged."""
+    saved = self.program_ids, self.program_sizes, self.grid_names
+    self.program_ids, self.program_sizes = list(ids), list(sizes)
+    self.grid_names = tuple(names)
+    try:
+      yield
+    finally:
+      self.program_ids, self.program_sizes, self.grid_names = saved
 
   # -- runtime calls -----------------------------------------------------------
   def call_runtime(self, name: str, args: list[ir.Value],

@@ -93,7 +93,8 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     operands = operands[n_dyn:]
     kctx = KernelContext(name=spec.name, module=module, entry=entry,
                          params=spec.params,
-                         grid=grid, vmapped_dims=tuple(gm.vmapped_dims))
+                         grid=grid, vmapped_dims=tuple(gm.vmapped_dims),
+                         grid_names=gm.grid_names)
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
     if spec.parallel_dim is not None:
       kctx.parallel_range = (spec.parallel_dim,

@@ -1,7 +1,12 @@
-"""Grid queries: pl.program_id and pl.num_programs."""
+"""Grid queries: pl.program_id, pl.num_programs and lax.axis_index.
+
+They answer from ``KernelContext.program_ids / program_sizes / grid_names``:
+the kernel's grid, or an inner grid while ``scoped_grid`` is in effect (an
+emit_pipeline body, rules/pipeline.py)."""
 from __future__ import annotations
 
 import numpy as np
+from jax._src.lax import parallel as lax_parallel
 from jax._src.pallas import primitives as pallas_primitives
 from mlir import ir
 from mlir.dialects import arith
@@ -10,24 +15,43 @@ from pallas_cpu.lowering import values
 from pallas_cpu.lowering.registry import register
 
 
+def _as_i32(ctx, v) -> values.Scalar:
+  if isinstance(v, int):
+    return ctx.constant(v, np.int32)
+  i32 = ir.IntegerType.get_signless(32)
+  return values.Scalar(arith.index_cast(i32, v), np.dtype(np.int32))
+
+
 @register(pallas_primitives.program_id_p)
 def _program_id(ctx, *, axis):
   ids = ctx.kernel.program_ids
   if not 0 <= axis < len(ids):
     raise ValueError(f"program_id axis {axis} out of range for a grid of "
                      f"rank {len(ids)}")
-  i32 = ir.IntegerType.get_signless(32)
-  return values.Scalar(arith.index_cast(i32, ids[axis]), np.dtype(np.int32))
+  if ids[axis] is None:
+    # An emit_pipeline's own axes have indices only inside its body.
+    raise ValueError(f"program_id axis {axis} names an emit_pipeline grid "
+                     "axis outside the pipeline's body")
+  return _as_i32(ctx, ids[axis])
 
 
 @register(pallas_primitives.num_programs_p)
 def _num_programs(ctx, *, axis):
-  kctx = ctx.kernel
-  sizes = [g for d, g in enumerate(kctx.grid) if d not in kctx.vmapped_dims]
+  sizes = ctx.kernel.program_sizes
   if not 0 <= axis < len(sizes):
     raise ValueError(f"num_programs axis {axis} out of range for a grid of "
                      f"rank {len(sizes)}")
-  if isinstance(sizes[axis], int):
-    return ctx.constant(sizes[axis], np.int32)
-  i32 = ir.IntegerType.get_signless(32)  # a dynamic grid bound
-  return values.Scalar(arith.index_cast(i32, sizes[axis]), np.dtype(np.int32))
+  return _as_i32(ctx, sizes[axis])
+
+
+@register(lax_parallel.axis_index_p)
+def _axis_index(ctx, *, axis_name):
+  names = ctx.kernel.grid_names
+  if axis_name in names:  # a named grid axis: grid=(("i", 4), ...)
+    return _program_id(ctx, axis=names.index(axis_name))
+  raise NotImplementedError(
+      f"pallas_cpu: lax.axis_index({axis_name!r}): {axis_name!r} is not a "
+      f"grid axis of this kernel (grid axis names: "
+      f"{[n for n in names if n is not None]}); mesh and device axes "
+      "(shard_map, core meshes) are not supported yet on the compiled "
+      "backend, which runs one device and one core per kernel instance")
