@@ -57,6 +57,8 @@ class KernelContext:
     self.semaphore_names: list[str] = []   # by sem_id, for runtime messages
     self.debug_prints: list[dict] = []     # by print id (rules/debug.py)
     self.check_messages: list[str] = []    # by check id
+    self.jaxpr: jax_core.Jaxpr | None = None  # the body, for pre-scans (mxu)
+    self.rule_state: dict = {}  # per-kernel state of a rule family, by family
     # (dim, lo, hi): the grid dimension this call runs only [lo, hi) of.
     self.parallel_range: tuple[int, ir.Value, ir.Value] | None = None
 

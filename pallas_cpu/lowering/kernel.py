@@ -55,6 +55,11 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   operand_avals = [*spec.in_avals, *spec.out_avals]
   operand_types = []
   for i, a in enumerate(operand_avals):
+    if not jax_core.is_constant_shape(a.shape):  # jax.export, symbolic dims
+      raise NotImplementedError(
+          f"pallas_cpu cannot lower kernel '{spec.name}': operand of shape "
+          f"{a.shape} is shape-polymorphic; compiled kernels need concrete "
+          "shapes (export with concrete shapes, or with interpret=True)")
     space = memory_spaces.SMEM if i < n_dyn + n_index else memory_spaces.HBM
     operand_types.append(types.memref_type(a.shape, a.dtype,
                                            memory_spaces.attr(space)))
@@ -96,6 +101,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                          grid=grid, vmapped_dims=tuple(gm.vmapped_dims),
                          grid_names=gm.grid_names)
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
+    kctx.jaxpr = spec.jaxpr
     if spec.parallel_dim is not None:
       kctx.parallel_range = (spec.parallel_dim,
                              views.as_index(block.arguments[1]),

@@ -48,3 +48,18 @@ def test_debug_check(capsys):
       jax.block_until_ready(jax.jit(f)(X))
   # With checks off (the default) the check is not compiled at all.
   assert (jax.jit(f)(X) == X).all()
+
+
+def test_debug_callback_is_dropped_with_a_warning():
+  """As Mosaic does: the kernel computes, the callback never runs."""
+  calls = []
+
+  def kernel(x_ref, o_ref):
+    jax.debug.callback(lambda v: calls.append(v), x_ref[0, 0])
+    o_ref[...] = x_ref[...] * 2
+
+  with pytest.warns(UserWarning, match=r"jax.debug.callback at "
+                    r".*test_debug.py.* is dropped"):
+    out = jax.jit(pallas_cpu.pallas_call(kernel, out_shape=X))(X)
+  assert (out == X * 2).all()
+  assert not calls

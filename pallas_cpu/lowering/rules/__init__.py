@@ -11,6 +11,7 @@ from pallas_cpu.lowering.rules import (  # noqa: F401
     layout,
     memory,
     misc,
+    mxu,
     pipeline,
     random,
     reductions,

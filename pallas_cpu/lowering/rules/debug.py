@@ -1,8 +1,11 @@
 """Debugging primitives: pl.debug_print (printed from compiled code through
 the runtime, formatted by JAX's own formatter as in interpret mode) and
 pl.debug_check (an error naming the check and grid point, when
-pl.enable_debug_checks() is on at trace time)."""
+pl.enable_debug_checks() is on at trace time); jax.debug.callback is
+dropped, with a warning, as Mosaic drops it."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from jax._src import checkify
@@ -87,4 +90,17 @@ def _check(ctx, *err_args, err_tree, debug):
     kctx.call_runtime("pallas_cpu_rt_check_failed", [
         kctx.runtime_ctx, _i64(check_id), kctx.grid_index()])
     scf.YieldOp([])
+  return []
+
+
+@register(debugging.debug_callback_p)
+def _debug_callback(ctx, *args, callback, effect, partitioned):
+  """A no-op, as in Mosaic's lowering: the callback is a Python object, which
+  compiled (and persistently cached) native code cannot call back into.
+  Python's default warning filter shows the warning once per call site."""
+  del args, callback, effect, partitioned
+  warnings.warn(
+      f"pallas_cpu: jax.debug.callback at {ctx.source} is dropped: compiled "
+      "kernels do not run Python callbacks (nor does Mosaic on TPU); use "
+      "pl.debug_print, or interpret mode, to see values from a kernel")
   return []

@@ -1,12 +1,13 @@
 """Primitives that mean little on a CPU core, lowered as Mosaic lowers them
-where that has a CPU meaning: identities, no-ops, and Mosaic's branch of
-``platform_dependent``."""
+where that has a CPU meaning: identities, no-ops, Mosaic's branch of
+``platform_dependent``, and ``dim_as_value`` of a concrete dimension."""
 from __future__ import annotations
 
 import numpy as np
 from jax._src import ad_util
 from jax._src import core as jax_core
 from jax._src import pjit
+from jax._src.export import shape_poly
 from jax._src.lax import control_flow as lax_cf
 from jax._src.pallas import primitives as pallas_primitives
 from jax._src.pallas.mosaic import primitives as tpu_primitives
@@ -70,3 +71,17 @@ def _empty_ref(ctx, *args, **params):
       state_types.AbstractRef(aval))
   return kernel_lowering.allocate_ref(ctx.kernel, ref_aval, ("empty_ref", id(ctx.eqn)),
                                       f"empty_ref at {ctx.source}")
+
+
+@register(shape_poly.dim_as_value_p)
+def _dim_as_value(ctx, *, dim):
+  """A dimension size used as a value.  Mosaic replaces a symbolic one by a
+  placeholder patched when the kernel is specialized; a compiled kernel
+  here is native code for concrete shapes, so only a known size lowers."""
+  if not jax_core.is_constant_dim(dim):
+    raise NotImplementedError(
+        f"pallas_cpu: the symbolic dimension {dim} is used as a value in the "
+        "kernel: shape-polymorphic export (jax.export with symbolic shapes) "
+        "of compiled kernels is not supported, the kernel needs concrete "
+        "shapes (export with concrete shapes, or with interpret=True)")
+  return ctx.constant(int(dim), ctx.avals_out[0].dtype)
