@@ -296,13 +296,6 @@ def test_paged_attention(inline_seq_dim, megacore_mode):
 
 # -- ragged_paged_attention -------------------------------------------------
 
-RAGGED_BF16_BLOCKER = (
-    "bf16 KV needs a bitcast ref transform: ref.bitcast(jnp.uint32) at "
-    "kernel.py:370 ('ref transform BitcastTransform is not supported yet'); "
-    "a TPU ref bitcast packs along the second-minor dimension, which is not "
-    "a reinterpretation of row-major memory.")
-
-
 def _ragged_case(dtype):
   q_heads, kv_heads, head_dim = 4, 2, 128
   page_size, pages_per_seq, total_pages, max_num_seqs = 16, 4, 32, 4
@@ -320,8 +313,7 @@ def _ragged_case(dtype):
 
 @pytest.mark.parametrize("dtype", [
     pytest.param(jnp.float32, id="f32"),
-    pytest.param(jnp.bfloat16, id="bf16", marks=pytest.mark.xfail(
-        strict=True, reason=RAGGED_BF16_BLOCKER, raises=NotImplementedError)),
+    pytest.param(jnp.bfloat16, id="bf16"),
 ])
 def test_ragged_paged_attention(dtype):
   args = _ragged_case(dtype)

@@ -1,6 +1,10 @@
 """Ref reads and writes: ``x_ref[idx]`` (get) and ``x_ref[idx] = v`` (swap),
-through static and ``pl.ds`` dynamic slices and integer indices."""
+through static and ``pl.ds`` dynamic slices, integer indices, reshapes,
+transposes and bitcasts (an equal-width one is a memref of the new element
+type; one that changes the width packs rows, see bit_views.py)."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from jax._src import tree_util
@@ -9,9 +13,9 @@ from jax._src.pallas import primitives as pallas_primitives
 from jax._src.state import primitives as state_primitives
 from jax._src.state import types as state_types
 from mlir import ir
-from mlir.dialects import arith, scf
+from mlir.dialects import arith, builtin, scf
 
-from pallas_cpu.lowering import values, views
+from pallas_cpu.lowering import bit_views, types, values, views
 from pallas_cpu.lowering.context import Ref, scalar_of
 from pallas_cpu.lowering.registry import register
 
@@ -68,39 +72,105 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
   return arith.minsi(arith.maxsi(idx, lo), hi)
 
 
-def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
-  view, key = ref.memref, (ref.root, ref.memref)
+def _resolve_indexer(ctx, shape, t: indexing.NDIndexer):
+  """``t`` over a view of ``shape`` as subview arguments (offsets, sizes,
+  steps, dropped dims), dynamic starts bounds checked; None for the whole
+  view."""
+  offsets, sizes, steps, drop = [], [], [], []
+  for d, idx in enumerate(t.indices):
+    if isinstance(idx, indexing.Slice):
+      start, size, step = _index(ctx, idx.start), int(idx.size), int(idx.stride)
+    else:
+      start, size, step = _index(ctx, idx), 1, 1
+      drop.append(d)
+    if not isinstance(start, int):
+      start = _checked_start(ctx, start, size, step, shape[d], d)
+    offsets.append(start)
+    sizes.append(size)
+    steps.append(step)
+  if (all(o == 0 for o in offsets) and sizes == list(shape)
+      and all(s == 1 for s in steps) and not drop):
+    return None  # x_ref[...]: the whole ref
+  return offsets, sizes, steps, drop
+
+
+def _bitcast_ref(view: Ref, dtype) -> Ref | None:
+  """An equal-width ``ref.bitcast`` as a memref of the new element type, or
+  None where the widths differ.  Memref has no element-type cast; an
+  unrealized cast suffices because both types lower to the same LLVM
+  descriptor (reconcile-unrealized-casts drops it)."""
+  if types.is_bool(view.dtype) or types.is_bool(dtype):
+    raise NotImplementedError("pallas_cpu: ref.bitcast from or to bool")
+  if bit_views.dtype_bits(view.dtype) != bit_views.dtype_bits(dtype):
+    return None
+  t = ir.MemRefType(view.memref.type)
+  elem = types.memory_element_type(dtype)
+  memref = view.memref
+  if t.element_type != elem:
+    new_t = ir.MemRefType.get(t.shape, elem, layout=t.layout,
+                              memory_space=t.memory_space)
+    memref = builtin.UnrealizedConversionCastOp([new_t], [memref]).result
+  return Ref(memref, view.root, np.dtype(dtype), view.sem_id)
+
+
+def resolve(ctx, ref: Ref, transforms):
+  """The view the transforms select: a ``Ref`` (a memref view), or a
+  ``bit_views.BitView`` past a bitcast that changes the element width; and
+  a key that is equal for equal views of the same storage."""
+  view, key = ref, (ref.root, ref.memref)
   for t in transforms:
+    if isinstance(t, state_types.BitcastTransform):
+      origin = f"ref.bitcast from {view.dtype} to {np.dtype(t.dtype)}"
+      if isinstance(view, Ref):
+        cast = _bitcast_ref(view, t.dtype)
+        if cast is not None:
+          view, key = cast, (key, "bitcast", np.dtype(t.dtype).name)
+          continue
+        view = bit_views.of_ref(view, key, origin)
+      view = bit_views.bitcast(view, t.dtype)
+      continue
     if isinstance(t, state_types.ReshapeTransform):
-      view = views.reshape(view, t.shape)
-      key = (key, "reshape", tuple(t.shape))
+      if isinstance(view, Ref):
+        view = dataclasses.replace(view, memref=views.reshape(view.memref,
+                                                              t.shape))
+        key = (key, "reshape", tuple(t.shape))
+      else:
+        view = bit_views.reshape(view, t.shape)
       continue
     if isinstance(t, state_types.TransposeTransform):
-      view = views.transpose(view, t.permutation)
-      key = (key, "transpose", tuple(t.permutation))
+      if isinstance(view, Ref):
+        view = dataclasses.replace(view, memref=views.transpose(
+            view.memref, t.permutation))
+        key = (key, "transpose", tuple(t.permutation))
+      else:
+        view = bit_views.transpose(view, t.permutation)
       continue
     if not isinstance(t, indexing.NDIndexer):
       raise NotImplementedError(
           f"pallas_cpu: ref transform {type(t).__name__} is not supported yet")
-    offsets, sizes, steps, drop = [], [], [], []
-    shape = ir.MemRefType(view.type).shape
-    for d, idx in enumerate(t.indices):
-      if isinstance(idx, indexing.Slice):
-        start, size, step = _index(ctx, idx.start), int(idx.size), int(idx.stride)
-      else:
-        start, size, step = _index(ctx, idx), 1, 1
-        drop.append(d)
-      if not isinstance(start, int):
-        start = _checked_start(ctx, start, size, step, shape[d], d)
-      offsets.append(start)
-      sizes.append(size)
-      steps.append(step)
-    if (all(o == 0 for o in offsets) and sizes == list(shape)
-        and all(s == 1 for s in steps) and not drop):
-      continue  # x_ref[...]: the whole ref
-    view = views.subview(view, offsets, sizes, steps, drop)
-    key = (key, tuple(offsets), tuple(sizes), tuple(steps), tuple(drop))
-  return Ref(view, ref.root, ref.dtype, ref.sem_id), key
+    sub = _resolve_indexer(ctx, view.shape, t)
+    if sub is None:
+      continue
+    if isinstance(view, Ref):
+      offsets, sizes, steps, drop = sub
+      view = dataclasses.replace(view, memref=views.subview(
+          view.memref, offsets, sizes, steps, drop))
+      key = (key, tuple(offsets), tuple(sizes), tuple(steps), tuple(drop))
+    else:
+      view = bit_views.index(ctx, view, *sub)
+  return view, key
+
+
+def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
+  """``resolve`` for uses that need a memref (DMAs, masked loads and
+  stores, semaphores)."""
+  view, key = resolve(ctx, ref, transforms)
+  if isinstance(view, bit_views.BitView):
+    raise NotImplementedError(
+        f"pallas_cpu: {view.origin} changes the element width, which only "
+        "plain ref loads and stores (ref[...], ref[...] = v) support; not "
+        "DMAs, masked loads/stores or other ref uses")
+  return view, key
 
 
 def _load(view: Ref, key) -> values.Value:
@@ -109,10 +179,16 @@ def _load(view: Ref, key) -> values.Value:
   return values.load_array(view.memref, view.dtype, root=view.root, key=key)
 
 
+def _load_any(ctx, view, key) -> values.Value:
+  if isinstance(view, bit_views.BitView):
+    return bit_views.load(ctx, view)
+  return _load(view, key)
+
+
 @register(state_primitives.get_p)
 def _get(ctx, ref, *idx, tree):
-  view, key = apply_transforms(ctx, ref, tree, idx)
-  return _load(view, key)
+  view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
+  return _load_any(ctx, view, key)
 
 
 def _reads_differently(node, root, key) -> bool:
@@ -130,10 +206,13 @@ def _reads_differently(node, root, key) -> bool:
 @register(state_primitives.swap_p, pure=False, takes_lazy_operands=True)
 def _swap(ctx, ref, val, *idx, tree):
   kctx = ctx.kernel
-  view, key = apply_transforms(ctx, ref, tree, idx)
+  view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
   old = None
   if ctx.outs_used[0]:
-    old = kctx.as_temp(_load(view, key))
+    old = kctx.as_temp(_load_any(ctx, view, key))
+  if isinstance(view, bit_views.BitView):
+    bit_views.store(ctx, view, val, _reads_differently)
+    return old
   if isinstance(val, values.Array) and _reads_differently(val.node, view.root,
                                                           key):
     val = kctx.as_temp(val)
