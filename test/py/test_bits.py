@@ -14,6 +14,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from conftest import assert_same, call, check_against_interpret
+from strategies import pack_case, random_bits
 
 SHAPE, BLOCK, GRID = (16, 256), (8, 128), (2, 2)
 SPEC = pl.BlockSpec(BLOCK, lambda i, j: (i, j))
@@ -21,22 +22,7 @@ INTS = [jnp.int8, jnp.int16, jnp.int32, jnp.uint8, jnp.uint16, jnp.uint32]
 
 
 def _bits(seed, dtype, shape=SHAPE):
-  """Uniformly random bit patterns of ``dtype`` (NaNs and infs included).
-
-  16-bit float NaNs get the canonical payload (sign kept): XLA's CPU
-  backend, behind interpret mode, moves 16-bit floats through f32 and
-  canonicalizes their NaNs, where pallas_cpu keeps every bit."""
-  dtype = np.dtype(dtype)
-  raw = np.random.default_rng(seed).integers(
-      0, 2 ** 8, (*shape, dtype.itemsize), dtype=np.uint8)
-  x = raw.view(dtype).reshape(shape)
-  if dtype.itemsize == 2 and jnp.issubdtype(dtype, jnp.floating):
-    u = x.view(np.uint16).copy()
-    quiet = 0x7FC0 if dtype == jnp.bfloat16 else 0x7E00
-    nan = np.isnan(x.astype(np.float32))
-    u[nan] = (u[nan] & 0x8000) | quiet
-    x = u.view(dtype)
-  return jnp.asarray(x)
+  return random_bits(np.random.default_rng(seed), shape, dtype)
 
 
 def _ints(seed, dtype, shape=SHAPE):
@@ -307,25 +293,7 @@ PACK_CONFIGS = [(jnp.float32, jnp.bfloat16), (jnp.int32, jnp.int16),
 
 
 def _pack_data(shape, unpacked, packed):
-  ub = np.dtype(unpacked).itemsize * 8
-  pb = {np.dtype(jnp.int4): 4}.get(np.dtype(packed),
-                                   np.dtype(packed).itemsize * 8)
-  n = ub // pb
-  rng = np.random.default_rng(14)
-  if jnp.issubdtype(unpacked, jnp.floating):
-    src = jnp.asarray(rng.standard_normal((n, *shape)), unpacked)
-  else:
-    info = np.iinfo(unpacked)
-    src = jnp.asarray(rng.integers(info.min, info.max, (n, *shape),
-                                   endpoint=True), unpacked)
-  narrow = src.astype(packed)
-  uint = {4: jnp.uint4, 8: jnp.uint8, 16: jnp.uint16}[pb]
-  parts = np.asarray(narrow.view(uint).astype(jnp.uint32)) if pb != 4 else (
-      np.asarray(narrow.astype(jnp.int32)).astype(np.uint32) & 0xF)
-  packed_data = np.zeros(shape, np.uint32)
-  for i in range(n):
-    packed_data |= parts[i] << (i * pb)
-  return src, jnp.asarray(packed_data.astype(f"uint{ub}")), n
+  return pack_case(np.random.default_rng(14), shape, unpacked, packed)
 
 
 @pytest.mark.parametrize("unpacked,packed", PACK_CONFIGS,
@@ -353,3 +321,4 @@ def test_unpack_elementwise(unpacked, packed):
              packed_data)
   want = [src[i].astype(packed).astype(unpacked) for i in range(n)]
   assert_same(got, want)
+
