@@ -322,3 +322,16 @@ def test_unpack_elementwise(unpacked, packed):
   want = [src[i].astype(packed).astype(unpacked) for i in range(n)]
   assert_same(got, want)
 
+
+# -- regressions found by test_differential_bits.py ----------------------------------
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16],
+                         ids=lambda d: np.dtype(d).name)
+def test_16bit_float_denormals_convert_to_true(dtype):
+  """A bf16 denormal widens to an f32 denormal, which a float compare sees
+  flushed to zero; XLA (and numpy) test the bits: it is true."""
+  x = jnp.asarray(np.array([1, 0x8001, 0, 0x8000, 0x7F, 0x7FC0], np.uint16)
+                  .view(dtype))
+  got = check_against_interpret(
+      lambda x_ref, o_ref: o_ref.__setitem__(..., x_ref[...].astype(bool)),
+      jax.ShapeDtypeStruct(x.shape, jnp.bool_), x)
+  assert_same(got, jnp.asarray(np.asarray(x).astype(bool)))

@@ -357,6 +357,12 @@ def convert(v: ir.Value, src, dst) -> ir.Value:
     return fp8.round_to(convert(v, src, f32), dst)
   out_t = types.element_type(dst)
   if types.is_bool(dst):
+    if types.is_float(src) and types.bitwidth(src) == 16:
+      # XLA tests the bits of a 16-bit float, so a bf16 denormal is true;
+      # a float compare would see it flushed to zero (denormals are flushed).
+      bits = arith.bitcast(ir.IntegerType.get_signless(16), v)
+      return _cmpi("ne", arith.andi(bits, _const_like(bits, 0x7FFF)),
+                   _const_like(bits, 0))
     zero = _const_like(v, 0)
     return _cmpf("une", v, zero) if types.is_float(src) else _cmpi("ne", v, zero)
   if types.is_float(src) and types.is_float(dst):
