@@ -295,3 +295,18 @@ def test_accumulate_add_order_and_product_used_twice():
     o_ref[...] = acc_ref[...] + p
   want = 0.5 + 3 * (x @ y)
   _acc_kernel_check(body, x, y, (16, 16), (16, 16), want)
+
+
+def test_accumulate_through_a_width_changing_ref_bitcast_is_not_fused():
+  x, y = _data((16, 32), F32, 48), _data((32, 16), F32, 49)
+
+  def kernel(x_ref, y_ref, o_ref, acc_ref):
+    acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.int16)
+    wide = acc_ref.bitcast(jnp.float32)  # (32, 16) i16 -> (16, 16) f32
+    wide[...] += jnp.dot(x_ref[...], y_ref[...])
+    o_ref[...] = wide[...]
+  # interpret=True cannot write through a ref bitcast (JAX's discharge rule
+  # lacks it): compared with jnp only.
+  got = call(kernel, jax.ShapeDtypeStruct((16, 16), F32), x, y,
+             scratch_shapes=[pltpu.VMEM((32, 16), jnp.int16)])
+  assert_same(got, x @ y, **_tol(F32))

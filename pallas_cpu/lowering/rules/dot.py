@@ -210,8 +210,11 @@ def _accumulator_view(ctx, target, lhs, rhs) -> ir.Value | None:
   f32 in memory, operands not reading it.  Accepting flushes lazy reads of
   the ref, since it is now written before the add's position."""
   from pallas_cpu.lowering.rules import memory  # rules import rules lazily
-  view, _ = memory.apply_transforms(ctx, target.ref, target.tree,
-                                    target.index_args)
+  try:
+    view, _ = memory.apply_transforms(ctx, target.ref, target.tree,
+                                      target.index_args)
+  except NotImplementedError:
+    return None  # not a memref view (a width-changing ref bitcast)
   if view.dtype != np.float32 or view.sem_id is not None:
     return None
   if any(view.root in values.roots_read(v.node) for v in (lhs, rhs)):
