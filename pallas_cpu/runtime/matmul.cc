@@ -95,6 +95,25 @@ template <bool kBf16>
 void PackB(const Matrix& b, int64_t k0, int64_t kb, int64_t n, float* bp) {
   constexpr int64_t eb = kBf16 ? 2 : 4;
   const int64_t n_panels = (n + kNR - 1) / kNR;
+  if (b.row_stride == 1 && b.col_stride != 1) {
+    // A transposed B (q @ k.T): each column is contiguous along k; copy
+    // column by column so that reads stream (the panel itself fits in L1).
+    for (int64_t p = 0; p < n_panels; ++p) {
+      float* dst = bp + p * kKC * kNR;
+      for (int64_t j = 0; j < kNR; ++j) {
+        const int64_t col = p * kNR + j;
+        if (col >= n) {
+          for (int64_t kk = 0; kk < kb; ++kk) dst[kk * kNR + j] = 0.f;
+          continue;
+        }
+        const char* src = b.base + (col * b.col_stride + k0) * eb;
+        for (int64_t kk = 0; kk < kb; ++kk) {
+          dst[kk * kNR + j] = Ld<kBf16>(src + kk * eb);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t p = 0; p < n_panels; ++p) {
     float* dst = bp + p * kKC * kNR;
     const bool full = (p + 1) * kNR <= n;
