@@ -335,3 +335,37 @@ def test_16bit_float_denormals_convert_to_true(dtype):
       lambda x_ref, o_ref: o_ref.__setitem__(..., x_ref[...].astype(bool)),
       jax.ShapeDtypeStruct(x.shape, jnp.bool_), x)
   assert_same(got, jnp.asarray(np.asarray(x).astype(bool)))
+
+
+def test_f32_denormals_and_nan_payloads_convert_to_bf16():
+  """Rounded on the bits as XLA does: an f32 denormal stays a bf16
+  denormal (``vcvtneps2bf16`` flushed it) and NaNs become quiet NaNs of
+  their sign; ties go to even."""
+  pats = np.array([0x7F800001, 0xFFBFFFFF, 0x7F8F0000, 0x00000001, 0x00018000,
+                   0x80008001, 0x007FFFFF, 0x3F808000, 0x3F818000, 0x7F7FFFFF],
+                  np.uint32)
+  x = jnp.asarray(pats.view(np.float32))
+  got = check_against_interpret(
+      lambda x_ref, o_ref: o_ref.__setitem__(...,
+                                             x_ref[...].astype(jnp.bfloat16)),
+      jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), x)
+  want = np.asarray(x).astype(ml_dtypes.bfloat16)
+  np.testing.assert_array_equal(np.asarray(got).view(np.uint16),
+                                want.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16],
+                         ids=lambda d: np.dtype(d).name)
+def test_f64_to_16bit_float_rounds_through_f32(dtype):
+  """f64 -> bf16 did not load (LLVM called ``__truncdfbf2``, which is not
+  linked); XLA narrows through f32, rounding twice and flushing f32
+  denormals, and so does pallas_cpu."""
+  with jax.enable_x64(True):
+    x = jnp.asarray([1 + 2**-8 + 2**-30, 1 + 2**-11 + 2**-40, 1e-40, 1e300,
+                     -2.5, np.nan], jnp.float64)
+    got = check_against_interpret(
+        lambda x_ref, o_ref: o_ref.__setitem__(..., x_ref[...].astype(dtype)),
+        jax.ShapeDtypeStruct(x.shape, dtype), x)
+    want = np.asarray(x).astype(np.float32).astype(dtype)
+    want[2] = 0  # an f32 denormal, flushed
+    assert_same(got, jnp.asarray(want))

@@ -104,6 +104,23 @@ def cmpf(pred: str, a, b):
   return arith.cmpf(getattr(arith.CmpFPredicate, pred.upper()), a, b)
 
 
+def f32_to_bf16(v: ir.Value) -> ir.Value:
+  """An f32 rounded to bf16 (nearest even) on its bits, as XLA does: an f32
+  denormal stays a bf16 denormal (LLVM's ``fptrunc`` may use
+  ``vcvtneps2bf16``, which flushes it), and NaN becomes the quiet NaN of
+  its sign."""
+  i32 = int_type(32)
+  bits = to_bits(v)
+  lsb = arith.andi(arith.shrui(bits, const(i32, 16)), const(i32, 1))
+  rounded = arith.shrui(arith.addi(bits, arith.addi(const(i32, 0x7FFF), lsb)),
+                        const(i32, 16))
+  sign = arith.andi(arith.shrui(bits, const(i32, 16)), const(i32, 0x8000))
+  nan = cmpi("ugt", arith.andi(bits, const(i32, 0x7FFFFFFF)),
+             const(i32, 0x7F800000))
+  out = arith.select(nan, arith.ori(sign, const(i32, 0x7FC0)), rounded)
+  return from_bits(arith.trunci(int_type(16), out), ir.BF16Type.get())
+
+
 def _dtype_bits(dtype) -> int:
   return jax_dtypes.itemsize_bits(np.dtype(dtype))
 

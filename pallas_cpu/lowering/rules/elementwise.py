@@ -12,6 +12,7 @@ from mlir.dialects import arith, math
 from pallas_cpu.lowering import fp8, types
 from pallas_cpu.lowering.context import call_external
 from pallas_cpu.lowering.rules import approx
+from pallas_cpu.lowering.rules import bits as bits_rules
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.common import elementwise
 
@@ -368,9 +369,16 @@ def convert(v: ir.Value, src, dst) -> ir.Value:
   if types.is_float(src) and types.is_float(dst):
     if types.bitwidth(src) < types.bitwidth(dst):
       return arith.extf(out_t, v)
+    if types.bitwidth(src) == 64 and types.bitwidth(dst) == 16:
+      # XLA narrows f64 through f32 (rounding twice, denormals flushed)
+      return convert(arith.truncf(ir.F32Type.get(), v), f32, dst)
+    if out_t == ir.BF16Type.get():  # from f32, or exactly from f16
+      if src != f32:
+        v = arith.extf(ir.F32Type.get(), v)
+      return bits_rules.f32_to_bf16(v)
     if types.bitwidth(src) > types.bitwidth(dst):
       return arith.truncf(out_t, v)
-    return arith.truncf(out_t, arith.extf(ir.F32Type.get(), v))  # f16<->bf16
+    return arith.truncf(out_t, arith.extf(ir.F32Type.get(), v))  # bf16->f16
   if not types.is_float(src) and not types.is_float(dst):
     sb, db = types.bitwidth(src), types.bitwidth(dst)
     if sb < db:
