@@ -13,6 +13,11 @@
 #include <sstream>
 #include <vector>
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define PALLAS_CPU_BF16_DOT 1
+#endif
+
 #include "abi.h"
 #include "runtime_context.h"
 
@@ -150,6 +155,116 @@ void PackA(const Matrix& a, int64_t i0, int64_t mr, int64_t k0, int64_t kb,
   }
 }
 
+// Writes the MR x NR register tile back into C (rows < mr, columns < nr).
+inline void StoreTile(const float* tile_rows, float* c, int64_t c_rs,
+                      int64_t mr, int64_t nr, bool accumulate) {
+  for (int64_t i = 0; i < mr; ++i) {
+    const float* tile = tile_rows + i * kNR;
+    float* row = c + i * c_rs;
+    if (accumulate) {
+      for (int64_t j = 0; j < nr; ++j) row[j] += tile[j];
+    } else {
+      for (int64_t j = 0; j < nr; ++j) row[j] = tile[j];
+    }
+  }
+}
+
+#ifdef PALLAS_CPU_BF16_DOT
+// bf16 x bf16 with the CPU's bf16 dot-product instruction (vdpbf16ps: one
+// f32 lane += a0*b0 + a1*b1 over a pair of consecutive k), twice the
+// multiply-adds of an f32 FMA per instruction.  Used for even k and a
+// row-major A, whose (k, k+1) pairs are then 32-bit words in place.
+
+inline uint32_t Ld16(const char* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+
+// B[k0:k0+kb, :] (kb even) as NR-wide panels of k pairs: word (q, j) holds
+// B[k0+2q, j] in its low half and B[k0+2q+1, j] in its high half.
+void PackBPairs(const Matrix& b, int64_t k0, int64_t kb, int64_t n,
+                uint32_t* bp) {
+  const int64_t n_panels = (n + kNR - 1) / kNR;
+  for (int64_t p = 0; p < n_panels; ++p) {
+    uint32_t* dst = bp + p * (kKC / 2) * kNR;
+    const bool full = (p + 1) * kNR <= n;
+    for (int64_t q = 0; q < kb / 2; ++q) {
+      const char* r0 = b.base + (k0 + 2 * q) * b.row_stride * 2;
+      const char* r1 = r0 + b.row_stride * 2;
+      uint32_t* out = dst + q * kNR;
+      if (full && b.col_stride == 1) {
+        const char* s0 = r0 + p * kNR * 2;
+        const char* s1 = r1 + p * kNR * 2;
+        for (int64_t j = 0; j < kNR; ++j) {
+          out[j] = Ld16(s0 + 2 * j) | (Ld16(s1 + 2 * j) << 16);
+        }
+      } else {
+        for (int64_t j = 0; j < kNR; ++j) {
+          const int64_t col = p * kNR + j;
+          const int64_t at = col * b.col_stride * 2;
+          out[j] = col < n ? (Ld16(r0 + at) | (Ld16(r1 + at) << 16)) : 0u;
+        }
+      }
+    }
+  }
+}
+
+// C[0:mr, 0:nr] (+)= A (mr x kb, rows at a + a_off[i], unit k stride) .
+// the pair panel bp.
+inline void MicroKernelBf16(const char* a, const int64_t* a_off,
+                            const uint32_t* bp, int64_t kb, float* c,
+                            int64_t c_rs, int64_t mr, int64_t nr,
+                            bool accumulate) {
+  __m512 acc[kMR][2];
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  int64_t off[kMR];
+  for (int i = 0; i < kMR; ++i) off[i] = a_off[i];
+  for (int64_t q = 0; q < kb / 2; ++q) {
+    const __m512i b0 = _mm512_loadu_si512(bp + q * kNR);
+    const __m512i b1 = _mm512_loadu_si512(bp + q * kNR + 16);
+    const char* aq = a + q * 4;
+    for (int i = 0; i < kMR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, aq + off[i], 4);
+      const __m512i ai = _mm512_set1_epi32(pair);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)ai, (__m512bh)b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)ai, (__m512bh)b1);
+    }
+  }
+  alignas(64) float tile[kMR * kNR];
+  for (int i = 0; i < kMR; ++i) {
+    _mm512_store_ps(tile + i * kNR, acc[i][0]);
+    _mm512_store_ps(tile + i * kNR + 16, acc[i][1]);
+  }
+  StoreTile(tile, c, c_rs, mr, nr, accumulate);
+}
+
+void MatmulBf16Dot(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
+                   bool accumulate) {
+  const int64_t m = a.rows, k = a.cols, n = b.cols;
+  const int64_t n_panels = (n + kNR - 1) / kNR;
+  thread_local std::vector<uint32_t> bp;
+  bp.resize(static_cast<size_t>(n_panels) * (kKC / 2) * kNR);
+  for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+    const int64_t kb = std::min<int64_t>(kKC, k - k0);
+    PackBPairs(b, k0, kb, n, bp.data());
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, m - i0);
+      const char* a_panel = a.base + (i0 * a.row_stride + k0) * 2;
+      int64_t a_off[kMR];
+      for (int i = 0; i < kMR; ++i) a_off[i] = (i < mr ? i : 0) * a.row_stride * 2;
+      for (int64_t p = 0; p < n_panels; ++p) {
+        const int64_t nr = std::min<int64_t>(kNR, n - p * kNR);
+        MicroKernelBf16(a_panel, a_off, bp.data() + p * (kKC / 2) * kNR, kb,
+                        c + i0 * c_rs + p * kNR, c_rs, mr, nr, acc);
+      }
+    }
+  }
+}
+#endif  // PALLAS_CPU_BF16_DOT
+
 template <bool kABf16, bool kBBf16>
 void Matmul(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
             bool accumulate) {
@@ -205,6 +320,12 @@ void Matmul(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
 
 void Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
             float* c, int64_t c_rs, bool accumulate) {
+#ifdef PALLAS_CPU_BF16_DOT
+  if (a_bf16 && b_bf16 && a.col_stride == 1 && a.cols % 2 == 0 && a.cols > 0) {
+    MatmulBf16Dot(a, b, c, c_rs, accumulate);
+    return;
+  }
+#endif
   if (a_bf16) {
     b_bf16 ? Matmul<true, true>(a, b, c, c_rs, accumulate)
            : Matmul<true, false>(a, b, c, c_rs, accumulate);

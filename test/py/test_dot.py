@@ -310,3 +310,18 @@ def test_accumulate_through_a_width_changing_ref_bitcast_is_not_fused():
   got = call(kernel, jax.ShapeDtypeStruct((16, 16), F32), x, y,
              scratch_shapes=[pltpu.VMEM((32, 16), jnp.int16)])
   assert_same(got, x @ y, **_tol(F32))
+
+
+@pytest.mark.parametrize("m,k,n", [(9, 129, 33), (13, 514, 45), (16, 256, 64),
+                                   (8, 2, 40)])
+@pytest.mark.parametrize("form", ["NN", "NT", "TN"])
+def test_bf16_microkernel_edges(m, k, n, form):
+  """bf16 x bf16 -> f32 at the microkernel's edges: odd k (no k pairs), k
+  over one 256-deep chunk, partial row tiles and column panels, transposed
+  operands (pairs gathered with a stride, or the widening path)."""
+  dims = {"NN": NN, "NT": NT, "TN": TN}[form]
+  a_shape = (k, m) if form == "TN" else (m, k)
+  b_shape = (n, k) if form == "NT" else (k, n)
+  x, y = _data(a_shape, BF16, 50), _data(b_shape, BF16, 51)
+  _check(lambda a, b: lax.dot_general(a, b, dims,
+                                      preferred_element_type=F32), x, y)
