@@ -37,6 +37,11 @@ def assert_same(actual, expected, *, exact=True, rtol=1e-6, atol=1e-6):
       a, e = a.astype(np.float64), e.astype(np.float64)
     if exact:
       np.testing.assert_array_equal(a, e)
+      if jnp.issubdtype(a.dtype, jnp.floating):  # -0.0 is not +0.0
+        zeros = (a == 0) & (e == 0)
+        np.testing.assert_array_equal(np.signbit(a[zeros]),
+                                      np.signbit(e[zeros]),
+                                      err_msg="signs of zeros differ")
     else:
       np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64),
                                  rtol=rtol, atol=atol)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from conftest import check_against_interpret
+from conftest import assert_same, check_against_interpret
 
 SHAPE, BLOCK = (16, 256), (8, 128)
 GRID = (2, 2)
@@ -197,3 +197,21 @@ def test_scalar_operands_and_broadcasts():
     col = jnp.sum(a[:, 0:1] * 0, axis=1, keepdims=True) if False else a[:, 0:1]
     return a * 2.0 + row - col + jax.lax.broadcasted_iota(jnp.float32, a.shape, 1)
   _run(fn, jnp.float32, x, exact=False)
+
+
+@pytest.mark.parametrize("fn", [jnp.tanh, jnp.sin, jnp.tan, jax.lax.erf,
+                                jax.lax.erf_inv, jnp.expm1, jnp.log1p,
+                                jnp.sqrt, jnp.negative, jnp.abs, jnp.round,
+                                jnp.floor, jnp.ceil, jnp.sign],
+                         ids=lambda f: getattr(f, "__name__", str(f)))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16],
+                         ids=["f32", "bf16"])
+def test_signed_zeros(fn, dtype):
+  """+-0 in, the sign XLA gives out (assert_same compares signs of zeros)."""
+  x = jnp.array([[-0.0, 0.0] * 64] * 8, dtype)
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = fn(x_ref[...])
+  want = fn(x)
+  got = check_against_interpret(kernel, jax.ShapeDtypeStruct(x.shape, dtype), x)
+  assert_same(got, want)

@@ -122,7 +122,8 @@ def tanh_f32(x: ir.Value) -> ir.Value:
   z = arith.mulf(x, x)
   p = _poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
                 1.33314422036e-1, -3.33332819422e-1])
-  small = arith.addf(arith.mulf(arith.mulf(p, z), x), x)
+  # Signed explicitly: for x = -0 the sum would be (+0) + (-0) = +0.
+  small = _copysign(arith.addf(arith.mulf(arith.mulf(p, z), x), x), x)
   e = exp_f32(arith.addf(ax, ax))
   big = arith.subf(_f(x, 1.0), arith.divf(_f(x, 2.0),
                                           arith.addf(e, _f(x, 1.0))))
