@@ -173,8 +173,7 @@ def test_log_f32():
 
 # tanh: an odd polynomial x + x*z*p(z) (z = x*x) for |x| < 0.625, else
 # 1 - 2 / (exp(2|x|) + 1) with exp expanded inline and x's sign put back on
-# the bits; NaN -> itself.  (The polynomial branch gives +0 for x = -0, where
-# XLA and numpy give -0.)
+# the bits (also on the polynomial's, so that tanh(-0) = -0); NaN -> itself.
 # CHECK-LABEL: TEST: test_tanh_f32
 # CHECK: ^bb0(%[[X:.*]]: f32, %{{.*}}: f32):
 # CHECK-NEXT: %[[AX:.*]] = math.absf %[[X]] : f32
@@ -184,7 +183,15 @@ def test_log_f32():
 # CHECK-NEXT: %[[P:.*]] = arith.addf
 # CHECK-NEXT: %[[PZ:.*]] = arith.mulf %[[P]], %[[Z]] : f32
 # CHECK-NEXT: %[[PZX:.*]] = arith.mulf %[[PZ]], %[[X]] : f32
-# CHECK-NEXT: %[[SMALL:.*]] = arith.addf %[[PZX]], %[[X]] : f32
+# CHECK-NEXT: %[[POLY:.*]] = arith.addf %[[PZX]], %[[X]] : f32
+# CHECK-NEXT: %[[POLY_BITS:.*]] = arith.bitcast %[[POLY]] : f32 to i32
+# CHECK-NEXT: %[[ABS_MASK0:.*]] = arith.constant 2147483647 : i32
+# CHECK-NEXT: %[[POLY_ABS:.*]] = arith.andi %[[POLY_BITS]], %[[ABS_MASK0]] : i32
+# CHECK-NEXT: %[[X_BITS0:.*]] = arith.bitcast %[[X]] : f32 to i32
+# CHECK-NEXT: %[[SIGN_MASK0:.*]] = arith.constant -2147483648 : i32
+# CHECK-NEXT: %[[SIGN0:.*]] = arith.andi %[[X_BITS0]], %[[SIGN_MASK0]] : i32
+# CHECK-NEXT: %[[SMALL_BITS:.*]] = arith.ori %[[POLY_ABS]], %[[SIGN0]] : i32
+# CHECK-NEXT: %[[SMALL:.*]] = arith.bitcast %[[SMALL_BITS]] : i32 to f32
 # CHECK-NEXT: %[[AX2:.*]] = arith.addf %[[AX]], %[[AX]] : f32
 # CHECK-NOT: call
 # CHECK: arith.constant 1.44269502 : f32

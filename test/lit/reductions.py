@@ -127,7 +127,8 @@ def bf16_sum(x_ref, o_ref):
   o_ref[...] = lax.reduce_sum_p.bind(x_ref[...], axes=(0,), out_sharding=None)
 
 
-# 16-bit float sums accumulate in f32 and round once at the end.
+# 16-bit float sums accumulate in f32 and round once at the end (to nearest
+# even on the bits, see rules/elementwise.py).
 # CHECK-LABEL: TEST: test_bf16_sum_accumulates_in_f32
 # CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[ACC:.*]] : memref<128xf32, "vmem">)
 # CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["reduction", "parallel"]
@@ -135,7 +136,11 @@ def bf16_sum(x_ref, o_ref):
 # CHECK-NEXT: %[[W:.*]] = arith.extf %[[IN]] : bf16 to f32
 # CHECK-NEXT: arith.addf %[[OUT]], %[[W]] fastmath<reassoc> : f32
 # CHECK: linalg.generic {{.*}} ins(%[[ACC]] : memref<128xf32, "vmem">)
-# CHECK: arith.truncf %{{.*}} : f32 to bf16
+# CHECK-NEXT: ^bb0(%[[SUM:.*]]: f32, %{{.*}}: bf16):
+# CHECK-NEXT: arith.bitcast %[[SUM]] : f32 to i32
+# CHECK: %[[H:.*]] = arith.trunci %{{.*}} : i32 to i16
+# CHECK-NEXT: %[[B:.*]] = arith.bitcast %[[H]] : i16 to bf16
+# CHECK-NEXT: linalg.yield %[[B]] : bf16
 @run_test
 def test_bf16_sum_accumulates_in_f32():
   print(lower_text(whole(bf16_sum, (128,), jnp.bfloat16),
