@@ -163,7 +163,8 @@ def _materialize_mutable_reads(kctx, env, last_use, i, keep) -> None:
       continue
     if var in keep_vars and last_use[var] == i:
       continue
-    if values.roots_read(val.node):
+    if any(not isinstance(r, values.PrivateRoot)
+           for r in values.roots_read(val.node)):
       env[var] = kctx.as_temp(val)
 
 

@@ -95,6 +95,18 @@ class Array:
 Value = Scalar | Array
 
 
+class PrivateRoot:
+  """Storage that only the rule owning it writes -- a loop's carry buffers,
+  a cond's result buffers -- never a ref the kernel can name.  Kernel writes
+  cannot reach it, so lazy reads of it need not be computed before them."""
+
+  def __init__(self, what: str):
+    self.what = what
+
+  def __repr__(self) -> str:
+    return f"PrivateRoot({self.what})"
+
+
 def roots_read(node: Node, acc: set | None = None) -> set:
   """The mutable roots whose memory evaluating ``node`` reads."""
   acc = set() if acc is None else acc

@@ -110,3 +110,42 @@ def test_nested_jit_and_custom_jvp():
     o_ref[...] = helper(x_ref[...]) + jax.nn.relu(x_ref[...])
 
   _check(kernel, exact=False)
+
+
+# -- array carries: computed in place where safe (rules/control_flow.py) -------
+def test_carries_swapped_each_iteration():
+  """(a, b) -> (b + 1, a * 2): each new value reads the other's old buffer."""
+  def kernel(x_ref, o_ref):
+    a, b = jax.lax.fori_loop(0, 5, lambda i, ab: (ab[1] + 1.0, ab[0] * 2.0),
+                             (x_ref[...], -x_ref[...]))
+    o_ref[...] = a - b
+  _check(kernel)
+
+
+def test_carry_reads_itself_shifted_and_unchanged_carry():
+  """A carry whose new value reads its own buffer at other points (a roll)
+  is not computed in place; an unchanged carry keeps its value."""
+  def kernel(x_ref, o_ref):
+    def body(i, c):
+      acc, keep = c
+      return jnp.roll(acc, 1, axis=1) + keep * 0.5, keep
+    acc, keep = jax.lax.fori_loop(0, 3, body, (x_ref[...], x_ref[...] + 1.0))
+    o_ref[...] = acc + keep
+  _check(kernel, exact=False)
+
+
+def test_carry_read_survives_writes_in_the_body():
+  """acc read before a ref write in the same iteration (a pl.when storing
+  to the output) keeps its value: carries are not refs the kernel writes."""
+  def kernel(x_ref, o_ref):
+    def body(i, acc):
+      old = acc * 1.0
+
+      @pl.when(i == 1)
+      def _():
+        o_ref[...] = acc
+
+      return old + x_ref[...]
+    acc = jax.lax.fori_loop(0, 4, body, jnp.zeros_like(x_ref))
+    o_ref[...] = o_ref[...] + acc
+  _check(kernel)

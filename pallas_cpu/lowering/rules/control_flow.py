@@ -74,7 +74,7 @@ class _Carry:
     self.dtype = None if self.is_ref else np.dtype(aval.dtype)
     if self.is_buffer:
       self.buf = kctx.alloc(aval.shape, aval.dtype)
-      self.root = ("carry", next(_carry_ids))
+      self.root = values.PrivateRoot(f"carry {next(_carry_ids)}")
 
   @property
   def ssa_type(self):
@@ -84,18 +84,46 @@ class _Carry:
     return values.load_array(self.buf, self.dtype, root=self.root)
 
 
+def _reads_pointwise_only(node, root, buf) -> bool:
+  """Whether every load of ``root`` in ``node`` reads ``buf`` itself at the
+  point being computed (so computing ``node`` into ``buf`` is in-place safe)."""
+  if isinstance(node, values.Load):
+    return node.root != root or (
+        node.memref == buf
+        and node.index_map == values.identity_map(len(node.index_map)))
+  if isinstance(node, values.Op):
+    return all(_reads_pointwise_only(a, root, buf) for a in node.args)
+  return True
+
+
 def _store_carries(kctx, carries, vals) -> list[ir.Value]:
-  """Writes buffer carries (through temporaries: one carry's new value may
-  read another's old one); returns the scalar ones as SSA values."""
-  temps = [kctx.materialize(v, reuse=True) if c.is_buffer else None
-           for c, v in zip(carries, vals)]
-  scalars = []
-  for c, v, t in zip(carries, vals, temps):
-    if c.is_buffer:
-      linalg.copy(t, outs=[c.buf])
-    elif not c.is_ref:
-      scalars.append(scalar_of(kctx, v).value)
-  return scalars
+  """Writes buffer carries; returns the scalar ones as SSA values.
+
+  A carry passed through unchanged is not copied, and one whose new value
+  reads its own buffer only pointwise (``acc + x``) and no other new value
+  reads at all is computed straight into its buffer.  The rest go through
+  temporaries, since one carry's new value may read another's old one."""
+  arrays = [(c, v) for c, v in zip(carries, vals) if c.is_buffer]
+  direct, copied = [], []
+  for c, v in arrays:
+    if (isinstance(v, values.Array) and isinstance(v.node, values.Load)
+        and v.node.memref == c.buf
+        and v.node.index_map == values.identity_map(len(v.shape))):
+      continue  # unchanged
+    others_read = any(c.root in values.roots_read(w.node)
+                      for d, w in arrays
+                      if d is not c and isinstance(w, values.Array))
+    if (isinstance(v, values.Array) and not others_read
+        and _reads_pointwise_only(v.node, c.root, c.buf)):
+      direct.append((c, v))
+    else:
+      copied.append((c, kctx.materialize(v, reuse=True)))
+  for c, v in direct:
+    kctx.store(v, c.buf)
+  for c, t in copied:
+    linalg.copy(t, outs=[c.buf])
+  return [scalar_of(kctx, v).value for c, v in zip(carries, vals)
+          if not c.is_buffer and not c.is_ref]
 
 
 def _bind(carries, ssa_values, passthrough=None):
