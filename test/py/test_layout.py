@@ -372,3 +372,15 @@ def test_multiple_of_and_stop_gradient():
                                 x, grid=(2,), in_specs=[spec],
                                 out_specs=out_spec)
   assert_same(out, x[:16] + 1)
+
+
+# -- regressions found by test_differential_layout.py ---------------------------------
+@pytest.mark.parametrize("dtype", F32_BOOL)
+def test_reshape_of_a_window_of_a_temporary(dtype):
+  """A slice or split of a value is a window of its temporary; reshaping it
+  reinterpreted the temporary from its start, as if contiguous."""
+  _cases([lambda a: a[::2].reshape(8, 65),           # strided rows
+          lambda a: a[1:5].reshape(2, 260),          # offset rows
+          lambda a: a[:, 1:3].reshape(4, 4),         # columns
+          lambda a: jnp.split(a, [3], axis=0)[1].reshape(1, 650)],
+         dtype)

@@ -63,6 +63,11 @@ def reshape(ctx, x: values.Value, shape) -> values.Value:
     return _reindexed(x, dim_map, shape)
   buf = kctx.materialize(x)
   t = ir.MemRefType(buf.type)
+  if t.get_strides_and_offset() != (types.row_major_strides(x.shape), 0):
+    # A window of a temporary (a slice or split of it) is returned as is;
+    # the cast below needs contiguous memory from offset 0.
+    buf = kctx.materialize(x, reuse=False)
+    t = ir.MemRefType(buf.type)
   out_t = ir.MemRefType.get(list(shape), t.element_type,
                             memory_space=t.memory_space)
   new = memref.ReinterpretCastOp(out_t, buf, [], [], [], [0], list(shape),
