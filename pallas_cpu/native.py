@@ -23,7 +23,9 @@ PACKED_ENTRY = "pallas_cpu_entry_packed"
 
 
 class NativeCompileError(RuntimeError):
-  pass
+  def __init__(self, message: str, crashed: bool = False):
+    super().__init__(message)
+    self.crashed = crashed  # an LLVM tool aborted (a signal), not a diagnostic
 
 
 @functools.cache
@@ -42,6 +44,34 @@ def host_triple() -> str:
   proc = subprocess.run([_tool("llvm-config"), "--host-target"],
                         capture_output=True, text=True, check=True)
   return proc.stdout.strip()
+
+
+@functools.cache
+def _host_cpu_flags() -> frozenset:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def cpu_targets() -> list[str]:
+  """``-mcpu`` values to try, best first.  The host's own model comes
+  first; the bundled LLVM is built with assertions, and on a new CPU model
+  its loop vectorizer can abort on a cost-model cross-check ("VPlan cost
+  model and legacy cost model disagreed", seen on znver5) -- then the
+  generic x86-64 level the host supports compiles the kernel instead."""
+  flags = _host_cpu_flags()
+  targets = ["native"]
+  if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+    targets.append("x86-64-v4")
+  elif {"avx2", "fma", "bmi2"} <= flags:
+    targets.append("x86-64-v3")
+  targets.append("x86-64")
+  return targets
 
 
 @functools.cache
@@ -89,14 +119,21 @@ def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
     with open(ll, "w") as f:
       f.write(llvm_ir)
     level = f"-O{opt_level}"
-    target = [f"-mtriple={host_triple()}", "-mcpu=native"]
     # Full unrolling of the many short static loops a kernel has (8-row
     # blocks...) made opt superlinear in kernel size (16 fused pads: 3.1 s)
     # and bought nothing measurable at run time; a low threshold: 0.4 s.
     unroll = ["-unroll-threshold=50"]
-    _run([_tool("opt"), level, *target, *unroll, ll, "-o", bc])
-    _run([_tool("llc"), level, *target, "-relocation-model=pic",
-          "-filetype=obj", bc, "-o", obj])
+    cpus = cpu_targets()
+    for n, cpu in enumerate(cpus):
+      target = [f"-mtriple={host_triple()}", f"-mcpu={cpu}"]
+      try:
+        _run([_tool("opt"), level, *target, *unroll, ll, "-o", bc])
+        _run([_tool("llc"), level, *target, "-relocation-model=pic",
+              "-filetype=obj", bc, "-o", obj])
+        break
+      except NativeCompileError as e:
+        if not e.crashed or n == len(cpus) - 1:
+          raise
     partial = os.path.join(tmp, "k.so")
     _run([_linker(), "-shared", "-o", partial, obj])
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -110,7 +147,8 @@ def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
 def _run(cmd: list[str]) -> None:
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
-    raise NativeCompileError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    raise NativeCompileError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}",
+                             crashed=proc.returncode < 0)
 
 
 def load(path: str) -> tuple[ctypes.CDLL, int]:

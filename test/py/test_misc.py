@@ -9,7 +9,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
-from conftest import assert_same
+from conftest import assert_same, check_against_interpret
 
 X = jnp.asarray(np.random.default_rng(0).standard_normal((8, 128)), jnp.float32)
 
@@ -103,3 +103,20 @@ def test_shape_polymorphic_export_is_a_clear_error():
         jax.ShapeDtypeStruct((16, 128), jnp.float32))
   x = jnp.concatenate([X, X])
   assert_same(exp.call(x), x * 2)
+
+
+def test_kernel_that_crashes_llvms_vectorizer_on_znver5():
+  """opt -mcpu=znver5 (the bundled LLVM has assertions on) aborts on this
+  kernel ("VPlan cost model and legacy cost model disagreed"); the native
+  build retries with the generic x86-64 level the host supports."""
+  def kernel(x_ref, o_ref):
+    iota = jax.lax.broadcasted_iota(jnp.int32, (5, 20), 0)
+    o_ref[...] = x_ref[...] + (iota * 5 + 3) % 5
+  x = jnp.arange(100, dtype=jnp.int32).reshape(5, 20)
+  check_against_interpret(kernel, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+
+def test_native_cpu_targets_end_generic():
+  from pallas_cpu import native
+  targets = native.cpu_targets()
+  assert targets[0] == "native" and targets[-1] == "x86-64"
