@@ -12,15 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import pallas_cpu
-from lit_helpers import lower_text, run_test
-
-
-def whole(kernel, out_shape, dtype=jnp.float32):
-  def f(*args):
-    return pallas_cpu.pallas_call(
-        kernel, out_shape=jax.ShapeDtypeStruct(out_shape, dtype),
-        backend="cpu")(*args)
-  return f
+from lit_helpers import lower_text, run_test, whole
 
 
 def matmul(x_ref, y_ref, o_ref):

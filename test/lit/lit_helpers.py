@@ -27,3 +27,17 @@ def lower_text(fn, *args, stage: str = "kernel", **kwargs) -> str:
   """The IR of the (first) pallas_call in ``fn(*args)`` after ``stage``."""
   import pallas_cpu
   return pallas_cpu.lower(fn, *args, **kwargs).as_text(stage)
+
+
+def whole(kernel, out_shape, dtype=None):
+  """``kernel`` as a compiled pallas_call over whole-array blocks (no grid)
+  with one output of ``out_shape`` (f32 unless ``dtype``)."""
+  import jax
+  import jax.numpy as jnp
+  import pallas_cpu
+
+  def f(*args):
+    return pallas_cpu.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct(out_shape, dtype or jnp.float32),
+        backend="cpu")(*args)
+  return f
