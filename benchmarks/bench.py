@@ -476,6 +476,90 @@ register(Case(
     targets=dict(_KERNEL_TARGETS), rtol=1e-4, atol=1e-4, quick=False))
 
 
+# ragged paged attention: a mixed batch of prefill and decode sequences.
+RAGGED_Q_HEADS, RAGGED_KV_HEADS, RAGGED_DIM, RAGGED_PAGE = 8, 4, 128, 16
+RAGGED_PAGES_PER_SEQ, RAGGED_MAX_SEQS = 64, 8
+RAGGED_Q_LENS = (1, 128, 1, 64)          # decode, prefill, decode, prefill
+RAGGED_KV_LENS = (1024, 512, 768, 256)
+RAGGED_KV_PAGES_PER_BLOCK, RAGGED_Q_PER_BLOCK = 8, 32
+RAGGED_TOKENS = 256                      # padded number of query tokens
+
+
+def _ragged_metadata():
+  """(kv_lens, page_indices, cu_q_lens, num_seqs): fixed, so that the
+  reference (a Python loop over sequences) sees them as constants."""
+  rng = np.random.default_rng(1)
+  total_pages = RAGGED_MAX_SEQS * RAGGED_PAGES_PER_SEQ
+  n = len(RAGGED_Q_LENS)
+  kv_lens = np.zeros(RAGGED_MAX_SEQS, np.int32)
+  kv_lens[:n] = RAGGED_KV_LENS
+  page_indices = rng.permutation(total_pages).astype(np.int32).reshape(
+      RAGGED_MAX_SEQS, RAGGED_PAGES_PER_SEQ)
+  cu_q_lens = np.zeros(RAGGED_MAX_SEQS + 1, np.int32)
+  cu_q_lens[1:n + 1] = np.cumsum(RAGGED_Q_LENS)
+  cu_q_lens[n + 1:] = cu_q_lens[n]
+  return kv_lens, page_indices, cu_q_lens, np.array([n], np.int32)
+
+
+def _ragged_inputs():
+  rng = np.random.default_rng(0)
+  total_pages = RAGGED_MAX_SEQS * RAGGED_PAGES_PER_SEQ
+  q = rng.standard_normal((RAGGED_TOKENS, RAGGED_Q_HEADS, RAGGED_DIM),
+                          dtype=np.float32)
+  kv_pages = rng.standard_normal(
+      (total_pages, RAGGED_PAGE, 2 * RAGGED_KV_HEADS, RAGGED_DIM),
+      dtype=np.float32)
+  return q, kv_pages
+
+
+def _ragged_call(q, kv_pages):
+  from jax.experimental.pallas.ops.tpu import ragged_paged_attention as rpa
+  meta = [jnp.asarray(m) for m in _ragged_metadata()]
+  return rpa.ragged_paged_attention(
+      q, kv_pages, *meta, sm_scale=RAGGED_DIM ** -0.5,
+      num_kv_pages_per_block=RAGGED_KV_PAGES_PER_BLOCK,
+      num_queries_per_block=RAGGED_Q_PER_BLOCK)
+
+
+def _ragged_reference(q, kv_pages):
+  """The reference shipped beside the kernel (per-sequence jnp attention
+  over the gathered pages)."""
+  from jax.experimental.pallas.ops.tpu import ragged_paged_attention as rpa
+  return rpa.ref_ragged_paged_attention(q, kv_pages, *_ragged_metadata(),
+                                        sm_scale=RAGGED_DIM ** -0.5)
+
+
+def _ragged_valid(out):
+  """Rows past the last sequence's queries are padding (the kernel leaves
+  them unspecified; the reference has none): zero-padded on both sides."""
+  n = sum(RAGGED_Q_LENS)
+  out = out[:RAGGED_TOKENS]
+  if out.shape[0] < RAGGED_TOKENS:
+    out = jnp.pad(out, ((0, RAGGED_TOKENS - out.shape[0]), (0, 0), (0, 0)))
+  return jnp.where(jnp.arange(out.shape[0])[:, None, None] < n, out, 0.0)
+
+
+register(Case(
+    name="ragged_paged_attention",
+    description=(
+        f"jax.experimental.pallas.ops.tpu.ragged_paged_attention, "
+        f"{len(RAGGED_Q_LENS)} sequences with q lengths {list(RAGGED_Q_LENS)} "
+        f"(decode and prefill) and kv lengths {list(RAGGED_KV_LENS)}, "
+        f"{RAGGED_Q_HEADS} q heads, {RAGGED_KV_HEADS} kv heads, head dim "
+        f"{RAGGED_DIM}, f32, page size {RAGGED_PAGE}, "
+        f"num_kv_pages_per_block={RAGGED_KV_PAGES_PER_BLOCK}, "
+        f"num_queries_per_block={RAGGED_Q_PER_BLOCK}; reference "
+        f"ref_ragged_paged_attention"),
+    make_inputs=_ragged_inputs,
+    build=_library_builder("ragged_paged_attention",
+                           lambda *a: _ragged_valid(_ragged_call(*a))),
+    reference=lambda *a: _ragged_valid(_ragged_reference(*a)),
+    grid_steps=RAGGED_TOKENS // RAGGED_Q_PER_BLOCK,
+    # Neither JAX interpreter runs this kernel in jax 0.10.2: their cells
+    # record the error they raise.
+    targets={"cpu/xla": ("<=", 1.5)}, rtol=1e-4, atol=1e-4, quick=False))
+
+
 # megablox gmm / tgmm: m=1024, k=512, n=512, 8 groups (one empty).
 GMM_M, GMM_K, GMM_N = 1024, 512, 512
 GMM_GROUP_SIZES = (100, 0, 250, 162, 128, 200, 84, 100)
