@@ -25,6 +25,7 @@ from jax._src import ad_util
 from jax._src import core as jax_core
 from jax._src.lax import lax
 from jax._src.state import primitives as state_primitives
+from jax._src.state import types as state_types
 
 _ADDS = (lax.add_p, ad_util.add_any_p)
 
@@ -114,6 +115,12 @@ def match_dot_accumulate(jaxpr: jax_core.Jaxpr, i: int, users: dict
       continue
     if any(v is ref for v in eqns[n].invars):
       return None  # the ref is read or written in between
+    # Another ref may name the same storage (input_output_aliases): only
+    # reads, before the dot, may touch refs -- lazy ones are flushed there.
+    if any(isinstance(v.aval, state_types.AbstractRef)
+           for v in eqns[n].invars) and (
+               n > i or eqns[n].primitive is not state_primitives.get_p):
+      return None
   if any(v is ref for v in dot.invars):
     return None
   return DotAccumulate(get, a, (j, k))

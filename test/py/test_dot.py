@@ -312,6 +312,74 @@ def test_accumulate_through_a_width_changing_ref_bitcast_is_not_fused():
   assert_same(got, x @ y, **_tol(F32))
 
 
+@pytest.mark.parametrize("view", ["last_dim_indexed", "strided_columns"])
+def test_accumulate_into_a_view_with_non_unit_column_stride(view):
+  """The microkernel writes rows of C contiguously: a view whose columns
+  are not adjacent (acc[:, :, 1], acc[:, ::2]) is not fused."""
+  x, y = _data((16, 32), F32, 52), _data((32, 24), F32, 53)
+  acc_shape = (16, 24, 2) if view == "last_dim_indexed" else (16, 48)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    if view == "last_dim_indexed":
+      acc_ref[:, :, 1] += jnp.dot(x_ref[...], y_ref[...])
+    else:
+      acc_ref[:, pl.ds(1, 24, stride=2)] += jnp.dot(x_ref[...], y_ref[...])
+    o_ref[...] = acc_ref[...].reshape(16, 48)
+  want = jnp.full(acc_shape, 0.5, F32)
+  want = (want.at[:, :, 1].add(x @ y) if view == "last_dim_indexed"
+          else want.at[:, 1::2].add(x @ y)).reshape(16, 48)
+  _acc_kernel_check(body, x, y, acc_shape, (16, 48), want)
+
+
+def test_accumulate_into_a_transposed_ref_view():
+  x, y = _data((16, 32), F32, 54), _data((32, 24), F32, 55)
+
+  def kernel(x_ref, y_ref, o_ref, acc_ref):
+    acc_ref[...] = jnp.full(acc_ref.shape, 0.5, F32)
+    acc_ref.T[...] += jnp.dot(x_ref[...], y_ref[...])
+    o_ref[...] = acc_ref[...]
+  # interpret=True has no discharge rule for a transposed ref: jnp only.
+  got = call(kernel, jax.ShapeDtypeStruct((24, 16), F32), x, y,
+             scratch_shapes=[pltpu.VMEM((24, 16), F32)])
+  assert_same(got, 0.5 + (x @ y).T, **_tol(F32))
+
+
+def _aliased_acc_check(kernel, n_out, want):
+  """``kernel(acc_in, x, y, o, ...)`` with ``o`` aliasing ``acc_in`` (both
+  ANY, the same storage): vs interpret and ``want``."""
+  acc, x, y = (_data(s, F32, 56 + i)
+               for i, s in enumerate([(16, 16), (16, 32), (32, 16)]))
+  anys = pl.BlockSpec(memory_space=pl.ANY)
+  outs = (jax.ShapeDtypeStruct((16, 16), F32),) * n_out
+  got = check_against_interpret(
+      kernel, outs, acc, x, y, in_specs=[anys, pl.BlockSpec(), pl.BlockSpec()],
+      out_specs=(anys,) + (pl.BlockSpec(),) * (n_out - 1),
+      input_output_aliases={0: 0}, **_tol(F32))
+  assert_same(got, want(acc, x, y), **_tol(F32))
+
+
+def test_accumulate_with_an_aliased_ref_written_before_the_dot():
+  """o += dot while acc_in (the same buffer) is written between o's read
+  and the dot: the sum must use the value read first -- not fused."""
+  def kernel(acc_in, x_ref, y_ref, o_ref):
+    a = o_ref[...]
+    acc_in[...] = jnp.full(acc_in.shape, 7.0, F32)
+    o_ref[...] = a + jnp.dot(x_ref[...], y_ref[...])
+  _aliased_acc_check(kernel, 1, lambda acc, x, y: (acc + x @ y,))
+
+
+def test_accumulate_with_an_aliased_ref_read_after_the_dot():
+  """A read of the aliased input between the dot and the store sees the
+  old contents (a fused write at the dot would show it the new ones)."""
+  def kernel(acc_in, x_ref, y_ref, o_ref, t_ref):
+    a = o_ref[...]
+    d = jnp.dot(x_ref[...], y_ref[...])
+    t = acc_in[...]
+    o_ref[...] = a + d
+    t_ref[...] = t
+  _aliased_acc_check(kernel, 2, lambda acc, x, y: (acc + x @ y, acc))
+
+
 @pytest.mark.parametrize("m,k,n", [(9, 129, 33), (13, 514, 45), (16, 256, 64),
                                    (8, 2, 40)])
 @pytest.mark.parametrize("form", ["NN", "NT", "TN"])

@@ -217,6 +217,10 @@ def _accumulator_view(ctx, target, lhs, rhs) -> ir.Value | None:
     return None  # not a memref view (a width-changing ref bitcast)
   if view.dtype != np.float32 or view.sem_id is not None:
     return None
+  # The microkernel writes each row of C contiguously (it takes no column
+  # stride): acc_ref[:, :, j] or a strided column slice is not fused.
+  if types.memref_strides(ir.MemRefType(view.memref.type))[-1] != 1:
+    return None
   if any(view.root in values.roots_read(v.node) for v in (lhs, rhs)):
     return None
   target.flush(view.root)
