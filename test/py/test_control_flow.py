@@ -149,3 +149,40 @@ def test_carry_read_survives_writes_in_the_body():
     acc = jax.lax.fori_loop(0, 4, body, jnp.zeros_like(x_ref))
     o_ref[...] = o_ref[...] + acc
   _check(kernel)
+
+
+def test_one_new_value_for_two_carries():
+  """(a, b) -> (n, n + b) with n = a + 1: ``a`` is read by both new values,
+  so it is not written before ``b``'s is computed."""
+  def kernel(x_ref, o_ref):
+    def body(i, c):
+      n = c[0] + 1.0
+      return n, n + c[1]
+    a, b = jax.lax.fori_loop(0, 3, body, (x_ref[...], x_ref[...] * 2.0))
+    o_ref[...] = a - b
+  _check(kernel, exact=False)
+
+
+def test_cond_result_carried_and_read_next_iteration():
+  """A cond's result buffer, carried to the next iteration, where the same
+  cond writes that buffer again before the carried value is used."""
+  def kernel(x_ref, o_ref):
+    def body(i, c):
+      a, r0 = c
+      r = jax.lax.cond(i % 2 == 0, lambda v: v + 1.0, lambda v: v * 2.0, a)
+      return r + r0, r
+    a, r = jax.lax.fori_loop(0, 4, body, (x_ref[...], x_ref[...] * 0.0))
+    o_ref[...] = a - r
+  _check(kernel, exact=False)
+
+
+def test_while_cond_reads_the_array_carry():
+  def kernel(x_ref, o_ref):
+    def cond(c):
+      return (jnp.max(c[0]) < 50.0) & (c[1] < 20)
+
+    def body(c):
+      return c[0] * 1.5 + 0.5, c[1] + 1
+    a, n = jax.lax.while_loop(cond, body, (jnp.abs(x_ref[...]), 0))
+    o_ref[...] = a - n.astype(jnp.float32)
+  _check(kernel, exact=False)

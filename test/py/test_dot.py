@@ -380,6 +380,56 @@ def test_accumulate_with_an_aliased_ref_read_after_the_dot():
   _aliased_acc_check(kernel, 2, lambda acc, x, y: (acc + x @ y, acc))
 
 
+@pytest.mark.parametrize("how", ["jit", "when", "fori", "run_scoped"])
+def test_accumulate_inside_a_nested_body_after_an_outer_read(how):
+  """The fused update sits in a sub-jaxpr; a value read from the
+  accumulator outside, before it, keeps the old contents."""
+  x, y = _data((16, 32), F32, 60), _data((32, 16), F32, 61)
+
+  def update(x_ref, y_ref, acc_ref):
+    acc_ref[...] += jnp.dot(x_ref[...], y_ref[...])
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    old = acc_ref[...] * 2.0
+    if how == "jit":
+      jax.jit(update)(x_ref, y_ref, acc_ref)
+    elif how == "when":
+      pl.when(x_ref[0, 0] < 1e9)(lambda: update(x_ref, y_ref, acc_ref))
+    elif how == "fori":
+      lax.fori_loop(0, 2, lambda i, c: update(x_ref, y_ref, acc_ref), None)
+    else:
+      pl.run_scoped(lambda s: update(x_ref, y_ref, acc_ref),
+                    pltpu.VMEM((8, 8), F32))
+    o_ref[...] = old + acc_ref[...]
+  times = 2 if how == "fori" else 1
+  _acc_kernel_check(body, x, y, (16, 16), (16, 16),
+                    1.0 + 0.5 + times * (x @ y))
+
+
+def test_accumulate_batched_product_into_a_slice():
+  x, y = _data((3, 16, 32), F32, 62), _data((3, 32, 24), F32, 63)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    acc_ref[1] += jnp.einsum("bik,bkj->bij", x_ref[...], y_ref[...])
+    o_ref[...] = acc_ref[...].reshape(6, 16, 24)
+  want = jnp.full((2, 3, 16, 24), 0.5, F32).at[1].add(
+      jnp.einsum("bik,bkj->bij", x, y)).reshape(6, 16, 24)
+  _acc_kernel_check(body, x, y, (2, 3, 16, 24), (6, 16, 24), want)
+
+
+def test_accumulate_into_a_bf16_accumulator():
+  """A bf16 accumulator is not fused (the sum rounds to bf16)."""
+  x, y = _data((16, 32), BF16, 64), _data((32, 24), BF16, 65)
+
+  def kernel(x_ref, y_ref, o_ref, acc_ref):
+    acc_ref[...] = jnp.full(acc_ref.shape, 0.5, BF16)
+    acc_ref[...] += jnp.dot(x_ref[...], y_ref[...])
+    o_ref[...] = acc_ref[...].astype(F32)
+  check_against_interpret(kernel, jax.ShapeDtypeStruct((16, 24), F32), x, y,
+                          scratch_shapes=[pltpu.VMEM((16, 24), BF16)],
+                          **_tol(BF16))
+
+
 @pytest.mark.parametrize("m,k,n", [(9, 129, 33), (13, 514, 45), (16, 256, 64),
                                    (8, 2, 40)])
 @pytest.mark.parametrize("form", ["NN", "NT", "TN"])
