@@ -101,6 +101,13 @@ class BlockWindow:
     self.whole = self.space in (memory_spaces.ANY, memory_spaces.HBM)
     if self.whole:
       return
+    if 0 in tuple(bm.array_aval.shape):
+      kind = "output" if is_output else "input"
+      raise NotImplementedError(
+          f"pallas_cpu: {kind} {bm.origin} has zero-size shape "
+          f"{tuple(bm.array_aval.shape)}; blocked operands with an empty "
+          f"dimension are not supported (pass it with "
+          f"memory_space=pl.ANY, or skip the pallas_call)")
     self.dims = _block_dims(bm, bm.origin)
     self.edge_dims = [k for k, d in enumerate(self.dims)
                       if d.kind == "blocked" and d.array_size % d.size]

@@ -83,3 +83,12 @@ def test_error_in_a_nested_jaxpr_is_reported_once():
                            out_specs=SPEC)(X)
   assert e.value.__cause__ is not e.value
   assert str(e.value).count("while lowering primitive") == 1
+
+
+def test_zero_size_block_operand_is_a_clear_error():
+  """(interpret=True itself fails here with a ZeroDivisionError.)"""
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] + 1.0
+  x = jnp.zeros((16, 0), jnp.float32)
+  with pytest.raises(NotImplementedError, match=r"zero-size shape \(16, 0\)"):
+    pallas_cpu.pallas_call(kernel, out_shape=x, backend="cpu")(x)
