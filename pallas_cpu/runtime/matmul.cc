@@ -346,12 +346,14 @@ void MatmulEntry(PallasCpuRuntimeContext* ctx, int64_t c_s0, int64_t c_s1,
                  int64_t a_s1, int64_t a_st0, int64_t a_st1, bool b_bf16,
                  void* b, int64_t b_off, int64_t b_s0, int64_t b_s1,
                  int64_t b_st0, int64_t b_st1, float* c, int64_t c_off,
-                 int64_t c_st0, int64_t accumulate) {
-  if (a_s1 != b_s0 || c_s0 != a_s0 || c_s1 != b_s1) {
-    // A lowering bug, never the user's: refuse rather than scribble.
+                 int64_t c_st0, int64_t c_st1, int64_t accumulate) {
+  if (a_s1 != b_s0 || c_s0 != a_s0 || c_s1 != b_s1 || (c_s1 > 1 && c_st1 != 1)) {
+    // A lowering bug, never the user's: refuse rather than scribble (C's
+    // rows are written contiguously).
     std::ostringstream os;
     os << "internal error: matmul of " << a_s0 << "x" << a_s1 << " by " << b_s0
-       << "x" << b_s1 << " into " << c_s0 << "x" << c_s1;
+       << "x" << b_s1 << " into " << c_s0 << "x" << c_s1 << " (column stride "
+       << c_st1 << ")";
     ctx->Fail(os.str());
     return;
   }
@@ -374,10 +376,10 @@ void MatmulEntry(PallasCpuRuntimeContext* ctx, int64_t c_s0, int64_t c_s1,
       int64_t b_st0, int64_t b_st1, float* c_alloc, float* c, int64_t c_off, \
       int64_t c_s0, int64_t c_s1, int64_t c_st0, int64_t c_st1,              \
       int64_t accumulate) {                                                  \
-    (void)a_alloc; (void)b_alloc; (void)c_alloc; (void)c_st1;                \
+    (void)a_alloc; (void)b_alloc; (void)c_alloc;                             \
     pallas_cpu::MatmulEntry(ctx, c_s0, c_s1, A_BF16, a, a_off, a_s0, a_s1, a_st0, a_st1,      \
                             B_BF16, b, b_off, b_s0, b_s1, b_st0, b_st1, c,   \
-                            c_off, c_st0, accumulate);                       \
+                            c_off, c_st0, c_st1, accumulate);                \
   }
 PALLAS_CPU_MATMUL_FOR(f32, false, f32, false)
 PALLAS_CPU_MATMUL_FOR(bf16, true, bf16, true)
