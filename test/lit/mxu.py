@@ -37,13 +37,15 @@ def transposed_push(x_ref, w_ref, o_ref):
 # CHECK: call @pallas_cpu_rt_check_failed
 # CHECK: linalg.generic {{.*}} outs(%[[STAGE]] : memref<128x64xf32, "vmem">)
 # CHECK: memref.store %{{.*}}, %[[FULL]][]
-# acc_lhs: load the staged RHS, multiply by the microkernel, add in place.
+# acc_lhs: load the staged RHS, then the microkernel accumulates the product
+# straight into the accumulator window (accumulate = 1; no add pass).
 # CHECK: linalg.copy {{.*}}ins(%[[STAGE]] : {{.*}}) outs(%[[W]] :
 # CHECK: memref.store %{{.*}}, %[[LOADED]][]
-# CHECK: call @pallas_cpu_rt_matmul_f32_f32(
 # CHECK: %[[WIN:.*]] = memref.subview %{{.*}}[8, 0] [8, 64] [1, 1] : memref<16x64xf32
-# CHECK: linalg.generic {{.*}} ins(%[[WIN]], %{{.*}}) outs(%[[WIN]] :
-# CHECK: arith.addf
+# CHECK: %[[WINV:.*]] = memref.subview %[[WIN]][0, 0] [8, 64] [1, 1]
+# CHECK: %[[ONE:.*]] = arith.constant 1 : i64
+# CHECK-NEXT: call @pallas_cpu_rt_matmul_f32_f32(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[ONE]])
+# CHECK-NOT: arith.addf
 # pop: copy the rows out, zero them.
 # CHECK: memref.subview %{{.*}}[8, 0] [8, 64] [1, 1] : memref<16x64xf32
 # CHECK-NEXT: linalg.copy

@@ -49,12 +49,14 @@ import dataclasses
 
 import numpy as np
 from jax._src import core as jax_core
+from jax._src import tree_util
 from jax._src.lax import lax
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
-from pallas_cpu.lowering import registry, types, values, views
+from pallas_cpu.lowering import fusion, registry, types, values, views
+from pallas_cpu.lowering.context import Ref
 from pallas_cpu.lowering.jaxpr import _sub_jaxprs, source_line
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.reductions import fill
@@ -336,17 +338,27 @@ def _acc_lhs(ctx, lhs, *, acc_addr, mxu_index, load_staged_rhs):
                  "load_staged_rhs=<staging register> to load a pushed RHS)")
   rows = lhs.shape[0]
   n = p.rhs_shape[1]
-  # The product, by dot_general's own rule (microkernel or linalg loops).
+  window = views.subview(mxu.acc, [int(acc_addr), 0], [rows, n])
+  # The product, by dot_general's own rule, offered the accumulator window
+  # as an accumulation target (the microkernel adds into it in place);
+  # otherwise (integer products, linalg loops) added below.
+  target = fusion.AccumulateTarget(
+      Ref(window, values.PrivateRoot(f"MXU {mxu_index} accumulator"),
+          p.acc_dtype),
+      tree_util.tree_structure(()), [],
+      flush=lambda root: None)  # pops copy the accumulator out: no lazy reads
   dot = registry.lookup(lax.dot_general_p).fn
   dot_ctx = dataclasses.replace(
       ctx, avals_in=[ctx.avals_in[0],
                      jax_core.ShapedArray(p.rhs_shape, p.rhs_dtype)],
-      avals_out=[jax_core.ShapedArray((rows, n), p.acc_dtype)])
+      avals_out=[jax_core.ShapedArray((rows, n), p.acc_dtype)],
+      accumulate_into=target)
   product = dot(dot_ctx, lhs, values.load_array(mxu.weights, p.rhs_dtype),
                 dimension_numbers=(((1,), (0,)), ((), ())),
                 precision=lax.Precision.HIGHEST,
                 preferred_element_type=p.acc_dtype)
-  window = views.subview(mxu.acc, [int(acc_addr), 0], [rows, n])
+  if target.accepted:
+    return []
   add = arith.addf if types.is_float(p.acc_dtype) else arith.addi
   total = values.Array(
       values.Op(lambda xs: add(xs[0], xs[1]),
