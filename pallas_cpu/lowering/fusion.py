@@ -5,6 +5,7 @@ The one pattern so far is the accumulator update of every tiled matmul,
     a = get acc_ref[idx]; d = dot_general(x, y); s = add(a, d)
     swap acc_ref[idx] <- s
 
+(the ``get`` may also follow the dot: ``d = dot(x, y); acc_ref[idx] += d``),
 which, lowered equation by equation, costs a product temporary plus one more
 pass over the accumulator.  When nothing between the ``get`` and the
 ``swap`` touches ``acc_ref`` and the intermediate values have no other use,
@@ -97,10 +98,18 @@ def match_dot_accumulate(jaxpr: jax_core.Jaxpr, i: int, users: dict
                                  and users.get(old)):
     return None
   ref = swap.invars[0]
-  # The get that produced `a`: same ref, same transforms, same indices.
-  g = next((n for n in range(i) if a in eqns[n].outvars), None)
+  # The get that produced `a`: same ref, same transforms, same indices --
+  # before the dot (acc_ref[...] += dot(x, y)) or after it (d = dot(x, y);
+  # ...; acc_ref[...] += d).
+  g = next((n for n in range(j) if a in eqns[n].outvars), None)
   if g is None or eqns[g].primitive is not state_primitives.get_p:
     return None
+  if g > i:
+    # The write moves to the dot: the swap's indices must exist there.
+    later = {v for n in range(i, k) for v in eqns[n].outvars}
+    if any(isinstance(x, jax_core.Var) and x in later
+           for x in swap.invars[2:]):
+      return None
   get = eqns[g]
   if (get.invars[0] is not ref or get.params["tree"] != swap.params["tree"]
       or len(get.invars) != len(swap.invars) - 1
@@ -110,8 +119,8 @@ def match_dot_accumulate(jaxpr: jax_core.Jaxpr, i: int, users: dict
   if (a.aval.dtype != d.aval.dtype or a.aval.shape != d.aval.shape
       or s.aval.dtype != d.aval.dtype):
     return None
-  for n in range(g + 1, k):
-    if n in (i, j):
+  for n in range(min(g, i) + 1, k):
+    if n in (i, j, g):
       continue
     if any(v is ref for v in eqns[n].invars):
       return None  # the ref is read or written in between

@@ -150,3 +150,28 @@ def tiled_call(x, y):
 def test_accumulate_fused():
   print(lower_text(tiled_call, jnp.zeros((8, 32)), jnp.zeros((32, 16)),
                    stage="canonical"))
+
+
+def tiled_product_first(x_ref, y_ref, o_ref, acc_ref):
+  d = jnp.dot(x_ref[...], y_ref[...])
+  acc_ref[...] += d
+  o_ref[...] = acc_ref[...]
+
+
+def tiled_product_first_call(x, y):
+  from jax.experimental.pallas import tpu as pltpu
+  return pallas_cpu.pallas_call(
+      tiled_product_first,
+      out_shape=jax.ShapeDtypeStruct((8, 16), jnp.float32),
+      scratch_shapes=[pltpu.VMEM((8, 16), jnp.float32)], backend="cpu")(x, y)
+
+
+# The same when the product is computed before the accumulator is read.
+# CHECK-LABEL: TEST: test_accumulate_fused_product_first
+# CHECK: %[[ONE:.*]] = arith.constant 1 : i64
+# CHECK: call @pallas_cpu_rt_matmul_f32_f32(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[ONE]])
+# CHECK-NOT: arith.addf
+@run_test
+def test_accumulate_fused_product_first():
+  print(lower_text(tiled_product_first_call, jnp.zeros((8, 32)),
+                   jnp.zeros((32, 16)), stage="canonical"))

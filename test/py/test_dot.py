@@ -443,3 +443,20 @@ def test_bf16_microkernel_edges(m, k, n, form):
   x, y = _data(a_shape, BF16, 50), _data(b_shape, BF16, 51)
   _check(lambda a, b: lax.dot_general(a, b, dims,
                                       preferred_element_type=F32), x, y)
+
+
+def test_accumulate_product_computed_before_the_read():
+  """d = dot(x, y); acc_ref[...] += d (fused too) -- and with a write to the
+  accumulator between the product and the read (not fused)."""
+  x, y = _data((16, 32), F32, 52), _data((32, 16), F32, 53)
+
+  def body(x_ref, y_ref, o_ref, acc_ref):
+    d = jnp.dot(x_ref[...], y_ref[...])
+    acc_ref[...] += d
+    e = jnp.dot(x_ref[...], y_ref[...])
+    acc_ref[0:8, :] = acc_ref[0:8, :] * 2.0
+    acc_ref[...] += e
+    o_ref[...] = acc_ref[...]
+  xy = x @ y
+  want = (0.5 + xy).at[0:8].multiply(2.0) + xy
+  _acc_kernel_check(body, x, y, (16, 16), (16, 16), want)
