@@ -44,7 +44,7 @@ from mlir.dialects import arith, llvm, math, memref
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.common import elementwise
+from pallas_cpu.lowering.rules.common import const, const_like, elementwise
 
 
 # -- scalar helpers (also used by rules/random.py) ----------------------------
@@ -56,23 +56,6 @@ def width(t: ir.Type) -> int:
   if isinstance(t, ir.IntegerType):
     return ir.IntegerType(t).width
   return ir.FloatType(t).width
-
-
-def const(t: ir.Type, value) -> ir.Value:
-  """A constant of MLIR type ``t``; integers are taken modulo 2**width."""
-  if isinstance(t, ir.IntegerType):
-    bits = ir.IntegerType(t).width
-    v = int(value) % (2 ** bits)
-    if bits > 1 and v >= 2 ** (bits - 1):
-      v -= 2 ** bits
-    if bits == 1:
-      v = -1 if v else 0
-    return arith.constant(t, ir.IntegerAttr.get(t, v))
-  return arith.constant(t, ir.FloatAttr.get(t, float(value)))
-
-
-def const_like(v: ir.Value, value) -> ir.Value:
-  return const(v.type, value)
 
 
 def to_bits(v: ir.Value) -> ir.Value:

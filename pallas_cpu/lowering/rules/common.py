@@ -5,6 +5,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from mlir import ir
+from mlir.dialects import arith
 
 from pallas_cpu.lowering import fp8, values
 from pallas_cpu.lowering.context import RuleContext, scalar_of
@@ -37,3 +38,22 @@ def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
       raise ValueError(f"operand of shape {a.shape} does not broadcast to "
                        f"{shape}")
   return values.Array(values.Op(build, tuple(nodes)), shape, dtype)
+
+
+def const(t: ir.Type, value) -> ir.Value:
+  """An arith constant of element type ``t``; integers are taken modulo
+  2**width (so unsigned values and -1 both fit), i1 true is -1."""
+  if isinstance(t, ir.IntegerType):
+    bits = ir.IntegerType(t).width
+    v = int(value) % (2 ** bits)
+    if bits > 1 and v >= 2 ** (bits - 1):
+      v -= 2 ** bits
+    if bits == 1:
+      v = -1 if v else 0
+    return arith.constant(t, ir.IntegerAttr.get(t, v))
+  return arith.constant(t, ir.FloatAttr.get(t, float(value)))
+
+
+def const_like(v: ir.Value, value) -> ir.Value:
+  """A constant of ``v``'s type."""
+  return const(v.type, value)

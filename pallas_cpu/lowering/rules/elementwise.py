@@ -14,24 +14,11 @@ from pallas_cpu.lowering.context import call_external
 from pallas_cpu.lowering.rules import approx
 from pallas_cpu.lowering.rules import bits as bits_rules
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.common import elementwise
+from pallas_cpu.lowering.rules.common import const_like, elementwise
 
 
 def _in_dtype(ctx, i=0):
   return np.dtype(ctx.avals_in[i].dtype)
-
-
-def _const_like(v: ir.Value, value) -> ir.Value:
-  t = v.type
-  if isinstance(t, ir.IntegerType):
-    bits = ir.IntegerType(t).width
-    value = int(value)
-    if bits > 1 and value >= 2 ** (bits - 1):
-      value -= 2 ** bits
-    if bits == 1:
-      value = -1 if value else 0
-    return arith.constant(t, ir.IntegerAttr.get(t, value))
-  return arith.constant(t, ir.FloatAttr.get(t, float(value)))
 
 
 def _select(c, a, b):
@@ -74,8 +61,8 @@ register(lax.min_p)(_binary(arith.minimumf, arith.minsi, arith.minui))
 def _sdiv(x, y):
   # XLA: x / 0 == -1 and INT_MIN / -1 == INT_MIN; never trap.
   bits = ir.IntegerType(x.type).width
-  zero, one, m1 = _const_like(x, 0), _const_like(x, 1), _const_like(x, -1)
-  int_min = _const_like(x, -(2 ** (bits - 1)))
+  zero, one, m1 = const_like(x, 0), const_like(x, 1), const_like(x, -1)
+  int_min = const_like(x, -(2 ** (bits - 1)))
   by_zero = _cmpi("eq", y, zero)
   overflow = arith.andi(_cmpi("eq", x, int_min), _cmpi("eq", y, m1))
   safe = _select(arith.ori(by_zero, overflow), one, y)
@@ -85,17 +72,17 @@ def _sdiv(x, y):
 
 
 def _udiv(x, y):
-  zero, one = _const_like(x, 0), _const_like(x, 1)
+  zero, one = const_like(x, 0), const_like(x, 1)
   by_zero = _cmpi("eq", y, zero)
   q = arith.divui(x, _select(by_zero, one, y))
-  return _select(by_zero, _const_like(x, -1), q)
+  return _select(by_zero, const_like(x, -1), q)
 
 
 def _srem(x, y):
   # XLA: x % 0 == x and INT_MIN % -1 == 0.
   bits = ir.IntegerType(x.type).width
-  zero, one, m1 = _const_like(x, 0), _const_like(x, 1), _const_like(x, -1)
-  int_min = _const_like(x, -(2 ** (bits - 1)))
+  zero, one, m1 = const_like(x, 0), const_like(x, 1), const_like(x, -1)
+  int_min = const_like(x, -(2 ** (bits - 1)))
   by_zero = _cmpi("eq", y, zero)
   overflow = arith.andi(_cmpi("eq", x, int_min), _cmpi("eq", y, m1))
   r = arith.remsi(x, _select(arith.ori(by_zero, overflow), one, y))
@@ -104,7 +91,7 @@ def _srem(x, y):
 
 
 def _urem(x, y):
-  zero, one = _const_like(x, 0), _const_like(x, 1)
+  zero, one = const_like(x, 0), const_like(x, 1)
   by_zero = _cmpi("eq", y, zero)
   r = arith.remui(x, _select(by_zero, one, y))
   return _select(by_zero, x, r)
@@ -118,7 +105,7 @@ register(lax.rem_p)(_binary(arith.remf, _srem, _urem))
 def _neg(ctx, x, **_):
   if types.is_float(_in_dtype(ctx)):
     return elementwise(ctx, lambda a: arith.negf(a[0]), [x])
-  return elementwise(ctx, lambda a: arith.subi(_const_like(a[0], 0), a[0]), [x])
+  return elementwise(ctx, lambda a: arith.subi(const_like(a[0], 0), a[0]), [x])
 
 
 @register(lax.abs_p)
@@ -127,7 +114,7 @@ def _abs(ctx, x, **_):
     return elementwise(ctx, lambda a: math.absf(a[0]), [x])
   def build(a):  # math.absi has no LLVM lowering here; INT_MIN stays INT_MIN
     v = a[0]
-    zero = _const_like(v, 0)
+    zero = const_like(v, 0)
     return _select(_cmpi("slt", v, zero), arith.subi(zero, v), v)
   return elementwise(ctx, build, [x])
 
@@ -138,7 +125,7 @@ def _sign(ctx, x, **_):
 
   def build(a):
     v = a[0]
-    zero, one, m1 = _const_like(v, 0), _const_like(v, 1), _const_like(v, -1)
+    zero, one, m1 = const_like(v, 0), const_like(v, 1), const_like(v, -1)
     if types.is_float(dt):
       # +-0 and NaN map to themselves.
       r = _select(_cmpf("ogt", v, zero), one, v)
@@ -171,10 +158,10 @@ def _integer_pow(ctx, x, *, y):
       if n:
         base = mul(base, base)
     if acc is None:
-      acc = _const_like(a[0], 1)
+      acc = const_like(a[0], 1)
     if y < 0:
-      acc = arith.divf(_const_like(acc, 1), acc) if is_float else _sdiv(
-          _const_like(acc, 1), acc)
+      acc = arith.divf(const_like(acc, 1), acc) if is_float else _sdiv(
+          const_like(acc, 1), acc)
     return acc
   return elementwise(ctx, build, [x])
 
@@ -218,11 +205,11 @@ def _libm(name_f32: str, name_f64: str):
 
 
 def _rsqrt(v):
-  return arith.divf(_const_like(v, 1), math.sqrt(v))
+  return arith.divf(const_like(v, 1), math.sqrt(v))
 
 
 def _logistic(v):
-  one = _const_like(v, 1)
+  one = const_like(v, 1)
   return arith.divf(one, arith.addf(one, _exp(arith.negf(v))))
 
 
@@ -261,7 +248,7 @@ def _atan2(ctx, x, y, **_):
 def _is_finite(ctx, x, **_):
   def build(a):
     v = a[0]
-    inf = _const_like(v, float("inf"))
+    inf = const_like(v, float("inf"))
     return _cmpf("olt", math.absf(v), inf)  # false for NaN and +-inf
   return elementwise(ctx, build, [x])
 
@@ -296,19 +283,19 @@ register(lax.xor_p)(_binary(None, arith.xori))
 
 @register(lax.not_p)
 def _not(ctx, x, **_):
-  return elementwise(ctx, lambda a: arith.xori(a[0], _const_like(a[0], -1)), [x])
+  return elementwise(ctx, lambda a: arith.xori(a[0], const_like(a[0], -1)), [x])
 
 
 def _shift(kind):
   def build(a):
     x, s = a
     bits = ir.IntegerType(x.type).width
-    too_far = _cmpi("uge", s, _const_like(s, bits))  # unsigned: s < 0 too
+    too_far = _cmpi("uge", s, const_like(s, bits))  # unsigned: s < 0 too
     if kind == "left":
-      return _select(too_far, _const_like(x, 0), arith.shli(x, s))
+      return _select(too_far, const_like(x, 0), arith.shli(x, s))
     if kind == "logical":
-      return _select(too_far, _const_like(x, 0), arith.shrui(x, s))
-    return arith.shrsi(x, _select(too_far, _const_like(s, bits - 1), s))
+      return _select(too_far, const_like(x, 0), arith.shrui(x, s))
+    return arith.shrsi(x, _select(too_far, const_like(s, bits - 1), s))
 
   def rule(ctx, x, y, **_):
     return elementwise(ctx, build, [x, y])
@@ -329,7 +316,7 @@ def _select_n(ctx, which, *cases):
       return _select(w, cs[1], cs[0]) if len(cs) == 2 else cs[0]
     out = cs[0]
     for i, c in enumerate(cs[1:], start=1):
-      out = _select(_cmpi("eq", w, _const_like(w, i)), c, out)
+      out = _select(_cmpi("eq", w, const_like(w, i)), c, out)
     return out
   return elementwise(ctx, build, [which, *cases])
 
@@ -362,9 +349,9 @@ def convert(v: ir.Value, src, dst) -> ir.Value:
       # XLA tests the bits of a 16-bit float, so a bf16 denormal is true;
       # a float compare would see it flushed to zero (denormals are flushed).
       bits = arith.bitcast(ir.IntegerType.get_signless(16), v)
-      return _cmpi("ne", arith.andi(bits, _const_like(bits, 0x7FFF)),
-                   _const_like(bits, 0))
-    zero = _const_like(v, 0)
+      return _cmpi("ne", arith.andi(bits, const_like(bits, 0x7FFF)),
+                   const_like(bits, 0))
+    zero = const_like(v, 0)
     return _cmpf("une", v, zero) if types.is_float(src) else _cmpi("ne", v, zero)
   if types.is_float(src) and types.is_float(dst):
     if types.bitwidth(src) < types.bitwidth(dst):
@@ -396,12 +383,12 @@ def convert(v: ir.Value, src, dst) -> ir.Value:
   if types.bitwidth(src) < 32:
     v = arith.extf(ir.F32Type.get(), v)
   r = arith.fptoui(out_t, v) if types.is_unsigned(dst) else arith.fptosi(out_t, v)
-  hi = _const_like(v, float(2.0 ** (bits if types.is_unsigned(dst) else bits - 1)))
-  lo = _const_like(v, float(info.min))
-  r = _select(_cmpf("oge", v, hi), _const_like(r, int(info.max)), r)
+  hi = const_like(v, float(2.0 ** (bits if types.is_unsigned(dst) else bits - 1)))
+  lo = const_like(v, float(info.min))
+  r = _select(_cmpf("oge", v, hi), const_like(r, int(info.max)), r)
   r = _select(_cmpf("olt", v, lo) if not types.is_unsigned(dst)
-              else _cmpf("ole", v, lo), _const_like(r, int(info.min)), r)
-  return _select(_cmpf("uno", v, v), _const_like(r, 0), r)
+              else _cmpf("ole", v, lo), const_like(r, int(info.min)), r)
+  return _select(_cmpf("uno", v, v), const_like(r, 0), r)
 
 
 @register(lax.convert_element_type_p)

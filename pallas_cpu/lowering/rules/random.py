@@ -61,9 +61,8 @@ from mlir.dialects import arith, memref
 from pallas_cpu.lowering import memory_spaces, types, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register, register_key_rule
-from pallas_cpu.lowering.rules.bits import (cmpi, const, in_memory, int_type,
-                                           load_view)
-from pallas_cpu.lowering.rules.common import elementwise
+from pallas_cpu.lowering.rules.bits import cmpi, in_memory, int_type, load_view
+from pallas_cpu.lowering.rules.common import const, elementwise
 
 U32 = np.dtype(np.uint32)
 U64 = np.dtype(np.uint64)  # a (hi, lo) pair of uint32 inside an expression

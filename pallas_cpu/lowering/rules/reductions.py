@@ -24,6 +24,7 @@ from mlir.dialects import arith, linalg, scf
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.common import const
 from pallas_cpu.lowering.rules.elementwise import convert
 
 PARALLEL = "#linalg.iterator_type<parallel>"
@@ -116,19 +117,6 @@ def emit_generic(kctx, operands: Sequence[tuple[values.Value, Sequence[int]]],
     ins = [emit(n) for n in nodes]
     outs = list(block.arguments[len(inputs):])
     linalg.YieldOp(body(ins, outs))
-
-
-def const(elem: ir.Type, value) -> ir.Value:
-  """An arith constant of a register or memory element type."""
-  if isinstance(elem, ir.IntegerType):
-    bits = ir.IntegerType(elem).width
-    value = int(value) & ((1 << bits) - 1)
-    if bits > 1 and value >= 2 ** (bits - 1):
-      value -= 2 ** bits
-    if bits == 1:
-      value = -1 if value else 0
-    return arith.constant(elem, ir.IntegerAttr.get(elem, value))
-  return arith.constant(elem, ir.FloatAttr.get(elem, float(value)))
 
 
 def fill(buf: ir.Value, value) -> None:
