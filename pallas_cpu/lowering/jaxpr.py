@@ -72,29 +72,15 @@ def check_supported(jaxpr: jax_core.Jaxpr, kernel_name: str) -> None:
         f"primitive(s) {', '.join(names)}:\n{lines}")
 
 
-def _use_counts(jaxpr: jax_core.Jaxpr) -> tuple[dict, dict]:
-  counts: dict = {}
-  last_use: dict = {}
-  for i, eqn in enumerate(jaxpr.eqns):
-    for v in eqn.invars:
-      if isinstance(v, jax_core.Var):
-        counts[v] = counts.get(v, 0) + 1
-        last_use[v] = i
-  for v in jaxpr.outvars:
-    if isinstance(v, jax_core.Var):
-      counts[v] = counts.get(v, 0) + 1
-      last_use[v] = len(jaxpr.eqns)
-  return counts, last_use
-
-
 def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
                 args: Sequence, consts: Sequence = (), parent: str = "") -> list:
   """Lowers ``jaxpr`` at the current insertion point; returns its outputs
   (``values.Value`` for arrays and scalars, ``Ref`` for refs).  ``parent``
   is the source line of the equation whose sub-jaxpr this is."""
   env: dict = {}
-  counts, last_use = _use_counts(jaxpr)
-  users = fusion.users_of(jaxpr)
+  users = fusion.users_of(jaxpr)  # var -> equations reading it, in order
+  counts = {v: len(u) for v, u in users.items()}
+  last_use = {v: u[-1] for v, u in users.items()}
   fused_away: set[int] = set()
 
   def read(atom):
