@@ -195,12 +195,33 @@ def _strided_parts(ctx, x: values.Array, dim: int, p: int) -> list:
 
 
 # -- bitcasts --------------------------------------------------------------------
+def _widths(src, dst) -> tuple[int, int, ir.Type]:
+  _check_bitcastable(src, dst)
+  return _dtype_bits(src), _dtype_bits(dst), types.element_type(dst)
+
+
+def _joined(parts, sb: int, dst_t, out_shape, dst) -> values.Value:
+  """Narrow ``parts`` (lowest bits first) joined into wide elements."""
+  if not out_shape:
+    return values.Scalar(_combine([v.value for v in parts], sb, dst_t), dst)
+  return values.Array(values.Op(lambda a: _combine(a, sb, dst_t),
+                                tuple(v.node for v in parts)), out_shape, dst)
+
+
+def _split(node, k_dim: int, sb: int, db: int, dst_t, shape, dst
+           ) -> values.Array:
+  """Wide elements of ``node`` split into db-bit pieces, piece number the
+  iteration index along ``k_dim``."""
+  k = values.Iota(k_dim, np.dtype(f"uint{sb}"))
+  return values.Array(
+      values.Op(lambda a: _extract(a[0], a[1], db, dst_t), (node, k)),
+      shape, dst)
+
+
 @register(lax.bitcast_convert_type_p)
 def _bitcast_convert_type(ctx, x, *, new_dtype):
-  src, dst = np.dtype(ctx.avals_in[0].dtype), np.dtype(new_dtype)
-  _check_bitcastable(src, dst)
-  sb, db = _dtype_bits(src), _dtype_bits(dst)
-  dst_t = types.element_type(dst)
+  dst = np.dtype(new_dtype)
+  sb, db, dst_t = _widths(np.dtype(ctx.avals_in[0].dtype), dst)
   if sb == db:
     return _same_width_bitcast(ctx, x, dst)
   out_shape = tuple(ctx.avals_out[0].shape)
@@ -209,46 +230,35 @@ def _bitcast_convert_type(ctx, x, *, new_dtype):
     node = _node_of(x)
     if not isinstance(x, values.Scalar):
       node = values.reindex(node, list(range(rank - 1)), out_shape)
-    k = values.Iota(rank - 1, np.dtype(f"uint{sb}"))
-    build = lambda a: _extract(a[0], a[1], db, dst_t)
-    return values.Array(values.Op(build, (node, k)), out_shape, dst)
+    return _split(node, rank - 1, sb, db, dst_t, out_shape, dst)
   # sb < db: the trailing dimension (of db // sb parts) joins into one element
   parts = _strided_parts(ctx, x, len(x.shape) - 1, db // sb)
-  if not out_shape:
-    return values.Scalar(_combine([v.value for v in parts], sb, dst_t), dst)
-  return values.Array(values.Op(lambda a: _combine(a, sb, dst_t),
-                                tuple(v.node for v in parts)), out_shape, dst)
+  return _joined(parts, sb, dst_t, out_shape, dst)
 
 
 @register(tpu_primitives.bitcast_p)
 def _tpu_bitcast(ctx, x, *, ty):
-  src, dst = np.dtype(ctx.avals_in[0].dtype), np.dtype(ty)
-  _check_bitcastable(src, dst)
-  sb, db = _dtype_bits(src), _dtype_bits(dst)
-  dst_t = types.element_type(dst)
+  """TPU packing: the second-minor dimension scales (rows k::p of the
+  narrow value are bit slot k of the wide one)."""
+  dst = np.dtype(ty)
+  sb, db, dst_t = _widths(np.dtype(ctx.avals_in[0].dtype), dst)
   if sb == db:
     return _same_width_bitcast(ctx, x, dst)
   if isinstance(x, values.Scalar) or len(x.shape) < 2:
     raise NotImplementedError("pltpu.bitcast of a value of rank < 2")
   out_shape = tuple(ctx.avals_out[0].shape)
   rank = len(x.shape)
-  if sb < db:  # rows k::p of x are part k of the output rows
+  if sb < db:
     parts = _strided_parts(ctx, x, rank - 2, db // sb)
-    return values.Array(values.Op(lambda a: _combine(a, sb, dst_t),
-                                  tuple(v.node for v in parts)),
-                        out_shape, dst)
+    return _joined(parts, sb, dst_t, out_shape, dst)
   # sb > db: row i of x becomes rows i*p .. i*p+p-1; computed as
   # (..., m, p, n) and reshaped.
   from pallas_cpu.lowering.rules import shape as shape_rules
-  p = sb // db
   *lead, m, n = x.shape
-  wide = (*lead, m, p, n)
+  wide = (*lead, m, sb // db, n)
   node = values.reindex(x.node, [*range(rank - 1), rank], wide)
-  k = values.Iota(rank - 1, np.dtype(f"uint{sb}"))
-  arr = values.Array(
-      values.Op(lambda a: _extract(a[0], a[1], db, dst_t), (node, k)),
-      wide, dst)
-  return shape_rules.reshape(ctx, arr, out_shape)
+  return shape_rules.reshape(
+      ctx, _split(node, rank - 1, sb, db, dst_t, wide, dst), out_shape)
 
 
 # -- counting ------------------------------------------------------------------------
