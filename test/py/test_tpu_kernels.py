@@ -2,9 +2,9 @@
 run unmodified under ``pallas_cpu.force_cpu_backend()`` inside ``jax.jit`` and
 compared with their references.
 
-Kernels that cannot run yet are ``xfail(strict=True)`` with the precise
-blocker, so CI flags them as soon as the blocker is fixed; the cut-down
-reproducer of each blocker is at the end of the file (also strict xfails).
+Every kernel runs (none is xfailed).  A kernel that could not would be an
+``xfail(strict=True)`` naming its blocker, so CI flags the fix; the cut-down
+reproducers of former blockers are at the end of the file.
 
 Tolerances: f32 results are compared with an f32 reference computed with
 ``precision="highest"`` at ``rtol=atol=1e-4`` (observed errors are ~1e-6
@@ -422,9 +422,7 @@ def test_philox_matches_interpret(what):
 
 
 # -- the blockers above, cut down -------------------------------------------
-# Each reproduces one (former) failure of a kernel above in a few lines; those
-# still failing are strict xfails,
-# so a fix shows up as XPASS.
+# Each reproduces one former failure of a kernel above in a few lines.
 
 def test_blocker_block_larger_than_array():
   def kernel(x_ref, o_ref):
