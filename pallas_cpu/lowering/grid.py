@@ -27,15 +27,22 @@ RT_BLOCK_OOB = "pallas_cpu_rt_block_out_of_bounds"
 
 
 def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
-  """The fill value of memory the kernel never wrote (interpret mode's)."""
+  """The fill value of memory the kernel never wrote: under "nan", that of
+  ``interpret=True`` (``pallas.primitives.uninitialized_value``): NaN for
+  floats, the minimum for integers (INT_MIN signed, 0 unsigned), False for
+  bool -- and 0 for int16, which interpret mode treats as its semaphore
+  dtype.  (TPU interpret mode fills integers with their maximum and bool
+  with True instead.)"""
   dtype = np.dtype(dtype)
   if kctx.params.uninitialized_memory == "zero":
     return kctx.constant(0, dtype)
   if types.is_float(dtype):
     return kctx.constant(float("nan"), dtype)
   if types.is_bool(dtype):
-    return kctx.constant(True, dtype)
-  return kctx.constant(np.iinfo(dtype).max, dtype)
+    return kctx.constant(False, dtype)
+  if dtype == np.int16:
+    return kctx.constant(0, dtype)
+  return kctx.constant(np.iinfo(dtype).min, dtype)
 
 
 @dataclasses.dataclass

@@ -176,3 +176,40 @@ def test_dynamic_grid_bounds(rng):
   with pallas_cpu.force_cpu_backend():
     out = jax.jit(f)(x, jnp.int32(3))
   assert_same(np.asarray(out)[:24], np.asarray(x[:24] * 2 + 3), exact=False)
+
+
+FILL_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8, jnp.int16,
+               jnp.int32, jnp.uint8, jnp.uint16, jnp.uint32, jnp.bool_]
+
+
+@pytest.mark.parametrize("dtype", FILL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_uninitialized_fill_per_dtype_matches_interpret(dtype):
+  """The padding of an edge block and a scratch buffer read before any
+  write hold interpret=True's fill (primitives.uninitialized_value): NaN for
+  floats, INT_MIN for signed ints (0 for int16, interpret mode's semaphore
+  dtype), 0 for unsigned ints, False for bool."""
+  from jax.experimental.pallas import tpu as pltpu
+
+  def kernel(x_ref, o_ref, s_ref):
+    @pl.when(pl.program_id(0) == 2)
+    def _():
+      o_ref[...] = s_ref[...]
+
+    @pl.when(pl.program_id(0) < 2)
+    def _():
+      o_ref[...] = x_ref[...]
+  x = jnp.ones((12, 128), dtype)
+  spec = pl.BlockSpec((8, 128), lambda i: (jnp.minimum(i, 1), 0))
+  out = check_against_interpret(
+      kernel, jax.ShapeDtypeStruct((24, 128), dtype), x, grid=(3,),
+      in_specs=[spec], out_specs=pl.BlockSpec((8, 128), lambda i: (i, 0)),
+      scratch_shapes=[pltpu.VMEM((8, 128), dtype)])
+  out = np.asarray(out)
+  np.testing.assert_array_equal(out[:12].astype(np.float64), 1)
+  dt = np.dtype(dtype)
+  if jnp.issubdtype(dt, jnp.floating):
+    assert np.isnan(out[12:].astype(np.float32)).all()
+  else:
+    want = (False if dt == np.bool_ else 0 if dt == np.int16
+            else np.iinfo(dt).min)
+    np.testing.assert_array_equal(out[12:], np.full((12, 128), want, dt))
