@@ -105,7 +105,9 @@ STAGES: tuple[Stage, ...] = (
         # imprecisely).
         "convert-math-to-llvm",
         "convert-math-to-libm",
-        "finalize-memref-to-llvm",
+        # Allocations call the runtime's checked allocator (abi.h), which
+        # turns a failed one into an error instead of a null pointer.
+        "finalize-memref-to-llvm{use-generic-functions=true}",
         "convert-arith-to-llvm",
         "convert-func-to-llvm",
         "convert-cf-to-llvm",

@@ -28,12 +28,20 @@ class CompilerParams:
     num_threads: threads for that dimension; None takes PALLAS_CPU_NUM_THREADS
       or the machine's cores.
     opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL (3).
+    exit_checks: what a semaphore left with a non-zero count, or a DMA
+      started and never waited for, at kernel exit (or at the end of the
+      run_scoped scope that owns its semaphore) is: "error" (the call
+      fails, naming the semaphore or the DMA's source line), "warn" (a
+      RuntimeWarning; pending DMAs then complete as the hardware would) or
+      "off".  A DMA still reading or writing a run_scoped buffer when its
+      scope ends is always an error.
   """
   uninitialized_memory: Literal["nan", "zero"] = "nan"
   dma_execution_mode: Literal["eager", "on_wait"] = "on_wait"
   dimension_semantics: tuple[str, ...] | None = None
   num_threads: int | None = None
   opt_level: int | None = None
+  exit_checks: Literal["error", "warn", "off"] = "error"
 
   def __post_init__(self):
     if self.uninitialized_memory not in ("nan", "zero"):
@@ -49,6 +57,9 @@ class CompilerParams:
       object.__setattr__(self, "dimension_semantics",
                          tuple(str(getattr(d, "value", d))
                                for d in self.dimension_semantics))
+    if self.exit_checks not in ("error", "warn", "off"):
+      raise ValueError("exit_checks must be 'error', 'warn' or 'off', got "
+                       f"{self.exit_checks!r}")
     if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
       raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
 

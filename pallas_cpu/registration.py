@@ -102,6 +102,9 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
               debug_prints=json.dumps(info["debug_prints"]),
               check_messages="\n".join(
                   m.replace("\n", " ") for m in info["check_messages"]),
+              sites="\n".join(m.replace("\n", " ") for m in info["sites"]),
+              allocations="\n".join(f"{n}\t{name}"
+                                    for n, name in info["allocations"]),
               # (0 for a dynamic dimension: messages then count steps)
               grid=np.asarray([g if isinstance(g, int) else 0
                                for g in spec.grid_mapping.grid], np.int64),

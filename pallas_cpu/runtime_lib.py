@@ -18,6 +18,7 @@ _COMPILE_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t
 _PRINT_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t,
                              ctypes.c_int64, ctypes.POINTER(ctypes.c_int64),
                              ctypes.c_int64)
+_WARN_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)
 
 
 @functools.cache
@@ -28,6 +29,7 @@ def library() -> ctypes.CDLL:
   lib.pallas_cpu_rt_num_registered_kernels.restype = ctypes.c_int64
   lib.pallas_cpu_rt_set_compiler.argtypes = [_COMPILE_FN]
   lib.pallas_cpu_rt_set_printer.argtypes = [_PRINT_FN]
+  lib.pallas_cpu_rt_set_warner.argtypes = [_WARN_FN]
   return lib
 
 
@@ -44,6 +46,7 @@ def ensure_registered() -> None:
       FFI_TARGET, jax.ffi.pycapsule(lib.PallasCpuCall), platform="cpu")
   lib.pallas_cpu_rt_set_compiler(_compile_hook)
   lib.pallas_cpu_rt_set_printer(_print_hook)
+  lib.pallas_cpu_rt_set_warner(_warn_hook)
 
 
 def register_kernel(kernel_id: str, entry_address: int) -> None:
@@ -99,3 +102,20 @@ def _print_record(table_ptr, table_len, print_id, values, n) -> None:
 
 
 _print_hook = _PRINT_FN(_print_record)  # kept alive for C++
+
+
+class KernelExitWarning(RuntimeWarning):
+  """A kernel left a semaphore count or an unwaited DMA behind
+  (``CompilerParams(exit_checks="warn")``)."""
+
+
+def _warn(message_ptr, length) -> None:
+  try:
+    import warnings
+    warnings.warn(ctypes.string_at(message_ptr, length).decode(),
+                  KernelExitWarning, stacklevel=2)
+  except BaseException:  # noqa: BLE001 - never unwind into C++
+    traceback.print_exc()
+
+
+_warn_hook = _WARN_FN(_warn)  # kept alive for C++

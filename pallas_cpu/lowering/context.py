@@ -45,7 +45,17 @@ class KernelContext:
     # Allocations are hoisted to the top of the entry function: every shape
     # is static, and the grid loop must not allocate per step.
     self.alloc_ip = ir.InsertionPoint.at_block_begin(entry.entry_block)
+    # Where buffers are initialized (zeroed semaphores, fills): after the
+    # entry has checked that every allocation succeeded.
+    self.init_ip = self.alloc_ip
     self.allocs: list[ir.Value] = []
+    # (bytes, name) of named allocations, for a failed allocation's message.
+    self.allocation_names: list[tuple[int, str]] = []
+    # Source sites (DMA starts, run_scoped buffers) by site id, for messages.
+    self.sites: list[str] = []
+    # sem_id -> the array's buffer, for the exit checks of the semaphores
+    # the kernel owns; run_scoped ones are checked at their scope's end.
+    self.semaphore_arrays: dict[int, ir.Value] = {}
     self.program_ids: list[ir.Value] = []  # index values, non-vmapped dims
     # Sizes (ints, or index values for dynamic dims) and names (None where
     # unnamed) of the non-vmapped dims, for num_programs and axis_index.
@@ -94,24 +104,38 @@ class KernelContext:
 
   def new_semaphores(self, shape, name: str) -> Ref:
     """A zeroed array of semaphores (hoisted like every allocation)."""
-    buf = self.alloc(shape, np.int32, memory_spaces.SEMAPHORE)
-    with self.alloc_ip:
+    buf = self.alloc(shape, np.int32, memory_spaces.SEMAPHORE, name=name)
+    with self.init_ip:
       zero = arith.constant(ir.IntegerType.get_signless(32), 0)
       linalg.fill(zero, outs=[buf]) if shape else memref.store(zero, buf, [])
     sem_id = len(self.semaphore_names)
     self.semaphore_names.append(name)
+    self.semaphore_arrays[sem_id] = buf
     from pallas_cpu.lowering import views
     with self.alloc_ip:
       view = views.with_layout(buf)
     return Ref(view, ("semaphore", sem_id), np.dtype(np.int32), sem_id)
 
   # -- memory -----------------------------------------------------------------
-  def alloc(self, shape, dtype, space: str = memory_spaces.VMEM) -> ir.Value:
+  def alloc(self, shape, dtype, space: str = memory_spaces.VMEM,
+            name: str | None = None) -> ir.Value:
+    """A buffer allocated once at kernel entry and freed at exit; ``name``
+    (e.g. "scratch operand 0") appears in the error if allocating fails."""
     t = types.memref_type(shape, dtype, memory_spaces.attr(space))
     with self.alloc_ip:
       buf = memref.AllocOp(t, [], [], alignment=64).result
     self.allocs.append(buf)
+    if name is not None:
+      nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+      self.allocation_names.append(
+          (nbytes, f"{name} ({np.dtype(dtype).name}{list(shape)} in {space})"))
     return buf
+
+  def site(self, text: str) -> int:
+    """The id of a source site (a DMA start, a scoped buffer) for the
+    runtime's messages."""
+    self.sites.append(text)
+    return len(self.sites) - 1
 
   def materialize(self, v: values.Value, *, reuse: bool = True) -> ir.Value:
     """``v`` in memory, as a memref of its shape.

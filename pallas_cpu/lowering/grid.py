@@ -125,10 +125,13 @@ class BlockWindow:
     self.block_shape = tuple(self.dims[i].size for i in self.kept)
     if self.copies:
       full = tuple(d.size for d in self.dims)
-      self.pad = views.with_layout(kctx.alloc(full, self.dtype, self.space))
+      kind = "output" if is_output else "input"
+      self.pad = views.with_layout(kctx.alloc(
+          full, self.dtype, self.space, name=f"the block copy of {kind} "
+          f"{bm.origin}"))
       # Element offset of the block the copy holds (-1: none).
       self.resident = kctx.alloc((), np.int64)
-      with kctx.alloc_ip:
+      with kctx.init_ip:
         memref.store(arith.constant(ir.IntegerType.get_signless(64), -1),
                      self.resident, [])
     if self.may_edge:

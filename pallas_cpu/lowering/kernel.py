@@ -14,8 +14,9 @@ from jax._src import core as jax_core
 from jax._src import state
 from jax._src.pallas import core as pallas_core
 from mlir import ir
-from mlir.dialects import arith, func, llvm, memref
+from mlir.dialects import arith, func, llvm, memref, scf
 
+from pallas_cpu.lowering import context as context_lowering
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, views
@@ -87,7 +88,17 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
       ir.IntegerType.get_signless(32), spec.opt_level)
   block = entry.add_entry_block()
   with ir.InsertionPoint(block):
+    # Allocations go above the anchor; then the entry checks they all
+    # succeeded (runtime/abi.h: a failed one fails the call) and runs the
+    # kernel only if so.
     anchor = arith.constant(ir.IndexType.get(), 0)
+    i32 = ir.IntegerType.get_signless(32)
+    failed = context_lowering.call_external(
+        "pallas_cpu_rt_failed", [block.arguments[0]], i32)
+    guard = scf.IfOp(arith.cmpi(arith.CmpIPredicate.eq, failed,
+                                arith.constant(i32, 0)))
+  with ir.InsertionPoint(guard.then_block):
+    init_anchor = arith.constant(ir.IndexType.get(), 0)
     operands = [views.with_layout(a) for a in block.arguments[3:]]
     # A dynamic grid dimension's size is read from its operand (an index).
     bounds = iter(operands[:n_dyn])
@@ -101,6 +112,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                          grid=grid, vmapped_dims=tuple(gm.vmapped_dims),
                          grid_names=gm.grid_names)
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
+    kctx.init_ip = ir.InsertionPoint(init_anchor.owner)
     kctx.jaxpr = spec.jaxpr
     if spec.parallel_dim is not None:
       kctx.parallel_range = (spec.parallel_dim,
@@ -115,6 +127,9 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                              index_operands=index_operands,
                              block_operands=block_operands, roots=roots,
                              scratch=scratch)
+    _exit_checks(kctx)
+    scf.YieldOp([])
+  with ir.InsertionPoint(block):
     for buf in kctx.allocs:
       memref.dealloc(buf)
     func.ReturnOp([])
@@ -122,8 +137,77 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   attrs[RUNTIME_INFO_ATTR] = ir.StringAttr.get(json.dumps({
       "semaphore_names": kctx.semaphore_names,
       "debug_prints": kctx.debug_prints,
-      "check_messages": kctx.check_messages}, sort_keys=True))
+      "check_messages": kctx.check_messages,
+      "sites": kctx.sites,
+      "allocations": kctx.allocation_names}, sort_keys=True))
   return module
+
+
+EXIT_CHECK_MODES = {"error": 0, "warn": 1, "off": 2}
+
+
+def _exit_checks(kctx: KernelContext) -> None:
+  """At kernel exit (the grid done): the semaphores the kernel owns must be
+  back at zero and every DMA waited for (runtime/abi.h)."""
+  mode = EXIT_CHECK_MODES[kctx.params.exit_checks]
+  if mode == EXIT_CHECK_MODES["off"]:
+    return
+  grid_index = _last_grid_index(kctx)
+  for sem_id, buf in kctx.semaphore_arrays.items():
+    semaphore_exit(kctx, buf, sem_id, scoped=False, grid_index=grid_index)
+  kctx.call_runtime("pallas_cpu_rt_kernel_exit", [
+      kctx.runtime_ctx, _i64(mode), grid_index])
+
+
+def semaphore_exit(kctx: KernelContext, buf: ir.Value, sem_id: int, *,
+                   scoped: bool, grid_index: ir.Value) -> None:
+  """Reports a semaphore array's leftover counts and unwaited DMAs."""
+  mode = EXIT_CHECK_MODES[kctx.params.exit_checks]
+  if mode == EXIT_CHECK_MODES["off"]:
+    return
+  count = int(np.prod(ir.MemRefType(buf.type).shape, dtype=np.int64))
+  kctx.call_runtime("pallas_cpu_rt_sem_exit", [
+      kctx.runtime_ctx, _address(buf), _i64(count), _i64(sem_id),
+      _i64(int(scoped)), _i64(mode), grid_index])
+
+
+def buffer_exit(kctx: KernelContext, ref: Ref, site: int,
+                grid_index: ir.Value) -> None:
+  """A scoped buffer ends: a DMA still reading or writing it is an error."""
+  t = ir.MemRefType(ref.memref.type)
+  nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(ref.dtype).itemsize
+  kctx.call_runtime("pallas_cpu_rt_buffer_exit", [
+      kctx.runtime_ctx, _address(ref.memref, np.dtype(ref.dtype).itemsize),
+      _i64(nbytes), _i64(site),
+      grid_index])
+
+
+def _address(buf: ir.Value, elem_bytes: int = 4) -> ir.Value:
+  """The address of a view's first element, as an i64."""
+  i64 = ir.IntegerType.get_signless(64)
+  flat = views.space_cast(buf, None)
+  base = arith.index_cast(i64, memref.extract_aligned_pointer_as_index(flat))
+  offset = memref.ExtractStridedMetadataOp(flat).offset
+  if views.constant_int(offset) == 0:
+    return base
+  return arith.addi(base, arith.muli(arith.index_cast(i64, offset),
+                                     _i64(elem_bytes)))
+
+
+def _i64(v: int) -> ir.Value:
+  return arith.constant(ir.IntegerType.get_signless(64), v)
+
+
+def _last_grid_index(kctx: KernelContext) -> ir.Value:
+  """The row-major index one past the grid's last point, for messages
+  ("at kernel exit")."""
+  i64 = ir.IntegerType.get_signless(64)
+  total = arith.constant(ir.IndexType.get(), 1)
+  for n in kctx.grid:
+    size = arith.constant(ir.IndexType.get(), n) if isinstance(n, int) else n
+    total = arith.muli(total, size)
+  return arith.index_cast(i64, arith.subi(total, arith.constant(
+      ir.IndexType.get(), 1)))
 
 
 def runtime_info(module: ir.Module) -> dict:
@@ -160,7 +244,7 @@ def allocate_ref(kctx: KernelContext, aval, root, name: str) -> Ref:
   space = memory_spaces.from_pallas(aval.memory_space)
   if space in (memory_spaces.ANY, memory_spaces.HBM):
     space = memory_spaces.VMEM  # scratch in HBM is still host memory here
-  buf = kctx.alloc(inner.shape, inner.dtype, space)
+  buf = kctx.alloc(inner.shape, inner.dtype, space, name=name)
   kctx.store(grid_lowering.uninitialized_scalar(kctx, inner.dtype), buf)
   return Ref(views.with_layout(buf), root, np.dtype(inner.dtype))
 

@@ -1,7 +1,7 @@
 // The single list of symbols that generated kernel code and the Python
 // driver may call in the pallas_cpu runtime.  Everything here has C linkage
-// so the MLIR ExecutionEngine (generated code) and ctypes (Python) can bind
-// to it by name.
+// so generated code (resolved when its shared object is loaded) and ctypes
+// (Python) can bind to it by name.
 #ifndef PALLAS_CPU_RUNTIME_ABI_H_
 #define PALLAS_CPU_RUNTIME_ABI_H_
 
@@ -46,6 +46,10 @@ typedef void (*PallasCpuPrintFn)(const char* table, size_t table_len,
                                  int64_t print_id, const int64_t* values,
                                  int64_t n);
 PALLAS_CPU_EXPORT void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn);
+// Receives each kernel-exit finding made in "warn" mode (a leftover
+// semaphore count, a DMA never waited for), prefixed with the kernel name.
+typedef void (*PallasCpuWarnFn)(const char* message, size_t len);
+PALLAS_CPU_EXPORT void pallas_cpu_rt_set_warner(PallasCpuWarnFn fn);
 PALLAS_CPU_EXPORT void pallas_cpu_rt_register_kernel(const char* kernel_id, uint64_t entry);
 PALLAS_CPU_EXPORT int64_t pallas_cpu_rt_num_registered_kernels(void);
 
@@ -113,13 +117,49 @@ PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_sem_read(
 // the ranked descriptor); the copy moves `elem_bytes`-sized elements between
 // any two strided windows of equal shape.  `mode` 0 = eager (copy now),
 // 1 = on_wait (copy when a wait on the semaphore needs it), as in TPU
-// interpret mode.  Completion signals the semaphore by the bytes copied.
+// interpret mode.  Completion signals the semaphore by the bytes copied, or
+// by 1 when `regular` (a REGULAR semaphore: one completion, as on TPU v6+).
+// `site` names the start's source line (FFI attribute `sites`).
 // ---------------------------------------------------------------------------
 PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
     PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int64_t mode,
-    int64_t grid_index);
+    int64_t regular, int64_t site, int64_t grid_index);
+
+// ---------------------------------------------------------------------------
+// Lifetime checks.  `mode` 0 = a finding fails the call, 1 = it is a
+// warning (CompilerParams(exit_checks=...)), 2 = not checked.
+// ---------------------------------------------------------------------------
+// A run_scoped buffer ([base, base + nbytes), named by `site`) ends: a DMA
+// that reads or writes it and was not waited for is an error (always: its
+// memory is gone), and is dropped.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
+                                                 int64_t base, int64_t nbytes,
+                                                 int64_t site,
+                                                 int64_t grid_index);
+// An array of `count` semaphores (int32 at `base`, array `sem_id`) ends, at
+// kernel exit or at the end of its run_scoped scope (`scoped`): a non-zero
+// count, or a DMA signalling it that was never waited for, is reported.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
+                                              int64_t base, int64_t count,
+                                              int64_t sem_id, int64_t scoped,
+                                              int64_t mode, int64_t grid_index);
+// The kernel's last call: DMAs still tracked (they signal semaphores the
+// kernel does not own) were never waited for.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_kernel_exit(PallasCpuRuntimeContext* ctx,
+                                                 int64_t mode,
+                                                 int64_t grid_index);
+
+// ---------------------------------------------------------------------------
+// Allocation.  Generated code's memref.alloc/dealloc call these (MLIR's
+// generic allocation functions): a request that fails -- or exceeds the
+// machine's memory -- returns null and fails the call with a message naming
+// the buffer (FFI attribute `allocations`); the entry function checks
+// pallas_cpu_rt_failed after its allocations and then runs nothing.
+// ---------------------------------------------------------------------------
+PALLAS_CPU_EXPORT void* _mlir_memref_to_llvm_alloc(uint64_t size);
+PALLAS_CPU_EXPORT void _mlir_memref_to_llvm_free(void* ptr);
 
 // ---------------------------------------------------------------------------
 // dot_general's fast path, pallas_cpu_rt_matmul_<A>_<B> for A, B in {f32,

@@ -1,14 +1,25 @@
-// Local DMAs and semaphores, single core: TPU interpret mode's semantics.
+// Local DMAs and semaphores, single core.
 //
-// A DMA signals its semaphore with the number of bytes it copied; a wait
-// decrements.  In "on_wait" mode a started DMA runs only when a wait on its
-// semaphore needs it (newest first, as interpret mode does), which exposes
-// kernels that read a DMA's destination before waiting.  On one core, a wait
-// whose semaphore is short and has no pending DMA can never be satisfied:
-// that is reported as a deadlock instead of hanging.
+// Semantics per semaphore type, as Mosaic defines them: a DMA completing on
+// a DMA semaphore adds the bytes it copied, and its wait takes them back; a
+// DMA completing on a REGULAR semaphore (TPU v6+) adds 1 -- one completion
+// -- and `semaphore_wait(sem)` or the copy's wait takes that 1.
+//
+// In "on_wait" mode a started DMA runs only when a wait on its semaphore
+// needs it (newest first, as TPU interpret mode does), which exposes kernels
+// that read a DMA's destination before waiting.  On one core, a wait whose
+// semaphore is short and has no pending DMA can never be satisfied: that is
+// reported as a deadlock instead of hanging.
+//
+// Every DMA is tracked from its start until waits consume its completion,
+// so that a DMA that outlives a buffer it reads or writes (a run_scoped
+// scope ends before its wait), and semaphores or DMAs left over at kernel
+// exit, are reported with the DMA's source line instead of touching freed
+// memory or passing silently.
 #include <cstring>
-#include <utility>
+#include <new>
 #include <sstream>
+#include <utility>
 
 #include "abi.h"
 #include "runtime_context.h"
@@ -46,12 +57,11 @@ void CopyRec(const StridedWindow& src, const StridedWindow& dst, size_t dim,
   }
 }
 
-// [first, last] byte addresses a window touches.
-std::pair<const char*, const char*> Extent(const StridedWindow& w,
-                                           int64_t elem_bytes) {
+Extent ExtentOf(const StridedWindow& w, int64_t elem_bytes) {
   const char* lo = w.base;
   const char* hi = w.base;
   for (size_t d = 0; d < w.sizes.size(); ++d) {
+    if (w.sizes[d] == 0) return {w.base, w.base - 1};  // empty
     int64_t reach = (w.sizes[d] - 1) * w.strides[d] * elem_bytes;
     (reach < 0 ? lo : hi) += reach;
   }
@@ -69,14 +79,16 @@ StridedWindow Contiguous(char* base, const std::vector<int64_t>& sizes) {
   return w;
 }
 
-void Execute(const PendingDma& dma) {
+// Copies the data and signals the semaphore.  Throws std::bad_alloc when
+// an overlapping copy cannot get its staging buffer.
+void Execute(Dma& dma) {
   const int64_t n = dma.src.NumElements();
   if (dma.src.sizes.empty()) {
     std::memmove(dma.dst.base, dma.src.base, dma.elem_bytes);
   } else if (n > 0) {
-    auto [slo, shi] = Extent(dma.src, dma.elem_bytes);
-    auto [dlo, dhi] = Extent(dma.dst, dma.elem_bytes);
-    if (slo <= dhi && dlo <= shi) {
+    Extent s = ExtentOf(dma.src, dma.elem_bytes);
+    Extent d = ExtentOf(dma.dst, dma.elem_bytes);
+    if (s.lo <= d.hi && d.lo <= s.hi) {
       // Overlapping windows (aliased operands): read everything first, as
       // interpret mode does, then write.
       std::vector<char> staging(n * dma.elem_bytes);
@@ -87,17 +99,58 @@ void Execute(const PendingDma& dma) {
       CopyRec(dma.src, dma.dst, 0, dma.src.base, dma.dst.base, dma.elem_bytes);
     }
   }
-  *dma.sem += static_cast<int32_t>(dma.src.NumElements() * dma.elem_bytes);
+  *dma.sem += dma.units;
+  dma.landed = true;
 }
 
 // Runs pending DMAs signalling `sem`, newest first, until it holds `value`.
 void RunPendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem, int32_t value) {
-  auto& q = ctx->pending_dmas;
+  auto& q = ctx->dmas;
   for (size_t i = q.size(); i-- > 0 && *sem < value;) {
-    if (q[i].sem != sem) continue;
-    PendingDma dma = std::move(q[i]);
-    q.erase(q.begin() + i);
-    Execute(dma);
+    if (q[i].sem == sem && !q[i].landed) Execute(q[i]);
+  }
+}
+
+// A wait took `value` from `sem`: the oldest landed DMAs on it are waited
+// for (as far as the value goes) and forgotten.
+void Consume(PallasCpuRuntimeContext* ctx, int32_t* sem, int32_t value) {
+  auto& q = ctx->dmas;
+  for (auto it = q.begin(); it != q.end() && value > 0;) {
+    if (it->sem != sem || !it->landed) {
+      ++it;
+      continue;
+    }
+    int32_t take = std::min(it->unwaited, value);
+    it->unwaited -= take;
+    value -= take;
+    it = it->unwaited == 0 ? q.erase(it) : it + 1;
+  }
+}
+
+std::string DmaName(const PallasCpuRuntimeContext* ctx, const Dma& dma) {
+  std::ostringstream os;
+  os << "DMA started at " << ctx->GridPoint(dma.grid_index) << " ("
+     << ctx->Site(dma.site) << ")";
+  return os.str();
+}
+
+// Records a kernel-exit finding: the call's error, or a warning.
+void Report(PallasCpuRuntimeContext* ctx, int64_t mode, std::string msg) {
+  if (mode == 0) {
+    ctx->Fail(std::move(msg));
+  } else if (mode == 1) {
+    ctx->warnings.push_back(std::move(msg));
+  }
+}
+
+// Runs `fn`; a std::bad_alloc becomes the call's error (no exception may
+// cross the generated code).
+template <typename Fn>
+void Guarded(PallasCpuRuntimeContext* ctx, const char* what, Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::bad_alloc&) {
+    ctx->Fail(std::string("out of memory in ") + what);
   }
 }
 
@@ -111,30 +164,39 @@ int64_t StridedWindow::NumElements() const {
 
 }  // namespace pallas_cpu
 
-using pallas_cpu::PendingDma;
+using pallas_cpu::Dma;
 
 extern "C" void pallas_cpu_rt_dma_start(
     PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int64_t mode,
-    int64_t grid_index) {
+    int64_t regular, int64_t site, int64_t grid_index) {
   (void)sem_alloc;
-  PendingDma dma{pallas_cpu::FromDescriptor(src_rank, src_desc, elem_bytes),
-                 pallas_cpu::FromDescriptor(dst_rank, dst_desc, elem_bytes),
-                 elem_bytes, sem + sem_offset};
-  if (dma.src.sizes != dma.dst.sizes) {
-    std::ostringstream os;
-    os << "DMA at " << ctx->GridPoint(grid_index) << " signalling "
-       << ctx->SemaphoreName(sem_id, sem_offset)
-       << ": source and destination shapes differ";
-    ctx->Fail(os.str());
-    return;
-  }
-  if (mode == 0) {
-    pallas_cpu::Execute(dma);
-  } else {
-    ctx->pending_dmas.push_back(std::move(dma));
-  }
+  pallas_cpu::Guarded(ctx, "a DMA start", [&] {
+    Dma dma{pallas_cpu::FromDescriptor(src_rank, src_desc, elem_bytes),
+            pallas_cpu::FromDescriptor(dst_rank, dst_desc, elem_bytes),
+            elem_bytes,
+            sem + sem_offset,
+            0,
+            0,
+            false,
+            site,
+            grid_index};
+    if (dma.src.sizes != dma.dst.sizes) {
+      std::ostringstream os;
+      os << pallas_cpu::DmaName(ctx, dma) << " signalling "
+         << ctx->SemaphoreName(sem_id, sem_offset)
+         << ": source and destination shapes differ";
+      ctx->Fail(os.str());
+      return;
+    }
+    dma.units = regular ? 1
+                        : static_cast<int32_t>(dma.src.NumElements() *
+                                               elem_bytes);
+    dma.unwaited = dma.units;
+    ctx->dmas.push_back(std::move(dma));
+    if (mode == 0) pallas_cpu::Execute(ctx->dmas.back());
+  });
 }
 
 extern "C" void pallas_cpu_rt_sem_signal(PallasCpuRuntimeContext* ctx,
@@ -154,18 +216,23 @@ extern "C" int32_t pallas_cpu_rt_sem_wait(PallasCpuRuntimeContext* ctx,
                                           int64_t sem_id, int64_t grid_index) {
   (void)alloc;
   int32_t* counter = sem + offset;
-  if (*counter < value) pallas_cpu::RunPendingFor(ctx, counter, value);
-  if (*counter < value) {
-    std::ostringstream os;
-    os << "deadlock: wait on " << ctx->SemaphoreName(sem_id, offset)
-       << " for " << value << " at " << ctx->GridPoint(grid_index)
-       << " can never complete: it holds " << *counter
-       << " and no pending DMA or other core can signal it";
-    ctx->Fail(os.str());
-    return 0;
-  }
-  *counter -= value;
-  return 1;
+  bool ok = true;
+  pallas_cpu::Guarded(ctx, "a semaphore wait", [&] {
+    if (*counter < value) pallas_cpu::RunPendingFor(ctx, counter, value);
+    if (*counter < value) {
+      std::ostringstream os;
+      os << "deadlock: wait on " << ctx->SemaphoreName(sem_id, offset)
+         << " for " << value << " at " << ctx->GridPoint(grid_index)
+         << " can never complete: it holds " << *counter
+         << " and no pending DMA or other core can signal it";
+      ctx->Fail(os.str());
+      ok = false;
+      return;
+    }
+    *counter -= value;
+    pallas_cpu::Consume(ctx, counter, value);
+  });
+  return ok && !ctx->failed.load(std::memory_order_relaxed) ? 1 : 0;
 }
 
 extern "C" int32_t pallas_cpu_rt_sem_read(PallasCpuRuntimeContext* ctx,
@@ -176,6 +243,72 @@ extern "C" int32_t pallas_cpu_rt_sem_read(PallasCpuRuntimeContext* ctx,
   return sem[offset];
 }
 
+extern "C" void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
+                                          int64_t base, int64_t nbytes,
+                                          int64_t site, int64_t grid_index) {
+  const char* lo = reinterpret_cast<const char*>(base);
+  auto& q = ctx->dmas;
+  for (auto it = q.begin(); it != q.end();) {
+    bool reads = pallas_cpu::ExtentOf(it->src, it->elem_bytes)
+                     .Overlaps(lo, nbytes);
+    bool writes = pallas_cpu::ExtentOf(it->dst, it->elem_bytes)
+                      .Overlaps(lo, nbytes);
+    if (!reads && !writes) {
+      ++it;
+      continue;
+    }
+    std::ostringstream os;
+    os << pallas_cpu::DmaName(ctx, *it) << " "
+       << (writes ? "writes to " : "reads from ") << ctx->Site(site)
+       << ", which is freed when its scope ends at "
+       << ctx->GridPoint(grid_index) << ", before the DMA was waited for"
+       << (it->landed ? "" : " (the copy has not even started: on a TPU it "
+                             "would read or write freed memory)");
+    ctx->Fail(os.str());
+    it = q.erase(it);  // never executed: its memory is gone
+  }
+}
+
+extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
+                                       int64_t base, int64_t count,
+                                       int64_t sem_id, int64_t scoped,
+                                       int64_t mode, int64_t grid_index) {
+  auto* sems = reinterpret_cast<int32_t*>(base);
+  const char* when = scoped ? "the end of its run_scoped scope" : "kernel exit";
+  auto& q = ctx->dmas;
+  for (int64_t i = 0; i < count; ++i) {
+    int32_t* sem = sems + i;
+    auto first = q.begin();
+    while (first != q.end() && first->sem != sem) ++first;
+    if (*sem == 0 && first == q.end()) continue;
+    std::ostringstream os;
+    if (first != q.end()) {
+      os << pallas_cpu::DmaName(ctx, *first) << " was never waited for: at "
+         << when << " (" << ctx->GridPoint(grid_index) << ") its "
+         << ctx->SemaphoreName(sem_id, i) << " holds " << *sem
+         << (first->landed ? "" : " (on_wait mode: the copy has not run)");
+    } else {
+      os << ctx->SemaphoreName(sem_id, i) << " holds " << *sem << " at "
+         << when << " (" << ctx->GridPoint(grid_index)
+         << "): it was signalled more than it was waited for";
+    }
+    pallas_cpu::Report(ctx, mode, os.str());
+    // The DMAs complete (as the hardware would) unless that is an error
+    // anyway; either way they are forgotten with their semaphore.
+    for (auto it = q.begin(); it != q.end();) {
+      if (it->sem != sem) {
+        ++it;
+        continue;
+      }
+      if (!it->landed && mode != 0) {
+        pallas_cpu::Guarded(ctx, "a DMA at exit",
+                            [&] { pallas_cpu::Execute(*it); });
+      }
+      it = q.erase(it);
+    }
+  }
+}
+
 // One DMA entry point per element type: generated code passes unranked
 // memrefs, whose MLIR type names the element type, so each type needs its own
 // symbol; all share one implementation.
@@ -184,10 +317,10 @@ extern "C" int32_t pallas_cpu_rt_sem_read(PallasCpuRuntimeContext* ctx,
       PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,         \
       int64_t dst_rank, void* dst_desc, int64_t elem_bytes,                   \
       int32_t* sem_alloc, int32_t* sem, int64_t sem_offset, int64_t sem_id,   \
-      int64_t mode, int64_t grid_index) {                                     \
+      int64_t mode, int64_t regular, int64_t site, int64_t grid_index) {      \
     pallas_cpu_rt_dma_start(ctx, src_rank, src_desc, dst_rank, dst_desc,      \
                             elem_bytes, sem_alloc, sem, sem_offset, sem_id,   \
-                            mode, grid_index);                                \
+                            mode, regular, site, grid_index);                 \
   }
 PALLAS_CPU_DMA_START_FOR(f16)
 PALLAS_CPU_DMA_START_FOR(bf16)
@@ -201,13 +334,21 @@ PALLAS_CPU_DMA_START_FOR(f8E4M3FN)
 PALLAS_CPU_DMA_START_FOR(f8E5M2)
 #undef PALLAS_CPU_DMA_START_FOR
 
-// DMAs still pending when the kernel returns land then, as they would on a
-// TPU (the hardware completes them); interpret mode would drop them.
-void PallasCpuRunPendingDmas(PallasCpuRuntimeContext* ctx) {
-  auto& q = ctx->pending_dmas;
+extern "C" void pallas_cpu_rt_kernel_exit(PallasCpuRuntimeContext* ctx,
+                                          int64_t mode, int64_t grid_index) {
+  // Semaphores the kernel does not own (operands) are not checked one by
+  // one; a DMA still tracked here signalled one of them.
+  auto& q = ctx->dmas;
   while (!q.empty()) {
-    PendingDma dma = std::move(q.back());
-    q.pop_back();
-    pallas_cpu::Execute(dma);
+    Dma& dma = q.front();
+    std::ostringstream os;
+    os << pallas_cpu::DmaName(ctx, dma) << " was never waited for at kernel "
+       << "exit (" << ctx->GridPoint(grid_index) << ")";
+    pallas_cpu::Report(ctx, mode, os.str());
+    if (!dma.landed && mode != 0) {
+      pallas_cpu::Guarded(ctx, "a DMA at exit",
+                          [&] { pallas_cpu::Execute(dma); });
+    }
+    q.pop_front();
   }
 }

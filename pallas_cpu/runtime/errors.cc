@@ -1,9 +1,102 @@
 // Runtime error entry points called from generated code, and the
 // formatting of kernel facts in messages.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstdio>
 #include <sstream>
 
 #include "abi.h"
 #include "runtime_context.h"
+
+namespace {
+// The context of the kernel call running on this thread: generated code's
+// allocation functions reach it here (their signature has no context).
+thread_local PallasCpuRuntimeContext* tls_context = nullptr;
+
+std::string Bytes(int64_t n) {
+  std::ostringstream os;
+  os << n << " bytes";
+  static const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int unit = -1;
+  while (v >= 1024 && unit < 3) {
+    v /= 1024;
+    ++unit;
+  }
+  if (unit >= 0) {
+    os.precision(3);
+    os << " (" << v << " " << kUnits[unit] << ")";
+  }
+  return os.str();
+}
+
+// Larger requests than the machine's memory fail even where the kernel's
+// overcommit policy would hand out address space (touching it would bring
+// in the OOM killer instead of an error).
+int64_t PhysicalMemory() {
+  static const int64_t bytes = [] {
+    long pages = sysconf(_SC_PHYS_PAGES);
+    long page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page
+                                 : INT64_MAX;
+  }();
+  return bytes;
+}
+}  // namespace
+
+namespace pallas_cpu {
+ScopedContext::ScopedContext(PallasCpuRuntimeContext* ctx)
+    : saved_(tls_context) {
+  tls_context = ctx;
+}
+ScopedContext::~ScopedContext() { tls_context = saved_; }
+}  // namespace pallas_cpu
+
+// memref.alloc/dealloc in generated code (finalize-memref-to-llvm with
+// use-generic-functions): every kernel allocation is checked.  A failed one
+// returns null and fails the call; the kernel entry checks for failure
+// after its allocations and runs nothing.
+extern "C" PALLAS_CPU_EXPORT void* _mlir_memref_to_llvm_alloc(uint64_t size) {
+  void* p = static_cast<int64_t>(size) <= PhysicalMemory() ? std::malloc(size)
+                                                           : nullptr;
+  if (p == nullptr && size != 0) {
+    std::ostringstream os;
+    os << "failed to allocate " << Bytes(static_cast<int64_t>(size));
+    if (tls_context != nullptr) {
+      std::string name = tls_context->AllocationName(size);
+      if (!name.empty()) os << " for " << name;
+      os << " (the machine has " << Bytes(PhysicalMemory()) << ")";
+      tls_context->Fail(os.str());
+    } else {
+      std::fprintf(stderr, "pallas_cpu: %s outside a kernel call\n",
+                   os.str().c_str());
+    }
+  }
+  return p;
+}
+
+extern "C" PALLAS_CPU_EXPORT void _mlir_memref_to_llvm_free(void* p) {
+  std::free(p);
+}
+
+std::string PallasCpuRuntimeContext::Site(int64_t site) const {
+  if (site >= 0 && site < static_cast<int64_t>(sites.size())) {
+    return sites[site];
+  }
+  return "site #" + std::to_string(site);
+}
+
+std::string PallasCpuRuntimeContext::AllocationName(int64_t requested) const {
+  // memref.alloc asks for the buffer's bytes plus its alignment.
+  std::string names;
+  for (const auto& [bytes, name] : allocations) {
+    if (requested >= bytes && requested <= bytes + 64) {
+      names += (names.empty() ? "" : " or ") + name;
+    }
+  }
+  return names;
+}
 
 std::string PallasCpuRuntimeContext::GridPoint(int64_t linear) const {
   std::vector<int64_t> idx(grid.size());

@@ -20,8 +20,6 @@
 
 namespace ffi = xla::ffi;
 
-void PallasCpuRunPendingDmas(PallasCpuRuntimeContext* ctx);  // dma.cc
-
 namespace pallas_cpu {
 namespace {
 
@@ -88,7 +86,9 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          ffi::Span<const int64_t> grid,
                          int64_t parallel_extent, int64_t num_threads,
                          std::string_view debug_prints,
-                         std::string_view check_messages) {
+                         std::string_view check_messages,
+                         std::string_view sites,
+                         std::string_view allocations) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
@@ -115,21 +115,34 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   std::vector<PallasCpuRuntimeContext> contexts(chunks);
   std::vector<std::string> names = SplitLines(semaphore_names);
   std::vector<std::string> checks = SplitLines(check_messages);
+  std::vector<std::string> site_names = SplitLines(sites);
+  std::vector<std::pair<int64_t, std::string>> allocs;
+  for (const std::string& line : SplitLines(allocations)) {
+    size_t tab = line.find('\t');
+    if (tab == std::string::npos) continue;
+    allocs.emplace_back(std::stoll(line.substr(0, tab)), line.substr(tab + 1));
+  }
   ParallelFor(chunks, [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
     ctx.semaphore_names = names;
     ctx.check_messages = checks;
+    ctx.sites = site_names;
+    ctx.allocations = allocs;
     ctx.grid.assign(grid.begin(), grid.end());
     int64_t lo = extent * c / chunks;
     int64_t hi = extent * (c + 1) / chunks;
     PallasCpuRuntimeContext* ctx_ptr = &ctx;
     std::vector<void*> desc_ptrs, packed;
     table.Pack(&ctx_ptr, &lo, &hi, &desc_ptrs, &packed);
+    ScopedContext scoped(&ctx);  // for the kernel's allocations
     entry(packed.data());
-    PallasCpuRunPendingDmas(&ctx);
+    // The kernel's exit checks handled every DMA; one left here belongs to
+    // a run that failed part-way, and its buffers are gone: drop it.
+    ctx.dmas.clear();
   });
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
+  for (auto& ctx : contexts) Warn(kernel_name, ctx.warnings);
   for (auto& ctx : contexts) {
     if (ctx.failed.load()) {
       return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
@@ -158,7 +171,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<int64_t>("parallel_extent")
                                   .Attr<int64_t>("num_threads")
                                   .Attr<std::string_view>("debug_prints")
-                                  .Attr<std::string_view>("check_messages"));
+                                  .Attr<std::string_view>("check_messages")
+                                  .Attr<std::string_view>("sites")
+                                  .Attr<std::string_view>("allocations"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

@@ -1,6 +1,7 @@
 #include "kernel_registry.h"
 
 #include <atomic>
+#include <cstdio>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
@@ -14,6 +15,7 @@ struct Registry {
   std::unordered_map<std::string, PallasCpuEntryFn> entries;
   std::atomic<PallasCpuCompileFn> compiler{nullptr};
   std::atomic<PallasCpuPrintFn> printer{nullptr};
+  std::atomic<PallasCpuWarnFn> warner{nullptr};
   std::mutex compile_mu;  // one compilation at a time
 };
 
@@ -74,7 +76,25 @@ void PrintRecords(std::string_view table,
   }
 }
 
+void Warn(std::string_view kernel_name,
+          const std::vector<std::string>& messages) {
+  PallasCpuWarnFn warner = GetRegistry().warner.load();
+  for (const std::string& m : messages) {
+    std::string text = "pallas_cpu kernel '" + std::string(kernel_name) +
+                       "': " + m;
+    if (warner != nullptr) {
+      warner(text.data(), text.size());
+    } else {
+      std::fprintf(stderr, "warning: %s\n", text.c_str());
+    }
+  }
+}
+
 }  // namespace pallas_cpu
+
+extern "C" void pallas_cpu_rt_set_warner(PallasCpuWarnFn fn) {
+  pallas_cpu::GetRegistry().warner.store(fn);
+}
 
 extern "C" void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn) {
   pallas_cpu::GetRegistry().printer.store(fn);

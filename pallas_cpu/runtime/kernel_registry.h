@@ -24,6 +24,9 @@ void PrintRecords(std::string_view table,
                   const std::vector<std::pair<int64_t, std::vector<int64_t>>>&
                       records);
 
+// Sends kernel-exit findings to the Python warning hook (in order).
+void Warn(std::string_view kernel_name, const std::vector<std::string>& messages);
+
 }  // namespace pallas_cpu
 
 #endif  // PALLAS_CPU_KERNEL_REGISTRY_H_

@@ -1,9 +1,10 @@
-// Per-call runtime state: errors, semaphore names, pending DMAs.
+// Per-call runtime state: errors, semaphore names, DMAs in flight.
 #ifndef PALLAS_CPU_RUNTIME_CONTEXT_H_
 #define PALLAS_CPU_RUNTIME_CONTEXT_H_
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -22,10 +23,39 @@ struct StridedWindow {
   int64_t NumElements() const;
 };
 
-struct PendingDma {
+// [lo, hi] byte addresses a window touches.
+struct Extent {
+  const char* lo;
+  const char* hi;
+  bool Overlaps(const char* base, int64_t nbytes) const {
+    return nbytes > 0 && lo < base + nbytes && base <= hi;
+  }
+};
+
+// A DMA from its start until waits have consumed its completion: pending
+// (not yet copied, "on_wait" mode) or landed and not fully waited for.
+struct Dma {
   StridedWindow src, dst;
   int64_t elem_bytes;
   int32_t* sem;
+  int32_t units;      // what completion adds to `sem`: bytes (DMA
+                      // semaphores) or 1 (regular semaphores, as on TPU v6+)
+  int32_t unwaited;   // units of the completion no wait has consumed yet
+  bool landed = false;
+  int64_t site;       // FFI attribute `sites`: the kernel's source line
+  int64_t grid_index;
+};
+
+// Makes `ctx` the context of allocations on this thread while alive.
+class ScopedContext {
+ public:
+  explicit ScopedContext(PallasCpuRuntimeContext* ctx);
+  ~ScopedContext();
+  ScopedContext(const ScopedContext&) = delete;
+  ScopedContext& operator=(const ScopedContext&) = delete;
+
+ private:
+  PallasCpuRuntimeContext* saved_;
 };
 
 }  // namespace pallas_cpu
@@ -39,8 +69,16 @@ struct PallasCpuRuntimeContext {
   std::vector<std::string> semaphore_names;
   std::vector<int64_t> grid;
 
-  // DMAs started in "on_wait" mode and not yet executed.
-  std::vector<pallas_cpu::PendingDma> pending_dmas;
+  // Names of source sites (DMA starts, run_scoped buffers) by site id,
+  // and (bytes, name) of the kernel's named allocations: for messages.
+  std::vector<std::string> sites;
+  std::vector<std::pair<int64_t, std::string>> allocations;
+
+  // DMAs started and not yet waited for, in start order.
+  std::deque<pallas_cpu::Dma> dmas;
+
+  // Kernel-exit findings reported as warnings (exit checks in "warn" mode).
+  std::vector<std::string> warnings;
 
   // pl.debug_print records, (print id, raw values), in execution order.
   std::vector<std::pair<int64_t, std::vector<int64_t>>> prints;
@@ -60,6 +98,9 @@ struct PallasCpuRuntimeContext {
   // "grid point (i, j)" for a row-major linear index.
   std::string GridPoint(int64_t linear) const;
   std::string SemaphoreName(int64_t sem_id, int64_t offset) const;
+  std::string Site(int64_t site) const;
+  // Names the allocation(s) a failed request of `requested` bytes was for.
+  std::string AllocationName(int64_t requested) const;
 };
 
 #endif  // PALLAS_CPU_RUNTIME_CONTEXT_H_

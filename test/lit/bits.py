@@ -175,7 +175,8 @@ def stateful_kernel(s_ref, o_ref):
 # it, bumps n and hashes (n, index).
 # CHECK-LABEL: TEST: test_stateful_prng
 # CHECK: %[[ST:.*]] = memref.alloc() {alignment = 64 : i64} : memref<3xi32, "smem">
-# CHECK-NEXT: memref.store %[[Z:.*]], %[[ST]][%{{.*}}] : memref<3xi32, "smem">
+# CHECK: scf.if
+# CHECK: memref.store %[[Z:.*]], %[[ST]][%{{.*}}] : memref<3xi32, "smem">
 # CHECK-NEXT: memref.store %[[Z]], %[[ST]]
 # CHECK-NEXT: memref.store %[[Z]], %[[ST]]
 # CHECK: %[[SEED:.*]] = memref.load %{{.*}}[] : memref<i32, strided<[], offset: ?>, "smem">

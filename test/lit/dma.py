@@ -25,7 +25,7 @@ def _call(kernel, scratch):
 
 
 # CHECK-LABEL: TEST: test_dma_start_and_wait
-# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_sem_wait(!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> i32
 # CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[X:.*]]: memref<64x128xf32, "hbm">
 # CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
@@ -35,8 +35,9 @@ def _call(kernel, scratch):
 # CHECK: %[[SRC_FLAT:.*]] = memref.memory_space_cast %[[SRC]] {{.*}} to memref<8x128xf32, strided<[128, 1], offset: ?>>
 # CHECK: %[[SRC_U:.*]] = memref.cast %[[SRC_FLAT]] {{.*}} to memref<*xf32>
 # CHECK: %[[DST_U:.*]] = memref.cast {{.*}} to memref<*xf32>
-# The element size (4 bytes), the semaphore, its id and the on_wait mode (1):
-# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64, %[[SEM]], %c0_i64{{.*}}, %c1_i64{{.*}}
+# The element size (4 bytes), the semaphore, its id, the on_wait mode (1),
+# a DMA semaphore (0: completion counts bytes) and the start's site id (0):
+# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64, %[[SEM]], %c0_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}
 # The wait is for the 8x128xf32 destination's 4096 bytes:
 # CHECK: %[[BYTES:.*]] = arith.constant 4096 : i32
 # CHECK: call @pallas_cpu_rt_sem_wait(%[[RT]], %{{.*}}, %[[BYTES]],
@@ -69,7 +70,7 @@ def test_semaphore_signal_wait_read():
 
 
 # CHECK-LABEL: TEST: test_eager_mode_flag
-# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
+# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
 @run_test
 def test_eager_mode_flag():
   def kernel(x_hbm, o_ref, buf, sem):
@@ -83,3 +84,53 @@ def test_eager_mode_flag():
       compiler_params=pallas_cpu.CompilerParams(
           dma_execution_mode="eager"))(x)
   print(lower_text(fn, X))
+
+
+# A DMA on a REGULAR semaphore counts one completion (flag 1), and the
+# semaphore_wait that takes it waits for 1.
+# CHECK-LABEL: TEST: test_regular_semaphore_dma
+# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
+# CHECK: %[[ONE:.*]] = arith.constant 1 : i32
+# CHECK: call @pallas_cpu_rt_sem_wait(%{{.*}}, %{{.*}}, %[[ONE]],
+@run_test
+def test_regular_semaphore_dma():
+  def kernel(x_hbm, o_ref, buf, sem):
+    pltpu.async_copy(x_hbm.at[pl.ds(0, 8)], buf, sem)
+    pl.semaphore_wait(sem)
+    o_ref[...] = buf[...]
+  print(lower_text(_call(kernel, [pltpu.VMEM((8, 128), jnp.float32),
+                                  pltpu.SemaphoreType.REGULAR]), X))
+
+
+# The entry allocates everything first, then runs the kernel only if every
+# allocation succeeded; a run_scoped scope ends by checking its buffer
+# against DMAs in flight and its semaphore's count; the kernel ends by
+# checking the scratch semaphores and any DMA left (mode 0: an error).
+# CHECK-LABEL: TEST: test_lifetime_checks
+# Sites: the scoped buffer (0, registered when its scope opens), the DMA (1).
+# CHECK: pallas_cpu.runtime_info = {{.*}}allocations{{.*}}run_scoped ref 0 at {{.*}}dma.py{{.*}}float32[8, 128] in vmem{{.*}}sites{{.*}}run_scoped ref 0 at {{.*}}DMA start at {{.*}}dma.py
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]*]]:
+# CHECK: %[[SCRATCH_SEM:.*]] = memref.alloc() {{.*}} : memref<i32, "semaphore">
+# CHECK: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
+# CHECK: %[[SCOPED_SEM:.*]] = memref.alloc() {{.*}} : memref<i32, "semaphore">
+# CHECK: %[[FAILED:.*]] = call @pallas_cpu_rt_failed(%[[RT]])
+# CHECK: %[[OK:.*]] = arith.cmpi eq, %[[FAILED]], %{{.*}} : i32
+# CHECK: scf.if %[[OK]] {
+# CHECK: call @pallas_cpu_rt_dma_start_f32(
+# CHECK: memref.extract_aligned_pointer_as_index %{{.*}} : memref<8x128xf32, strided<[128, 1], offset: ?>> -> index
+# CHECK: call @pallas_cpu_rt_buffer_exit(%[[RT]], %{{.*}}, %c4096_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64) -> ()
+# CHECK: call @pallas_cpu_rt_sem_exit(%[[RT]], %{{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64, i64, i64) -> ()
+# CHECK: call @pallas_cpu_rt_sem_exit(%[[RT]], %{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}})
+# CHECK: call @pallas_cpu_rt_kernel_exit(%[[RT]], %c0_i64{{.*}}, %{{.*}})
+# CHECK: }
+# CHECK-DAG: memref.dealloc %[[BUF]]
+# CHECK-DAG: memref.dealloc %[[SCRATCH_SEM]]
+@run_test
+def test_lifetime_checks():
+  def kernel(x_hbm, o_ref, sem):
+    def body(buf, scoped_sem):
+      pltpu.async_copy(x_hbm.at[pl.ds(0, 8)], buf, sem).wait()
+      o_ref[...] = buf[...]
+    pl.run_scoped(body, pltpu.VMEM((8, 128), jnp.float32),
+                  pltpu.SemaphoreType.REGULAR)
+  print(lower_text(_call(kernel, [pltpu.SemaphoreType.DMA]), X))

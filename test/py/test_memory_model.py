@@ -98,6 +98,10 @@ def test_semaphore_ping_pong_between_grid_steps():
     pl.semaphore_signal(sem, i + 1)
     o_ref[...] = x_ref[...] + pl.semaphore_read(sem).astype(jnp.float32)
 
+    @pl.when(i == pl.num_programs(0) - 1)
+    def _():
+      pl.semaphore_wait(sem, i + 1)     # settled at exit, as TPU requires
+
   spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
   # TPU interpret mode cannot lower semaphore_read on CPU: compare with jnp.
   out = pallas_cpu.pallas_call(

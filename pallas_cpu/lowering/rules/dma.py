@@ -7,8 +7,10 @@ completion signals the semaphore with the bytes copied, and a wait
 decrements, as in TPU interpret mode."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from jax._src.pallas import primitives as pallas_primitives
+from jax._src.pallas.mosaic import core as tpu_core
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from mlir import ir
 from mlir.dialects import arith, memref
@@ -63,13 +65,24 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
                      f"to {dst_view.shape} {dst_view.dtype}: shapes and dtypes "
                      "must match")
   sem_view = _semaphore(ctx, sem)
+  _, _, sem_aval, _, _ = tree.unflatten(ctx.avals_in)
   elem = ir.MemRefType(src_view.memref.type).element_type
   kctx.call_runtime(f"pallas_cpu_rt_dma_start_{elem}", [
       kctx.runtime_ctx, _unranked(src_view.memref), _unranked(dst_view.memref),
       _i64(np.dtype(src_view.dtype).itemsize), sem_view.memref,
       _i64(sem_view.sem_id), _i64(_MODES[kctx.params.dma_execution_mode]),
-      kctx.grid_index()])
+      _i64(0 if _is_dma_semaphore(sem_aval) else 1),
+      _i64(kctx.site(f"DMA start at {ctx.source}")), kctx.grid_index()])
   return []
+
+
+def _is_dma_semaphore(aval) -> bool:
+  """Whether a semaphore ref's aval is a DMA semaphore (completions count
+  bytes) rather than a REGULAR or barrier one (a completion counts 1)."""
+  while not hasattr(aval, "dtype") and hasattr(aval, "ref"):
+    aval = aval.ref  # a TransformedRef's underlying ref
+  dtype = getattr(aval, "dtype", None)
+  return dtype is not None and jnp.issubdtype(dtype, tpu_core.dma_semaphore)
 
 
 def _wait(ctx, sem_view, value: ir.Value) -> None:
@@ -85,6 +98,8 @@ def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
   src, dst, sem, src_sem, device_id = tree.unflatten(args)
   _no_remote(device_id, None if insert_dummy_device else src_sem)
   dst_view, _ = view_of(ctx, dst)
+  # (JAX only lets a DMA semaphore be waited here; a REGULAR one that a DMA
+  # signalled is waited with semaphore_wait, for its one completion.)
   nbytes = int(np.prod(dst_view.shape)) * np.dtype(dst_view.dtype).itemsize
   _wait(ctx, _semaphore(ctx, sem),
         arith.constant(ir.IntegerType.get_signless(32), nbytes))

@@ -238,6 +238,21 @@ def _run_scoped(ctx, *consts, jaxpr, collective_axes, ref_transforms=None,
     ref = kernel_lowering.allocate_ref(kctx, v.aval, ("scoped", id(v)), name)
     if ref.sem_id is not None:  # zero again on each entry
       kctx.store(kctx.constant(0, "int32"), ref.memref)
-    refs.append(ref)
-  return jaxpr_lowering.lower_jaxpr(kctx, jaxpr, refs, consts=consts,
-                                    parent=ctx.source)
+      # Checked when the scope ends, not at kernel exit.
+      buf = kctx.semaphore_arrays.pop(ref.sem_id)
+      refs.append((ref, buf))
+    else:
+      refs.append((ref, kctx.site(name)))
+  outs = jaxpr_lowering.lower_jaxpr(kctx, jaxpr, [r for r, _ in refs],
+                                    consts=consts, parent=ctx.source)
+  # The scope ends: its buffers are free for reuse (on TPU too), so a DMA
+  # still using one is an error; its semaphores must be settled.
+  grid_index = kctx.grid_index()
+  for ref, owner in refs:
+    if ref.sem_id is None:
+      kernel_lowering.buffer_exit(kctx, ref, owner, grid_index)
+  for ref, owner in refs:
+    if ref.sem_id is not None:
+      kernel_lowering.semaphore_exit(kctx, owner, ref.sem_id, scoped=True,
+                                     grid_index=grid_index)
+  return outs

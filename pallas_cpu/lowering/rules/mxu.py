@@ -243,7 +243,7 @@ def _named_alloc(kctx, shape, dtype, name: str) -> ir.Value:
 
 def _flag(kctx, name: str) -> ir.Value:
   buf = _named_alloc(kctx, (), np.int32, name)
-  with kctx.alloc_ip:
+  with kctx.init_ip:
     memref.store(arith.constant(ir.IntegerType.get_signless(32), 0), buf, [])
   return buf
 
@@ -271,7 +271,7 @@ def _state(ctx, m: int) -> _Mxu:
       if p.acc_dtype is not None:  # else only pushed to
         acc = _named_alloc(kctx, (p.rows, p.width), p.acc_dtype,
                            f"mxu{i}.acc")
-        with kctx.alloc_ip:
+        with kctx.init_ip:
           fill(acc, 0)
       mxus[i] = _Mxu(p, staging, full, weights, loaded, acc)
   if m not in mxus:  # the equation is not in the scanned body

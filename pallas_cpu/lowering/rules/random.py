@@ -476,7 +476,7 @@ def _prng_state(kctx) -> ir.Value:
   state = getattr(kctx, "_pallas_cpu_prng_state", None)
   if state is None:
     state = kctx.alloc((3,), U32, memory_spaces.SMEM)
-    with kctx.alloc_ip:
+    with kctx.init_ip:
       zero = const(int_type(32), 0)
       for i in range(3):
         memref.store(zero, state, [arith.constant(ir.IndexType.get(), i)])
