@@ -356,8 +356,10 @@ def convert(v: ir.Value, src, dst) -> ir.Value:
   if types.is_float(src) and types.is_float(dst):
     if types.bitwidth(src) < types.bitwidth(dst):
       return arith.extf(out_t, v)
-    if types.bitwidth(src) == 64 and types.bitwidth(dst) == 16:
-      # XLA narrows f64 through f32 (rounding twice, denormals flushed)
+    if types.bitwidth(src) == 64 and out_t == ir.BF16Type.get():
+      # XLA narrows f64 to bf16 through f32 (rounding twice, f32 denormals
+      # flushed); LLVM's direct route needs __truncdfbf2, which no library
+      # here has.
       return convert(arith.truncf(ir.F32Type.get(), v), f32, dst)
     if out_t == ir.BF16Type.get():  # from f32, or exactly from f16
       if src != f32:
