@@ -14,7 +14,8 @@ printed from Python and dumped through PALLAS_CPU_DUMP_DIR):
 
 Compiled kernels are cached in-process by a fingerprint of the kernel IR and
 the options, so re-tracing or re-jitting never recompiles, and on disk
-(PALLAS_CPU_CACHE_DIR), so a second process compiles nothing.
+(PALLAS_CPU_CACHE_DIR, disk_cache.py: keyed by fingerprint and machine), so
+a second process on the same kind of machine compiles nothing.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Callable
 
 from mlir import ir, passmanager
 
-from pallas_cpu import knobs, native
+from pallas_cpu import disk_cache, knobs, native
 from pallas_cpu.lowering.kernel import ENTRY
 
 VERSION = "0.1.0"
@@ -197,36 +198,51 @@ def _describe_pipeline() -> str:
 
 def compile_kernel(kernel_ir: str) -> CompiledKernel:
   """Native code for ``kernel_ir`` (the 'kernel' stage text), cached in
-  this process and, as a shared object, on disk."""
+  this process and, as a shared object, on disk (disk_cache.py)."""
   fp = fingerprint(kernel_ir)
   with _cache_lock:
     hit = _cache.get(fp)
-    if hit is not None:
-      return hit
-    k = knobs.read()
-    cached_so = os.path.join(k.cache_dir, f"{fp}.so") if k.cache_dir else None
-    with ir.Context(), ir.Location.unknown():
-      module = ir.Module.parse(kernel_ir)
-      attrs = module.operation.attributes
-      name = ir.StringAttr(attrs[KERNEL_NAME_ATTR]).value
-      opt_level = ir.IntegerAttr(attrs[OPT_LEVEL_ATTR]).value
-      from_disk = cached_so is not None and os.path.exists(cached_so)
-      if not from_disk:
-        on_stage = _dumper(k.dump_dir, name, fp) if k.dump_dir else None
-        run_stages(module, on_stage=on_stage, name=name)
-        native.add_packed_entry(module, "_mlir_ciface_" + ENTRY)
-        if cached_so is None:
-          tmp = tempfile.mkdtemp(prefix="pallas_cpu-")
-          so = os.path.join(tmp, f"{fp}.so")
-        else:
-          so = cached_so
-        native.build_shared_object(module, opt_level, so)
-      else:
-        so = cached_so
-    library, address = native.load(so)
-    compiled = CompiledKernel(fp, name, address, library, from_disk)
-    _cache[fp] = compiled
-    return compiled
+    if hit is None:
+      hit = _cache[fp] = _load_or_build(kernel_ir, fp, knobs.read())
+    return hit
+
+
+def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs) -> CompiledKernel:
+  """The disk cache's entry for this kernel and machine when it has a sound
+  one; else a fresh build, stored there for the next process."""
+  entry = disk_cache.entry_path(k.cache_dir, fp)
+  with ir.Context(), ir.Location.unknown():
+    module = ir.Module.parse(kernel_ir)
+    name, opt_level = _kernel_attributes(module)
+    loaded = disk_cache.load(entry) if entry is not None else None
+    if loaded is not None:
+      library, address = loaded
+      return CompiledKernel(fp, name, address, library, from_disk=True)
+    so = _build(module, name, opt_level, fp, k.dump_dir)
+  if entry is not None and disk_cache.store(so, entry):
+    os.unlink(so)
+    os.rmdir(os.path.dirname(so))
+    so = entry
+  library, address = native.load(so)
+  return CompiledKernel(fp, name, address, library, from_disk=False)
+
+
+def _kernel_attributes(module: ir.Module) -> tuple[str, int]:
+  attrs = module.operation.attributes
+  return (ir.StringAttr(attrs[KERNEL_NAME_ATTR]).value,
+          ir.IntegerAttr(attrs[OPT_LEVEL_ATTR]).value)
+
+
+def _build(module: ir.Module, name: str, opt_level: int, fp: str,
+           dump_dir: str | None) -> str:
+  """Runs every stage and the native build; the path of the shared object
+  (in a directory of its own: loaded from there when nothing caches it)."""
+  on_stage = _dumper(dump_dir, name, fp) if dump_dir else None
+  run_stages(module, on_stage=on_stage, name=name)
+  native.add_packed_entry(module, "_mlir_ciface_" + ENTRY)
+  so = os.path.join(tempfile.mkdtemp(prefix="pallas_cpu-"), f"{fp}.so")
+  native.build_shared_object(module, opt_level, so)
+  return so
 
 
 def _dumper(dump_dir: str, name: str, fp: str):

@@ -28,7 +28,10 @@ class Knobs:
   cache_dir: str | None
   """PALLAS_CPU_CACHE_DIR=path: persistent cache of compiled kernels (default
   ~/.cache/pallas_cpu, or $XDG_CACHE_HOME/pallas_cpu); "off" or "" disables
-  it (kernels are then built in a temporary directory)."""
+  it (kernels are then built in a temporary directory).  Entries are keyed
+  by kernel and machine, checksummed, and rebuilt when damaged; a path that
+  cannot be used as a directory is skipped with one warning
+  (disk_cache.py)."""
 
   num_threads: int
   """PALLAS_CPU_NUM_THREADS=n: threads for parallel grid dimensions (default

@@ -1,17 +1,20 @@
 """LLVM dialect -> a shared object on disk, loaded with dlopen.
 
-Native code lives in files so that it outlives the process: a persistent
-cache directory (PALLAS_CPU_CACHE_DIR, default ~/.cache/pallas_cpu) keeps one
-``<fingerprint>.so`` per kernel, and a second process that meets the same
-kernel loads it without compiling anything.  The steps are LLVM's own tools
-shipped with the LLVM Python package (``opt -O3`` and ``llc`` for the host
-CPU) and the system C compiler as linker.
+Native code lives in files so that it outlives the process: the persistent
+cache (disk_cache.py) keeps one shared object per kernel and machine, and a
+second process that meets the same kernel loads it without compiling
+anything.  The steps are LLVM's own tools shipped with the LLVM Python
+package (``opt -O3`` and ``llc`` for the host CPU) and the system C compiler
+as linker.  ``machine_description()`` says what the code built here depends
+on (target, CPU, features, LLVM version).
 """
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +29,10 @@ class NativeCompileError(RuntimeError):
   def __init__(self, message: str, crashed: bool = False):
     super().__init__(message)
     self.crashed = crashed  # an LLVM tool aborted (a signal), not a diagnostic
+
+
+class NativeLoadError(RuntimeError):
+  """A shared object could not be dlopen'ed or has no kernel entry point."""
 
 
 @functools.cache
@@ -56,6 +63,59 @@ def _host_cpu_flags() -> frozenset:
   except OSError:
     pass
   return frozenset()
+
+
+@functools.cache
+def machine_description() -> str:
+  """Everything the code built here depends on besides the kernel: the
+  target triple, the CPU ``-mcpu=native`` resolves to and its features,
+  the ``-mcpu`` fallbacks, LLVM's version.  One ``key=value`` per line;
+  part of the disk-cache key (never of the kernel id), so a cache shared
+  between machines never hands one of them code built for another.
+  Computed once per process (three short tool runs)."""
+  cpu, features = _native_cpu()
+  return "\n".join([
+      f"triple={host_triple()}",
+      f"cpu={cpu}",
+      f"features={features}",
+      f"targets={','.join(cpu_targets())}",
+      f"llvm={_llvm_version()}",
+  ])
+
+
+_PROBE_IR = "define void @probe() {\n  ret void\n}\n"
+
+
+def _native_cpu() -> tuple[str, str]:
+  """(CPU name, sorted feature list) that ``-mcpu=native`` means to LLVM:
+  opt writes both into the attributes of a function it is given.  Falls
+  back to /proc/cpuinfo's model name and flags."""
+  proc = subprocess.run(
+      [_tool("opt"), f"-mtriple={host_triple()}", "-mcpu=native", "-S", "-",
+       "-o", "-"], input=_PROBE_IR, capture_output=True, text=True)
+  cpu = re.search(r'"target-cpu"="([^"]*)"', proc.stdout)
+  if proc.returncode != 0 or cpu is None:
+    return _cpuinfo_model(), ",".join(sorted(_host_cpu_flags()))
+  features = re.search(r'"target-features"="([^"]*)"', proc.stdout)
+  listed = features.group(1).split(",") if features else []
+  return cpu.group(1), ",".join(sorted(listed))  # (opt lists them unordered)
+
+
+def _cpuinfo_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(("model name", "CPU part")):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
+
+
+def _llvm_version() -> str:
+  proc = subprocess.run([_tool("llvm-config"), "--version"],
+                        capture_output=True, text=True, check=True)
+  return proc.stdout.strip()
 
 
 def cpu_targets() -> list[str]:
@@ -115,8 +175,7 @@ _LARGE_KERNEL_LINES = 4000
 
 
 def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
-  """LLVM dialect -> ``out`` (.so), atomically (concurrent processes may
-  build the same kernel)."""
+  """LLVM dialect -> ``out`` (.so); disk_cache.store puts it in the cache."""
   llvm_ir = llvm.translate_module_to_llvmir(module.operation)
   with tempfile.TemporaryDirectory(prefix="pallas_cpu-") as tmp:
     ll, bc, obj = (os.path.join(tmp, f"k.{ext}") for ext in ("ll", "bc", "o"))
@@ -142,14 +201,7 @@ def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
       except NativeCompileError as e:
         if not e.crashed or n == len(cpus) - 1:
           raise
-    partial = os.path.join(tmp, "k.so")
-    _run([_linker(), "-shared", "-o", partial, obj])
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=os.path.dirname(out) or ".",
-                                   suffix=".so.tmp")
-    os.close(fd)
-    shutil.copyfile(partial, staging)
-    os.replace(staging, out)
+    _run([_linker(), "-shared", "-o", out, obj])
 
 
 def _run(cmd: list[str]) -> None:
@@ -160,6 +212,17 @@ def _run(cmd: list[str]) -> None:
 
 
 def load(path: str) -> tuple[ctypes.CDLL, int]:
-  """dlopen ``path``; returns the library and its packed entry's address."""
-  lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
-  return lib, ctypes.cast(getattr(lib, PACKED_ENTRY), ctypes.c_void_p).value
+  """dlopen ``path``; returns the library and its packed entry's address.
+  Raises NativeLoadError (nothing stays loaded) when either fails."""
+  try:
+    lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+  except OSError as e:
+    raise NativeLoadError(str(e)) from None
+  try:
+    entry = getattr(lib, PACKED_ENTRY)
+  except AttributeError:
+    # Closed, or dlopen of a rebuilt object at the same path would hand
+    # back this one (glibc matches already loaded objects by name).
+    _ctypes.dlclose(lib._handle)
+    raise NativeLoadError(f"{path}: no symbol {PACKED_ENTRY}") from None
+  return lib, ctypes.cast(entry, ctypes.c_void_p).value
