@@ -158,16 +158,11 @@ def test_cache_dir_below_a_file_warns_once(tmp_path):
   _assert_runs_without_disk_cache(tmp_path, str(tmp_path / "cache_file" / "d"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_unwritable_cache_dir_warns_once(tmp_path):
-  ro = tmp_path / "read_only"
-  ro.mkdir()
-  ro.chmod(0o555)
-  try:
-    _assert_runs_without_disk_cache(tmp_path, str(ro))
-    assert not list(ro.iterdir())
-  finally:
-    ro.chmod(0o755)
+  """A directory that exists but takes no files, even from root (sysfs;
+  chmod does not stop root, who runs these tests here)."""
+  assert os.path.isdir("/sys/kernel") and not _can_create_in("/sys/kernel")
+  _assert_runs_without_disk_cache(tmp_path, "/sys/kernel")
 
 
 def test_entry_built_for_another_machine_is_not_loaded(tmp_path):
@@ -236,14 +231,6 @@ def test_machine_description_names_triple_cpu_features_and_llvm():
   assert fields["llvm"][0].isdigit()
   assert "features" in fields
   assert native.machine_description() is desc   # computed once per process
-
-
-def test_existing_directory_no_one_can_write_to_warns_once(tmp_path):
-  """A directory that exists but takes no files, even from root (sysfs)."""
-  if not os.path.isdir("/sys/kernel") or os.access("/sys/kernel", os.W_OK) \
-      and _can_create_in("/sys/kernel"):
-    pytest.skip("no directory that refuses new files")
-  _assert_runs_without_disk_cache(tmp_path, "/sys/kernel")
 
 
 def _can_create_in(directory: str) -> bool:
