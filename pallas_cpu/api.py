@@ -79,11 +79,38 @@ def force_cpu_backend(params: CompilerParams = CompilerParams()):
 class LoweredKernel:
   name: str
   stages: dict[str, str]
+  opt_level: int = 3
 
   def as_text(self, stage: str = "kernel") -> str:
+    """The kernel after ``stage`` (one of ``compiler.STAGE_NAMES`` but the
+    binary "so"); the native ones (llvm-ir, opt, asm) run LLVM's tools on
+    first use."""
+    if stage not in self.stages and stage in compiler.STAGE_NAMES[:-1]:
+      self.stages.update(_native_texts(self.stages["llvm"], self.opt_level))
     if stage not in self.stages:
-      raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
+      raise ValueError(f"unknown stage {stage!r}; stages: "
+                       f"{list(compiler.STAGE_NAMES[:-1])}")
     return self.stages[stage]
+
+
+def _native_texts(llvm_dialect: str, opt_level: int) -> dict[str, str]:
+  import shutil
+  import tempfile
+  from mlir import ir
+  dump, work = tempfile.mkdtemp(), tempfile.mkdtemp()
+  try:
+    files = compiler.StageFiles("k", "lowered", dump_dir=dump)
+    with ir.Context(), ir.Location.unknown():
+      compiler.build_native(ir.Module.parse(llvm_dialect), opt_level, files,
+                            work)
+    out = {}
+    for stage in ("llvm-ir", "opt", "asm"):
+      with open(f"{files.dump_to}/{compiler.stage_file(stage)}") as f:
+        out[stage] = f.read()
+    return out
+  finally:
+    shutil.rmtree(dump, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -122,7 +149,7 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
       compiler.run_stages(
           module, name=spec.name,
           on_stage=lambda n, m: stages.__setitem__(n, str(m)))
-    kernels.append(LoweredKernel(spec.name, stages))
+    kernels.append(LoweredKernel(spec.name, stages, spec.opt_level))
   return Lowered(kernels)
 
 

@@ -1,7 +1,8 @@
 """The staged compile pipeline: kernel MLIR -> native code.
 
-Stages (each a named, flat list of passes; the IR after every stage can be
-printed from Python and dumped through PALLAS_CPU_DUMP_DIR):
+Stages (the output of every one can be printed from Python with
+``pallas_cpu.lower(...).as_text(stage)``, dumped through
+PALLAS_CPU_DUMP_DIR and replaced through PALLAS_CPU_OVERRIDE_DIR):
 
   kernel     the lowered kernel: func/linalg/scf/memref/arith/math with
              hbm/vmem/smem memory spaces (what the HLO carries)
@@ -9,8 +10,10 @@ printed from Python and dumped through PALLAS_CPU_DUMP_DIR):
   loops      linalg ops rewritten as scf loops
   flat       memory spaces erased (all host memory on CPU)
   llvm       LLVM dialect
-  native     a shared object: LLVM IR -> opt -O3 -> llc (host CPU) -> cc
-             -shared (native.py), loaded with dlopen
+  llvm-ir    LLVM IR, with the packed entry the runtime calls (native.py)
+  opt        opt -O<n> for the host CPU
+  asm        llc for the host CPU
+  so         cc -shared: the shared object the runtime loads with dlopen
 
 Compiled kernels are cached in-process by a fingerprint of the kernel IR and
 the options, so re-tracing or re-jitting never recompiles, and on disk
@@ -23,8 +26,11 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 import threading
+import warnings
 from typing import Callable
 
 from mlir import ir, passmanager
@@ -116,7 +122,35 @@ STAGES: tuple[Stage, ...] = (
         "reconcile-unrealized-casts",
     ), why="LLVM dialect for the ExecutionEngine"),
 )
-STAGE_NAMES = tuple(s.name for s in STAGES) + ("native",)
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeStage:
+  name: str
+  ext: str        # of its output file
+  why: str = ""
+
+
+NATIVE_STAGES: tuple[NativeStage, ...] = (
+    NativeStage("llvm-ir", "ll", why="what LLVM's tools read; adds the "
+                "packed entry the runtime calls (runtime/abi.h)"),
+    NativeStage("opt", "ll", why="LLVM's optimizer for the host CPU: "
+                "inlining, vectorization, unrolling"),
+    NativeStage("asm", "s", why="llc: machine code for the host CPU"),
+    NativeStage("so", "so", why="a shared object the runtime dlopens; "
+                "it outlives the process (disk_cache.py)"),
+)
+STAGE_NAMES = (tuple(s.name for s in STAGES)
+               + tuple(s.name for s in NATIVE_STAGES))
+
+
+def stage_file(stage: str) -> str:
+  """The file name of a stage's output in dump and override directories:
+  ``<index>-<stage>.<ext>`` (0-kernel.mlir ... 7-asm.s)."""
+  idx = STAGE_NAMES.index(stage)
+  ext = ("mlir" if idx < len(STAGES)
+         else NATIVE_STAGES[idx - len(STAGES)].ext)
+  return f"{idx}-{stage}.{ext}"
 
 
 def _pipeline(stage: Stage) -> str:
@@ -125,9 +159,10 @@ def _pipeline(stage: Stage) -> str:
 
 def run_stages(module: ir.Module, *, upto: str | None = None,
                on_stage: Callable[[str, ir.Module], None] | None = None,
-               name: str = "kernel") -> ir.Module:
-  """Runs the pipeline in place, calling ``on_stage`` after each stage."""
-  for stage in STAGES:
+               name: str = "kernel", after: str = "kernel") -> ir.Module:
+  """Runs the MLIR stages that follow ``after`` (the stage ``module`` is
+  at) in place, calling ``on_stage`` after each stage."""
+  for stage in STAGES[STAGE_NAMES.index(after) + 1:]:
     if stage.fn is not None:
       stage.fn(module)
     elif stage.passes:
@@ -141,6 +176,112 @@ def run_stages(module: ir.Module, *, upto: str | None = None,
     if stage.name == upto:
       break
   return module
+
+
+class StageFiles:
+  """Where a kernel's stage outputs are dumped (PALLAS_CPU_DUMP_DIR) and
+  where replacements are found (PALLAS_CPU_OVERRIDE_DIR), both laid out as
+  ``<dir>/<kernel>-<fingerprint>/<index>-<stage>.<ext>``; an override
+  directory may also name the kernel alone (``<dir>/<kernel>/``), which
+  survives changes to the kernel.  Compilation resumes after the last
+  stage that has a replacement."""
+
+  def __init__(self, name: str, fp: str, dump_dir: str | None = None,
+               override_dir: str | None = None):
+    self.dump_to = os.path.join(dump_dir, f"{name}-{fp}") if dump_dir else None
+    self.overrides: dict[str, str] = {}
+    if override_dir:
+      for sub in (f"{name}-{fp}", name):
+        d = os.path.join(override_dir, sub)
+        for stage in STAGE_NAMES[:-1]:
+          path = os.path.join(d, stage_file(stage))
+          if stage not in self.overrides and os.path.isfile(path):
+            self.overrides[stage] = path
+
+  @property
+  def resume_after(self) -> str:
+    """The last stage whose output is replaced ("kernel" when none)."""
+    return max(self.overrides, key=STAGE_NAMES.index, default="kernel")
+
+  def digest(self) -> str:
+    """Identifies the replacements (part of the in-process cache key)."""
+    h = hashlib.sha256()
+    for stage, path in sorted(self.overrides.items()):
+      with open(path, "rb") as f:
+        h.update(stage.encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+  def dump(self, stage: str, text: str) -> None:
+    if self.dump_to is not None:
+      os.makedirs(self.dump_to, exist_ok=True)
+      with open(os.path.join(self.dump_to, stage_file(stage)), "w") as f:
+        f.write(text)
+
+  def dump_module(self, stage: str, module: ir.Module) -> None:
+    if self.dump_to is not None:
+      self.dump(stage, module.operation.get_asm(enable_debug_info=True))
+
+  def dump_file(self, stage: str, path: str) -> None:
+    if self.dump_to is not None:
+      with open(path) as f:
+        self.dump(stage, f.read())
+
+
+def build_native(llvm_module: ir.Module | None, opt_level: int,
+                 files: StageFiles, work: str) -> str:
+  """The native stages, in ``work``: LLVM IR -> opt -> llc -> cc -shared.
+  Starts from ``llvm_module`` (the llvm stage) or from the last replaced
+  native stage; returns the shared object's path.  When a step fails its
+  inputs stay in ``work`` and the error names the command to re-run."""
+  paths = {s.name: os.path.join(work, stage_file(s.name))
+           for s in NATIVE_STAGES}
+  start = STAGE_NAMES.index(files.resume_after)
+
+  def todo(stage: str) -> bool:
+    """Whether ``stage`` runs (else its replacement, if any, is its output)."""
+    idx = STAGE_NAMES.index(stage)
+    if idx == start and stage in files.overrides:
+      shutil.copyfile(files.overrides[stage], paths[stage])
+    return idx > start
+
+  if todo("llvm-ir"):
+    text = native.llvm_ir(llvm_module, "_mlir_ciface_" + ENTRY)
+    with open(paths["llvm-ir"], "w") as f:
+      f.write(text)
+    files.dump("llvm-ir", text)
+  lines = 0  # the LLVM IR's size, for opt's unrolling budget
+  if os.path.exists(paths["llvm-ir"]):
+    with open(paths["llvm-ir"]) as f:
+      lines = sum(1 for _ in f)
+  cpus = native.cpu_targets()
+  for n, cpu in enumerate(cpus):
+    try:
+      if todo("opt"):
+        _native_step(native.opt_command(paths["llvm-ir"], paths["opt"],
+                                        opt_level, cpu, lines), work)
+      if todo("asm"):
+        _native_step(native.llc_command(paths["opt"], paths["asm"],
+                                        opt_level, cpu), work)
+      break
+    except native.NativeCompileError as e:
+      # The bundled LLVM has assertions on; on a new CPU model its
+      # vectorizer can abort: the generic x86-64 levels compile instead.
+      if not e.crashed or n == len(cpus) - 1:
+        raise
+  for stage in ("opt", "asm"):
+    if STAGE_NAMES.index(stage) > start:
+      files.dump_file(stage, paths[stage])
+  _native_step(native.link_command(paths["asm"], paths["so"]), work)
+  return paths["so"]
+
+
+def _native_step(cmd: list[str], work: str) -> None:
+  try:
+    native.run(cmd)
+  except native.NativeCompileError as e:
+    raise native.NativeCompileError(
+        f"{e}\nThe step's inputs are kept in {work}; re-run:\n  "
+        + " ".join(cmd), crashed=e.crashed) from None
 
 
 def _pipeline_error(name, stage, before, e) -> CompilationError:
@@ -200,17 +341,26 @@ def compile_kernel(kernel_ir: str) -> CompiledKernel:
   """Native code for ``kernel_ir`` (the 'kernel' stage text), cached in
   this process and, as a shared object, on disk (disk_cache.py)."""
   fp = fingerprint(kernel_ir)
+  k = knobs.read()
+  files = StageFiles(_kernel_name(kernel_ir), fp, k.dump_dir, k.override_dir)
+  key = fp if not files.overrides else f"{fp}+{files.digest()}"
   with _cache_lock:
-    hit = _cache.get(fp)
+    hit = _cache.get(key)
     if hit is None:
-      hit = _cache[fp] = _load_or_build(kernel_ir, fp, knobs.read())
+      hit = _cache[key] = _load_or_build(kernel_ir, fp, k, files)
     return hit
 
 
-def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs) -> CompiledKernel:
+def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
+                   files: StageFiles) -> CompiledKernel:
   """The disk cache's entry for this kernel and machine when it has a sound
-  one; else a fresh build, stored there for the next process."""
-  entry = disk_cache.entry_path(k.cache_dir, fp)
+  one; else a fresh build, stored there for the next process.  A kernel
+  built from replaced stages never meets the disk cache."""
+  entry = (disk_cache.entry_path(k.cache_dir, fp) if not files.overrides
+           else None)
+  if files.overrides:
+    warnings.warn(f"pallas_cpu: kernel {fp} is built from replaced stages: "
+                  + ", ".join(sorted(files.overrides.values())), stacklevel=2)
   with ir.Context(), ir.Location.unknown():
     module = ir.Module.parse(kernel_ir)
     name, opt_level = _kernel_attributes(module)

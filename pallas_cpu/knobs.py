@@ -19,8 +19,18 @@ class Knobs:
   platform natively, whatever its ``interpret=`` says."""
 
   dump_dir: str | None
-  """PALLAS_CPU_DUMP_DIR=path: write the IR of every compile stage of every
-  kernel to ``path/<kernel>-<fingerprint>/<n>-<stage>.mlir``."""
+  """PALLAS_CPU_DUMP_DIR=path: write the output of every compile stage of
+  every kernel compiled in this process to
+  ``path/<kernel>-<fingerprint>/<n>-<stage>.<ext>`` (MLIR stages ``.mlir``,
+  LLVM IR ``.ll``, assembly ``.s``).  Kernels loaded from the disk cache
+  compile nothing and dump nothing: turn the cache off to dump them."""
+
+  override_dir: str | None
+  """PALLAS_CPU_OVERRIDE_DIR=path: replace a stage's output with the file
+  ``path/<kernel>-<fingerprint>/<n>-<stage>.<ext>`` or
+  ``path/<kernel>/<n>-<stage>.<ext>`` (the dump's names) and resume the
+  pipeline after it; such kernels bypass the disk cache (a warning says
+  which files were used)."""
 
   opt_level: int
   """PALLAS_CPU_OPT_LEVEL=0..3: LLVM optimisation level (default 3)."""
@@ -43,6 +53,7 @@ def read() -> Knobs:
   return Knobs(
       force=_flag("PALLAS_CPU_FORCE"),
       dump_dir=os.environ.get("PALLAS_CPU_DUMP_DIR") or None,
+      override_dir=os.environ.get("PALLAS_CPU_OVERRIDE_DIR") or None,
       opt_level=int(os.environ.get("PALLAS_CPU_OPT_LEVEL", "3")),
       num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
       cache_dir=_cache_dir(),

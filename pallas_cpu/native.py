@@ -1,4 +1,6 @@
-"""LLVM dialect -> a shared object on disk, loaded with dlopen.
+"""The native build steps -- LLVM dialect -> LLVM IR -> opt -> llc -> cc
+-shared -- and loading the shared object with dlopen.  compiler.py runs
+them as the pipeline's last stages (dumps, overrides, reproducers).
 
 Native code lives in files so that it outlives the process: the persistent
 cache (disk_cache.py) keeps one shared object per kernel and machine, and a
@@ -17,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 
 from mlir import ir
 from mlir.dialects import llvm
@@ -170,41 +171,66 @@ def add_packed_entry(module: ir.Module, ciface: str) -> None:
       llvm.ReturnOp()
 
 
+def llvm_ir(module: ir.Module, ciface: str) -> str:
+  """The LLVM-dialect module as LLVM IR text, with the packed entry the
+  runtime calls and the allocator's results marked noalias."""
+  add_packed_entry(module, ciface)
+  _mark_allocator(module)
+  return llvm.translate_module_to_llvmir(module.operation)
+
+
+ALLOC_FN = "_mlir_memref_to_llvm_alloc"
+
+
+def _mark_allocator(module: ir.Module) -> None:
+  """memref.alloc calls the runtime's checked allocator (runtime/abi.h);
+  like malloc, what it returns aliases nothing, and LLVM vectorizes
+  loops over temporaries without run-time alias checks only if told so."""
+  for op in module.body.operations:
+    if op.operation.name == "llvm.func" and ir.StringAttr(
+        op.operation.attributes["sym_name"]).value == ALLOC_FN:
+      op.operation.attributes["res_attrs"] = ir.ArrayAttr.get([
+          ir.DictAttr.get({"llvm.noalias": ir.UnitAttr.get()})])
+
+
 # LLVM IR lines past which a kernel is compiled without partial unrolling.
 _LARGE_KERNEL_LINES = 4000
 
 
-def build_shared_object(module: ir.Module, opt_level: int, out: str) -> None:
-  """LLVM dialect -> ``out`` (.so); disk_cache.store puts it in the cache."""
-  llvm_ir = llvm.translate_module_to_llvmir(module.operation)
-  with tempfile.TemporaryDirectory(prefix="pallas_cpu-") as tmp:
-    ll, bc, obj = (os.path.join(tmp, f"k.{ext}") for ext in ("ll", "bc", "o"))
-    with open(ll, "w") as f:
-      f.write(llvm_ir)
-    level = f"-O{opt_level}"
-    # Full unrolling of the many short static loops a kernel has (8-row
-    # blocks...) made opt superlinear in kernel size (16 fused pads: 3.1 s)
-    # and bought nothing measurable at run time; a low threshold: 0.4 s.
-    unroll = ["-unroll-threshold=50"]
-    if llvm_ir.count("\n") > _LARGE_KERNEL_LINES:
-      # Partial unrolling then takes half of opt's and llc's time (ragged
-      # paged attention: 2.7 -> 1.3 s) for a few percent at run time.
-      unroll.append("-unroll-allow-partial=false")
-    cpus = cpu_targets()
-    for n, cpu in enumerate(cpus):
-      target = [f"-mtriple={host_triple()}", f"-mcpu={cpu}"]
-      try:
-        _run([_tool("opt"), level, *target, *unroll, ll, "-o", bc])
-        _run([_tool("llc"), level, *target, "-relocation-model=pic",
-              "-filetype=obj", bc, "-o", obj])
-        break
-      except NativeCompileError as e:
-        if not e.crashed or n == len(cpus) - 1:
-          raise
-    _run([_linker(), "-shared", "-o", out, obj])
+def opt_command(ll: str, out: str, opt_level: int, cpu: str,
+                lines: int) -> list[str]:
+  """opt for the host CPU, writing optimized LLVM IR (text)."""
+  # Full unrolling of the many short static loops a kernel has (8-row
+  # blocks...) made opt superlinear in kernel size (16 fused pads: 3.1 s)
+  # and bought nothing measurable at run time; a low threshold: 0.4 s.
+  unroll = ["-unroll-threshold=50"]
+  if lines > _LARGE_KERNEL_LINES:
+    # Partial unrolling then takes half of opt's and llc's time (ragged
+    # paged attention: 2.7 -> 1.3 s) for a few percent at run time.
+    unroll.append("-unroll-allow-partial=false")
+  return [_tool("opt"), f"-O{opt_level}", *_target(cpu), *unroll, "-S", ll,
+          "-o", out]
 
 
-def _run(cmd: list[str]) -> None:
+def llc_command(ll: str, out: str, opt_level: int, cpu: str) -> list[str]:
+  """llc for the host CPU, writing assembly."""
+  return [_tool("llc"), f"-O{opt_level}", *_target(cpu),
+          "-relocation-model=pic", "-filetype=asm", ll, "-o", out]
+
+
+def link_command(asm: str, out: str) -> list[str]:
+  """The system C compiler assembles and links the kernel's shared object
+  (its undefined symbols resolve against the runtime when loaded)."""
+  return [_linker(), "-shared", "-o", out, asm]
+
+
+def _target(cpu: str) -> list[str]:
+  return [f"-mtriple={host_triple()}", f"-mcpu={cpu}"]
+
+
+def run(cmd: list[str]) -> None:
+  """Runs one native build step; NativeCompileError with its stderr (and
+  whether it crashed) when it fails."""
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
     raise NativeCompileError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}",

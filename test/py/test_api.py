@@ -107,7 +107,8 @@ def test_dump_dir_knob_writes_every_stage(tmp_path, monkeypatch):
   (kdir,) = [d for d in tmp_path.iterdir() if d.name.startswith("kernel-")]
   names = sorted(p.name for p in kdir.iterdir())
   assert names == ["0-kernel.mlir", "1-canonical.mlir", "2-loops.mlir",
-                   "3-flat.mlir", "4-llvm.mlir"]
+                   "3-flat.mlir", "4-llvm.mlir", "5-llvm-ir.ll", "6-opt.ll",
+                   "7-asm.s"]
 
 
 def test_retracing_and_rejitting_do_not_recompile():
