@@ -18,6 +18,7 @@ from jax._src.pallas import pallas_call as pallas_call_mod
 from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
 
 from pallas_cpu import compiler, knobs, runtime_lib
+from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu.params import CpuBackend
 
@@ -38,7 +39,9 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
       out_avals=tuple(out_avals),
       input_output_aliases=tuple(params["input_output_aliases"]),
       params=cpu, opt_level=opt,
-      parallel_dim=_parallel_dim(gm, cpu, params.get("compiler_params")))
+      parallel_dim=None if grid_lowering.needs_one_thread(
+          jaxpr, gm, params["input_output_aliases"])
+      else _parallel_dim(gm, cpu, params.get("compiler_params")))
 
 
 def _parallel_dim(gm, cpu, compiler_params) -> int | None:

@@ -85,7 +85,8 @@ class BlockWindow:
   - a view of the operand in place (the block lies inside the array);
   - where edge blocks can occur, that view or, at an edge, a padded copy;
   - always a private copy: blocks larger than the array, inputs the kernel
-    writes (on TPU it writes its VMEM copy, never the caller's array), and
+    writes (on TPU it writes its VMEM copy, never the caller's array),
+    inputs an output aliases with the same blocks (``alias_plan``), and
     outputs that several threads may share (each TPU core has its own).
   Copies are refreshed only when the block changes between steps: like a
   TPU pipeline, a block that stays resident keeps what the kernel wrote,
@@ -239,10 +240,14 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
   n_in = gm.num_inputs
   n_index = len(index_operands)
   written = _written_args(jaxpr)
+  plan = alias_plan(jaxpr, gm, _aliases_of(roots, n_index, n_in))
   index_refs = []
   for i, (v, a) in enumerate(zip(index_operands,
                                  gm.index_map_avals[len(gm.grid):])):
-    if i in written:  # the kernel's SMEM copy, not the caller's array
+    # The kernel's SMEM copy, not the caller's array: when it writes it, or
+    # an output aliases it (the copy is made once, at kernel entry, as TPU
+    # copies scalar prefetch into SMEM before the first step).
+    if i in written or plan.get(i) == SNAPSHOT:
       copy = kctx.alloc(ir.MemRefType(v.type).shape, a.dtype,
                         memory_spaces.SMEM)
       linalg.copy(v, outs=[copy])
@@ -255,7 +260,18 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
     private = (not is_output and n_index + i in written) or (
         is_output and threaded and not _uses_grid_index(
             bm.index_map_jaxpr.jaxpr, kctx.parallel_range[0]))
-    windows.append(BlockWindow(kctx, i, arr, bm, roots[i], is_output=is_output,
+    root = roots[i]
+    how = None if is_output else plan.get(n_index + i)
+    if how == SNAPSHOT:  # blocks come from the array as it was at entry
+      snapshot = kctx.alloc(ir.MemRefType(arr.type).shape, bm.array_aval.dtype,
+                            memory_spaces.HBM,
+                            name=f"the entry copy of aliased input {bm.origin}")
+      linalg.copy(arr, outs=[snapshot])
+      arr = views.with_layout(snapshot)
+    if how is not None:  # no longer a view of the output's storage
+      private = private or how == COPY
+      root = (*root, "copy")
+    windows.append(BlockWindow(kctx, i, arr, bm, root, is_output=is_output,
                                n_inputs=n_in, private=private))
 
   # Per output window, the element offset of the previous step's block.
@@ -290,6 +306,7 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       for w, starts in zip(windows, starts_per_window):
         view = w.array if w.whole else w.open(starts)
         refs.append(Ref(view, w.root, w.dtype))
+      _name_refs(kctx, jaxpr, index_refs, refs, scratch, n_in)
       jaxpr_lowering.lower_jaxpr(kctx, jaxpr, [*index_refs, *refs, *scratch])
       for w in windows:
         w.close()
@@ -301,6 +318,40 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
     dim, lo, hi = kctx.parallel_range
     bounds[dim] = (lo, hi)
   _loop_nest(bounds, body)
+
+
+def _name_refs(kctx, jaxpr, index_refs, block_refs, scratch, n_in) -> None:
+  """Records what each kernel argument is, for messages (``describe_ref``):
+  by its memref, and by its root for views made from it."""
+  arg_names = getattr(jaxpr.debug_info, "arg_names", None) or ()
+  by_value = kctx.rule_state.setdefault("ref_names", {})
+  by_root = kctx.rule_state.setdefault("root_names", {})
+  kinds = ([f"scalar prefetch operand {i}" for i in range(len(index_refs))]
+           + [f"input {i}" if i < n_in else f"output {i - n_in}"
+              for i in range(len(block_refs))]
+           + [f"scratch operand {i}" for i in range(len(scratch))])
+  for k, (ref, kind) in enumerate(zip([*index_refs, *block_refs, *scratch],
+                                      kinds)):
+    name = arg_names[k] if k < len(arg_names) else None
+    if isinstance(name, str) and name.isidentifier():
+      kind = f"{kind} '{name}'"
+    by_value[ref.memref] = kind
+    by_root.setdefault(ref.root, kind)
+
+
+def describe_ref(kctx, ref) -> str:
+  """What ``ref`` is, in the user's terms: ``input 0 'x_ref'``, ``scratch
+  operand 1 'acc_ref'``, a semaphore's name..."""
+  memref = getattr(ref, "memref", None)
+  name = kctx.rule_state.get("ref_names", {}).get(memref)
+  if name is None:
+    name = kctx.rule_state.get("root_names", {}).get(ref.root)
+  if name is None and getattr(ref, "sem_id", None) is not None:
+    name = kctx.semaphore_names[ref.sem_id]
+  if name is None:
+    kind = ref.root[0] if isinstance(ref.root, tuple) and ref.root else None
+    name = {"scoped": "a run_scoped ref"}.get(kind, f"a kernel ref ({ref.root})")
+  return name
 
 
 def _loop_nest(bounds: list[tuple[ir.Value, ir.Value]], body, ivs=()):
@@ -324,7 +375,12 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
     value = scalar_of(kctx, o).value
     scale = d.size if d.kind == "blocked" else 1
     const = views.constant_int(value)
-    if const is not None:  # a constant block index: a static window offset
+    if const is not None and 0 <= const * scale <= d.array_size - min(
+        d.size, d.array_size):
+      # A constant block index of a block inside the array (or the one
+      # block of a dimension smaller than it): a static window offset.  An
+      # edge block or an out-of-bounds index stays dynamic, to take the
+      # padded copy or the run-time report like any other.
       starts.append(const * scale)
       continue
     idx = views.as_index(value)
@@ -332,6 +388,85 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
       idx = arith.muli(idx, views.as_index(scale))
     starts.append(idx)
   return starts
+
+
+COPY = "copy"          # a private block copy, refreshed when the block changes
+SNAPSHOT = "snapshot"  # the whole operand copied once, at kernel entry
+
+
+def alias_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
+               aliases) -> dict[int, str]:
+  """How the kernel reads each operand an output aliases
+  (``input_output_aliases`` pairs; input indices count scalar prefetch
+  operands, as pallas_call's do), by that index: ``COPY`` or ``SNAPSHOT``.
+
+  On TPU an input block is a VMEM copy, fetched when its block index
+  changes, so writes through the aliased output never reach what the kernel
+  reads (a block kept over several steps is read once, not re-read after
+  each step's write); interpret mode reads the input as it was at entry.
+  An in-place view would see the output's writes.  Where the input's blocks
+  are the output's (same block shape and index map), each block is fetched
+  before any step writes it, so a private block copy is enough (``COPY``);
+  otherwise a block may be read after another step wrote it, and only the
+  whole operand copied at entry reads as in interpret mode (``SNAPSHOT``;
+  also for scalar prefetch operands, copied to SMEM at entry on TPU).
+  ``pl.ANY``/HBM inputs (no blocks: the kernel reads the one buffer, as on
+  TPU) and inputs the kernel never uses are left in place."""
+  gm = grid_mapping
+  n_index = gm.num_index_operands
+  used = _used_args(jaxpr)
+  plan = {}
+  for i_in, i_out in aliases:
+    if i_in not in used:
+      continue
+    if i_in < n_index:
+      plan[i_in] = SNAPSHOT
+      continue
+    bm = gm.block_mappings[i_in - n_index]
+    if memory_spaces.from_pallas(bm.transformed_block_aval.memory_space) in (
+        memory_spaces.ANY, memory_spaces.HBM):
+      continue
+    out_bm = gm.block_mappings[gm.num_inputs + i_out]
+    plan[i_in] = COPY if _same_blocks(bm, out_bm) else SNAPSHOT
+  return plan
+
+
+def needs_one_thread(jaxpr: jax_core.Jaxpr, grid_mapping, aliases) -> bool:
+  """Whether a snapshot of an aliased operand forbids threads: each thread
+  would take its own, maybe after another thread wrote the output."""
+  return SNAPSHOT in alias_plan(jaxpr, grid_mapping, aliases).values()
+
+
+def _aliases_of(roots, n_index: int, n_in: int) -> list[tuple[int, int]]:
+  """The (input, output) alias pairs, from the block operands' roots (an
+  aliased output's root is its input's, see kernel._roots)."""
+  pairs = []
+  for o, root in enumerate(roots[n_in:]):
+    if root != ("operand", n_index + n_in + o):
+      pairs.append((root[1], o))
+  return pairs
+
+
+def _same_blocks(a, b) -> bool:
+  """Whether two block mappings select the same blocks at every step."""
+  if (tuple(a.block_shape) != tuple(b.block_shape)
+      or a.transformed_block_aval.memory_space
+      != b.transformed_block_aval.memory_space):
+    return False
+  ja, jb = a.index_map_jaxpr, b.index_map_jaxpr
+  if str(ja.jaxpr) != str(jb.jaxpr) or len(ja.consts) != len(jb.consts):
+    return False
+  return all(np.shape(x) == np.shape(y) and np.asarray(x).dtype
+             == np.asarray(y).dtype and np.array_equal(x, y)
+             for x, y in zip(ja.consts, jb.consts))
+
+
+def _used_args(jaxpr: jax_core.Jaxpr) -> set[int]:
+  """Positions of the kernel's arguments that any equation uses."""
+  used = {v for e in jaxpr.eqns for v in e.invars
+          if isinstance(v, jax_core.Var)}
+  used |= {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
+  return {k for k, v in enumerate(jaxpr.invars) if v in used}
 
 
 def _written_args(jaxpr: jax_core.Jaxpr) -> set[int]:

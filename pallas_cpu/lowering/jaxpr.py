@@ -167,7 +167,7 @@ def _materialize_reads_of(kctx, env, last_use, i, root, dead) -> None:
 
 def _wrap(e: Exception, eqn, line: str) -> Exception:
   msg = f"{e}\n  while lowering primitive '{eqn.primitive.name}' at {line}"
-  if isinstance(e, (NotImplementedError, ValueError, TypeError)):
+  if isinstance(e, (NotImplementedError, ValueError, TypeError, IndexError)):
     new = type(e)(msg)
   else:
     new = LoweringError(msg)

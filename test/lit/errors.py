@@ -120,3 +120,22 @@ def test_unsupported_inside_library_jit():
     o_ref[...] = jnp.sort(x_ref[...], axis=-1)
     # CHECK-NEXT: sort at {{.*}}errors.py:[[# @LINE - 1]]:{{[0-9]+}} ({{.*}}jnp_sort_kernel)
   print_error(jnp_sort_kernel)
+
+
+# A static window past the end of a ref is an IndexError naming the ref, the
+# window, its shape and the kernel's line -- before MLIR's verifier sees it.
+# CHECK-LABEL: TEST: test_static_window_out_of_bounds
+# CHECK-NEXT: IndexError: pallas_cpu: static slice out of bounds: [pl.ds(6, 4), :] on input 0 'x_ref' of shape (8, 128): dimension 0: [6, 10) is not inside [0, 8)
+@run_test
+def test_static_window_out_of_bounds():
+  def oob_kernel(x_ref, o_ref):
+    o_ref[pl.ds(0, 4), :] = jnp.zeros((4, 128), jnp.float32)
+    o_ref[pl.ds(4, 4), :] = x_ref[pl.ds(jnp.int32(6), 4), :]
+    # CHECK-NEXT: while lowering primitive 'get' at {{.*}}errors.py:[[# @LINE - 1]]:{{[0-9]+}} ({{.*}}oob_kernel)
+    # CHECK-NOT: memref.subview
+  try:
+    lower(oob_kernel)
+  except IndexError as e:
+    print(f"IndexError: {e}")
+  else:
+    print("lowered without error")

@@ -72,10 +72,13 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
   return arith.minsi(arith.maxsi(idx, lo), hi)
 
 
-def _resolve_indexer(ctx, shape, t: indexing.NDIndexer):
+def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
+                     transformed: bool = False):
   """``t`` over a view of ``shape`` as subview arguments (offsets, sizes,
-  steps, dropped dims), dynamic starts bounds checked; None for the whole
-  view."""
+  steps, dropped dims), dynamic starts bounds checked at run time, static
+  ones now (``ref``, the ref the view comes from -- through other
+  transforms if ``transformed`` -- names it in the message); None for the
+  whole view."""
   offsets, sizes, steps, drop = [], [], [], []
   for d, idx in enumerate(t.indices):
     if isinstance(idx, indexing.Slice):
@@ -83,15 +86,55 @@ def _resolve_indexer(ctx, shape, t: indexing.NDIndexer):
     else:
       start, size, step = _index(ctx, idx), 1, 1
       drop.append(d)
-    if not isinstance(start, int):
-      start = _checked_start(ctx, start, size, step, shape[d], d)
     offsets.append(start)
     sizes.append(size)
     steps.append(step)
+  for d, start in enumerate(offsets):
+    if isinstance(start, int):
+      _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
+                    transformed)
+    else:
+      offsets[d] = _checked_start(ctx, start, sizes[d], steps[d], shape[d], d)
   if (all(o == 0 for o in offsets) and sizes == list(shape)
       and all(s == 1 for s in steps) and not drop):
     return None  # x_ref[...]: the whole ref
   return offsets, sizes, steps, drop
+
+
+def _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
+                  transformed) -> None:
+  """Raises IndexError when the static window along dimension ``d`` leaves
+  the view (MLIR would reject the subview; a dynamic index is reported at
+  run time instead).  Negative indices do not count from the end, as in
+  Mosaic."""
+  start, size, step, limit = offsets[d], sizes[d], steps[d], shape[d]
+  extent = (size - 1) * step + 1 if size else 0
+  if 0 <= start and start + extent <= limit:
+    return
+  items = []
+  for k, (o, n, st) in enumerate(zip(offsets, sizes, steps)):
+    o_text = str(o) if isinstance(o, int) else "<traced>"
+    if k in drop:
+      items.append(o_text)
+    elif o == 0 and n == shape[k] and st == 1:
+      items.append(":")
+    else:
+      items.append(f"pl.ds({o_text}, {n}" + (f", stride={st})" if st != 1
+                                              else ")"))
+  what = "index" if d in drop else "slice"
+  if ref is None:
+    desc = f"a ref of shape {tuple(shape)}"
+  else:
+    from pallas_cpu.lowering import grid
+    name = grid.describe_ref(ctx.kernel, ref)
+    desc = f"{name} of shape {tuple(ref.shape)}"
+    if transformed:
+      desc = f"a view of shape {tuple(shape)} of {desc}"
+  note = " (negative indices do not count from the end)" if start < 0 else ""
+  raise IndexError(
+      f"pallas_cpu: static {what} out of bounds: [{', '.join(items)}] on "
+      f"{desc}: dimension {d}: [{start}, {start + extent}) is not inside "
+      f"[0, {limit}){note}")
 
 
 def _bitcast_ref(view: Ref, dtype) -> Ref | None:
@@ -118,7 +161,7 @@ def resolve(ctx, ref: Ref, transforms):
   ``bit_views.BitView`` past a bitcast that changes the element width; and
   a key that is equal for equal views of the same storage."""
   view, key = ref, (ref.root, ref.memref)
-  for t in transforms:
+  for n_before, t in enumerate(transforms):
     if isinstance(t, state_types.BitcastTransform):
       origin = f"ref.bitcast from {view.dtype} to {np.dtype(t.dtype)}"
       if isinstance(view, Ref):
@@ -148,7 +191,7 @@ def resolve(ctx, ref: Ref, transforms):
     if not isinstance(t, indexing.NDIndexer):
       raise NotImplementedError(
           f"pallas_cpu: ref transform {type(t).__name__} is not supported yet")
-    sub = _resolve_indexer(ctx, view.shape, t)
+    sub = _resolve_indexer(ctx, view.shape, t, ref, n_before > 0)
     if sub is None:
       continue
     if isinstance(view, Ref):
