@@ -12,8 +12,10 @@
   ``llvm.intr.ctlz`` (``clz(0)`` is the width; see the note at the rule).
 * ``nextafter``: XLA's (chlo) integer algorithm, for every float width.
 * ``erf_inv``: XLA's single-precision polynomial (Giles), 16-bit floats
-  computed in f32; ``log1p`` comes from libm, so results may differ from
-  XLA's by an ulp or two.
+  computed in f32; its ``log1p`` is MLIR's ``log(1 + x)`` expansion and no
+  FMA is contracted, so results may differ from XLA's by an ulp or two.
+  float64: Mosaic's double-precision polynomial (``pallas/utils.py``,
+  lowered through the rules), within ~21 ulp of XLA's own.
 * ``reciprocal`` (``pl.reciprocal``): ``approx=False`` is an IEEE ``1/x``;
   ``approx=True`` reproduces interpret mode bit for bit: its rule computes
   ``f32(1 / bf16(x))`` in bfloat16, and XLA's CPU backend (excess precision
@@ -38,12 +40,13 @@ from jax._src import dtypes as jax_dtypes
 from jax._src.lax import lax
 from jax._src.lax import special
 from jax._src.pallas import primitives as pallas_primitives
+from jax._src.pallas import utils as pallas_utils
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from mlir import ir
 from mlir.dialects import arith, llvm, math, memref
 
 from pallas_cpu.lowering import types, values, views
-from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.registry import lower_fun, register
 from pallas_cpu.lowering.rules.common import const, const_like, elementwise
 
 
@@ -339,9 +342,11 @@ def _erf_inv_f32(x: ir.Value) -> ir.Value:
 @register(special.erf_inv_p)
 def _erf_inv(ctx, x):
   dt = np.dtype(ctx.avals_in[0].dtype)
+  if dt == np.float64:  # Mosaic's double-precision polynomial (Giles)
+    return lower_fun(ctx, pallas_utils.erf_inv_lowering_helper, x)
   if not types.is_float(dt) or types.bitwidth(dt) > 32:
-    raise NotImplementedError(f"erf_inv on {dt} (float32, bfloat16 and "
-                              "float16 are supported)")
+    raise NotImplementedError(f"erf_inv on {dt} (float64, float32, bfloat16 "
+                              "and float16 are supported)")
 
   def build(a):
     v = a[0]
