@@ -35,12 +35,10 @@ from typing import Callable
 
 from mlir import ir, passmanager
 
-from pallas_cpu import disk_cache, knobs, native
-from pallas_cpu.lowering.kernel import ENTRY
+from pallas_cpu import abi, disk_cache, knobs, native
+from pallas_cpu.abi import KERNEL_NAME_ATTR, OPT_LEVEL_ATTR
 
 VERSION = "0.1.0"
-KERNEL_NAME_ATTR = "pallas_cpu.kernel_name"
-OPT_LEVEL_ATTR = "pallas_cpu.opt_level"
 
 
 class CompilationError(RuntimeError):
@@ -120,7 +118,7 @@ STAGES: tuple[Stage, ...] = (
         "convert-cf-to-llvm",
         "convert-index-to-llvm",
         "reconcile-unrealized-casts",
-    ), why="LLVM dialect for the ExecutionEngine"),
+    ), why="LLVM dialect, which translates to LLVM IR"),
 )
 
 
@@ -245,7 +243,7 @@ def build_native(llvm_module: ir.Module | None, opt_level: int,
     return idx > start
 
   if todo("llvm-ir"):
-    text = native.llvm_ir(llvm_module, "_mlir_ciface_" + ENTRY)
+    text = native.llvm_ir(llvm_module, abi.CIFACE_ENTRY)
     with open(paths["llvm-ir"], "w") as f:
       f.write(text)
     files.dump("llvm-ir", text)
@@ -368,13 +366,18 @@ def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
     if loaded is not None:
       library, address = loaded
       return CompiledKernel(fp, name, address, library, from_disk=True)
-    so = _build(module, name, opt_level, fp, k.dump_dir)
+    work = tempfile.mkdtemp(prefix=f"pallas_cpu-{name}-")
+    so = _build(module, name, opt_level, files, work)
   if entry is not None and disk_cache.store(so, entry):
-    os.unlink(so)
-    os.rmdir(os.path.dirname(so))
+    shutil.rmtree(work, ignore_errors=True)
     so = entry
   library, address = native.load(so)
   return CompiledKernel(fp, name, address, library, from_disk=False)
+
+
+def _kernel_name(kernel_ir: str) -> str:
+  m = re.search(re.escape(KERNEL_NAME_ATTR) + r' = "([^"]*)"', kernel_ir)
+  return m.group(1) if m else "kernel"
 
 
 def _kernel_attributes(module: ir.Module) -> tuple[str, int]:
@@ -383,28 +386,49 @@ def _kernel_attributes(module: ir.Module) -> tuple[str, int]:
           ir.IntegerAttr(attrs[OPT_LEVEL_ATTR]).value)
 
 
-def _build(module: ir.Module, name: str, opt_level: int, fp: str,
-           dump_dir: str | None) -> str:
-  """Runs every stage and the native build; the path of the shared object
-  (in a directory of its own: loaded from there when nothing caches it)."""
-  on_stage = _dumper(dump_dir, name, fp) if dump_dir else None
-  run_stages(module, on_stage=on_stage, name=name)
-  native.add_packed_entry(module, "_mlir_ciface_" + ENTRY)
-  so = os.path.join(tempfile.mkdtemp(prefix="pallas_cpu-"), f"{fp}.so")
-  native.build_shared_object(module, opt_level, so)
-  return so
-
-
-def _dumper(dump_dir: str, name: str, fp: str):
-  out = os.path.join(dump_dir, f"{name}-{fp}")
-  os.makedirs(out, exist_ok=True)
-
-  def on_stage(stage_name, m):
-    idx = STAGE_NAMES.index(stage_name)
-    with open(os.path.join(out, f"{idx}-{stage_name}.mlir"), "w") as f:
-      f.write(m.operation.get_asm(enable_debug_info=True))
-  return on_stage
+def _build(module: ir.Module, name: str, opt_level: int, files: StageFiles,
+           work: str) -> str:
+  """Every stage after the last replaced one; the shared object's path (in
+  ``work``: loaded from there when nothing caches it)."""
+  after = files.resume_after
+  if STAGE_NAMES.index(after) < len(STAGES):
+    if after != "kernel":
+      with open(files.overrides[after]) as f:
+        module = ir.Module.parse(f.read())
+    else:
+      files.dump_module("kernel", module)
+    run_stages(module, on_stage=files.dump_module, name=name, after=after)
+  else:
+    module = None
+  return build_native(module, opt_level, files, work)
 
 
 def cache_size() -> int:
   return len(_cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+  """A kernel this process holds: its fingerprint (the kernel id the HLO
+  carries), its name, and whether it came from the disk cache (nothing
+  compiled)."""
+  fingerprint: str
+  name: str
+  from_disk: bool
+
+
+def cache_entries() -> tuple[CacheEntry, ...]:
+  """A snapshot of the in-process kernel cache, oldest first.  The cache
+  only grows (a loaded kernel stays loaded: compiled code may still call
+  it), so the entries added by some work are ``after[len(before):]``.
+
+  Example::
+
+    before = pallas_cpu.compiler.cache_entries()
+    jax.jit(my_kernel_fn)(x)
+    new = pallas_cpu.compiler.cache_entries()[len(before):]
+    compiled_now = [e.name for e in new if not e.from_disk]
+  """
+  with _cache_lock:
+    return tuple(CacheEntry(k.fingerprint, k.name, k.from_disk)
+                 for k in _cache.values())

@@ -23,7 +23,7 @@ import subprocess
 from mlir import ir
 from mlir.dialects import llvm
 
-PACKED_ENTRY = "pallas_cpu_entry_packed"
+from pallas_cpu.abi import ALLOC_FN, PACKED_ENTRY
 
 
 class NativeCompileError(RuntimeError):
@@ -177,9 +177,6 @@ def llvm_ir(module: ir.Module, ciface: str) -> str:
   add_packed_entry(module, ciface)
   _mark_allocator(module)
   return llvm.translate_module_to_llvmir(module.operation)
-
-
-ALLOC_FN = "_mlir_memref_to_llvm_alloc"
 
 
 def _mark_allocator(module: ir.Module) -> None:

@@ -9,7 +9,6 @@ goes to JAX's own rule, unchanged.
 from __future__ import annotations
 
 import functools
-import json
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
 
-from pallas_cpu import compiler, knobs, runtime_lib
+from pallas_cpu import abi, compiler, knobs, runtime_lib
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu.params import CpuBackend
@@ -64,7 +63,8 @@ def _parallel_dim(gm, cpu, compiler_params) -> int | None:
   return None
 
 
-def kernel_ir(spec: kernel_lowering.KernelSpec) -> tuple[str, dict]:
+def kernel_ir(spec: kernel_lowering.KernelSpec
+              ) -> tuple[str, abi.RuntimeInfo]:
   """The 'kernel' stage text -- what the HLO carries (no debug locations, so
   the fingerprint does not depend on file paths) -- and the kernel's runtime
   info (semaphore names, debug prints, check messages)."""
@@ -100,14 +100,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   call = mlir_ffi_lowering(tuple((n_dyn + i, o)
                                  for i, o in spec.input_output_aliases))
   return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
-              kernel_name=spec.name,
-              semaphore_names="\n".join(info["semaphore_names"]),
-              debug_prints=json.dumps(info["debug_prints"]),
-              check_messages="\n".join(
-                  m.replace("\n", " ") for m in info["check_messages"]),
-              sites="\n".join(m.replace("\n", " ") for m in info["sites"]),
-              allocations="\n".join(f"{n}\t{name}"
-                                    for n, name in info["allocations"]),
+              kernel_name=spec.name, **info.ffi_attributes(),
               # (0 for a dynamic dimension: messages then count steps)
               grid=np.asarray([g if isinstance(g, int) else 0
                                for g in spec.grid_mapping.grid], np.int64),
@@ -121,7 +114,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
 @functools.cache
 def mlir_ffi_lowering(aliases: tuple):
   import jax
-  return jax.ffi.ffi_lowering(runtime_lib.FFI_TARGET,
+  return jax.ffi.ffi_lowering(abi.FFI_TARGET,
                               operand_output_aliases=dict(aliases))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import jax
 
-FFI_TARGET = "pallas_cpu_call"
+from pallas_cpu.abi import FFI_TARGET
 
 _COMPILE_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t,
                                ctypes.c_void_p, ctypes.c_size_t)

@@ -19,11 +19,11 @@ from jax._src.state import types as state_types
 from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, values, views
 from pallas_cpu.lowering.context import KernelContext, Ref, scalar_of
 
-RT_BLOCK_OOB = "pallas_cpu_rt_block_out_of_bounds"
 
 
 def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
@@ -498,7 +498,7 @@ def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
   if_op = scf.IfOp(changed)
   with ir.InsertionPoint(if_op.then_block):
     output = w.operand_index - (w.n_inputs)
-    kctx.call_runtime("pallas_cpu_rt_output_block_changed", [
+    kctx.call_runtime(abi.RT_OUTPUT_BLOCK_CHANGED, [
         kctx.runtime_ctx, arith.constant(i64, output), offset,
         kctx.grid_index()])
     memref.store(offset, last, [])
@@ -524,7 +524,7 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
       args.append(arith.index_cast(i64, s))
       args.append(arith.constant(i64, d.size))
       args.append(arith.constant(i64, d.array_size))
-      kctx.call_runtime(RT_BLOCK_OOB, args)
+      kctx.call_runtime(abi.RT_BLOCK_OUT_OF_BOUNDS, args)
       scf.YieldOp([])
     true = arith.constant(ir.IntegerType.get_signless(1), 1)
     ok = _and(ok, arith.xori(bad, true))

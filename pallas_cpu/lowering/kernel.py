@@ -7,7 +7,6 @@ context and one ``hbm`` (``smem`` for scalar prefetch) memref per XLA buffer
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 from jax._src import core as jax_core
@@ -16,6 +15,7 @@ from jax._src.pallas import core as pallas_core
 from mlir import ir
 from mlir.dialects import arith, func, llvm, memref, scf
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import context as context_lowering
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
@@ -23,8 +23,6 @@ from pallas_cpu.lowering import memory_spaces, types, views
 from pallas_cpu.lowering.context import KernelContext, Ref
 from pallas_cpu.params import CompilerParams
 
-ENTRY = "pallas_cpu_entry"
-RUNTIME_INFO_ATTR = "pallas_cpu.runtime_info"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +67,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   with ir.InsertionPoint(module.body):
     ptr = llvm.PointerType.get()
     i64 = ir.IntegerType.get_signless(64)
-    entry = func.FuncOp(ENTRY, ir.FunctionType.get(
+    entry = func.FuncOp(abi.ENTRY, ir.FunctionType.get(
         [ptr, i64, i64, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
     # XLA gives every operand its own buffer unless input_output_aliases pairs
@@ -83,8 +81,8 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
             ir.DictAttr.get({}) if i in aliased else noalias
             for i in range(len(operand_types))])
   attrs = module.operation.attributes
-  attrs["pallas_cpu.kernel_name"] = ir.StringAttr.get(spec.name)
-  attrs["pallas_cpu.opt_level"] = ir.IntegerAttr.get(
+  attrs[abi.KERNEL_NAME_ATTR] = ir.StringAttr.get(spec.name)
+  attrs[abi.OPT_LEVEL_ATTR] = ir.IntegerAttr.get(
       ir.IntegerType.get_signless(32), spec.opt_level)
   block = entry.add_entry_block()
   with ir.InsertionPoint(block):
@@ -94,7 +92,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     anchor = arith.constant(ir.IndexType.get(), 0)
     i32 = ir.IntegerType.get_signless(32)
     failed = context_lowering.call_external(
-        "pallas_cpu_rt_failed", [block.arguments[0]], i32)
+        abi.RT_FAILED, [block.arguments[0]], i32)
     guard = scf.IfOp(arith.cmpi(arith.CmpIPredicate.eq, failed,
                                 arith.constant(i32, 0)))
   with ir.InsertionPoint(guard.then_block):
@@ -134,39 +132,34 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
       memref.dealloc(buf)
     func.ReturnOp([])
   # What the runtime needs for messages and prints; the FFI call carries it.
-  attrs[RUNTIME_INFO_ATTR] = ir.StringAttr.get(json.dumps({
-      "semaphore_names": kctx.semaphore_names,
-      "debug_prints": kctx.debug_prints,
-      "check_messages": kctx.check_messages,
-      "sites": kctx.sites,
-      "allocations": kctx.allocation_names}, sort_keys=True))
+  attrs[abi.RUNTIME_INFO_ATTR] = ir.StringAttr.get(abi.RuntimeInfo(
+      semaphore_names=kctx.semaphore_names, debug_prints=kctx.debug_prints,
+      check_messages=kctx.check_messages, sites=kctx.sites,
+      allocations=kctx.allocation_names).to_json())
   return module
-
-
-EXIT_CHECK_MODES = {"error": 0, "warn": 1, "off": 2}
 
 
 def _exit_checks(kctx: KernelContext) -> None:
   """At kernel exit (the grid done): the semaphores the kernel owns must be
   back at zero and every DMA waited for (runtime/abi.h)."""
-  mode = EXIT_CHECK_MODES[kctx.params.exit_checks]
-  if mode == EXIT_CHECK_MODES["off"]:
+  mode = abi.EXIT_CHECK_MODES[kctx.params.exit_checks]
+  if mode == abi.EXIT_CHECK_MODES["off"]:
     return
   grid_index = _last_grid_index(kctx)
   for sem_id, buf in kctx.semaphore_arrays.items():
     semaphore_exit(kctx, buf, sem_id, scoped=False, grid_index=grid_index)
-  kctx.call_runtime("pallas_cpu_rt_kernel_exit", [
+  kctx.call_runtime(abi.RT_KERNEL_EXIT, [
       kctx.runtime_ctx, _i64(mode), grid_index])
 
 
 def semaphore_exit(kctx: KernelContext, buf: ir.Value, sem_id: int, *,
                    scoped: bool, grid_index: ir.Value) -> None:
   """Reports a semaphore array's leftover counts and unwaited DMAs."""
-  mode = EXIT_CHECK_MODES[kctx.params.exit_checks]
-  if mode == EXIT_CHECK_MODES["off"]:
+  mode = abi.EXIT_CHECK_MODES[kctx.params.exit_checks]
+  if mode == abi.EXIT_CHECK_MODES["off"]:
     return
   count = int(np.prod(ir.MemRefType(buf.type).shape, dtype=np.int64))
-  kctx.call_runtime("pallas_cpu_rt_sem_exit", [
+  kctx.call_runtime(abi.RT_SEM_EXIT, [
       kctx.runtime_ctx, _address(buf), _i64(count), _i64(sem_id),
       _i64(int(scoped)), _i64(mode), grid_index])
 
@@ -176,7 +169,7 @@ def buffer_exit(kctx: KernelContext, ref: Ref, site: int,
   """A scoped buffer ends: a DMA still reading or writing it is an error."""
   t = ir.MemRefType(ref.memref.type)
   nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(ref.dtype).itemsize
-  kctx.call_runtime("pallas_cpu_rt_buffer_exit", [
+  kctx.call_runtime(abi.RT_BUFFER_EXIT, [
       kctx.runtime_ctx, _address(ref.memref, np.dtype(ref.dtype).itemsize),
       _i64(nbytes), _i64(site),
       grid_index])
@@ -210,9 +203,9 @@ def _last_grid_index(kctx: KernelContext) -> ir.Value:
       ir.IndexType.get(), 1)))
 
 
-def runtime_info(module: ir.Module) -> dict:
-  return json.loads(ir.StringAttr(
-      module.operation.attributes[RUNTIME_INFO_ATTR]).value)
+def runtime_info(module: ir.Module) -> abi.RuntimeInfo:
+  return abi.RuntimeInfo.from_json(ir.StringAttr(
+      module.operation.attributes[abi.RUNTIME_INFO_ATTR]).value)
 
 
 def _roots(n_index: int, n_blocks: int, n_in: int, aliases) -> list:

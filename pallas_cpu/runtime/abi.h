@@ -1,7 +1,9 @@
 // The single list of symbols that generated kernel code and the Python
 // driver may call in the pallas_cpu runtime.  Everything here has C linkage
 // so generated code (resolved when its shared object is loaded) and ctypes
-// (Python) can bind to it by name.
+// (Python) can bind to it by name.  pallas_cpu/abi.py spells the same names
+// (and the integer encodings of modes) on the Python side; the custom
+// call's attributes are decoded in kernel_info.h.
 #ifndef PALLAS_CPU_RUNTIME_ABI_H_
 #define PALLAS_CPU_RUNTIME_ABI_H_
 

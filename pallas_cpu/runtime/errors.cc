@@ -81,8 +81,8 @@ extern "C" PALLAS_CPU_EXPORT void _mlir_memref_to_llvm_free(void* p) {
 }
 
 std::string PallasCpuRuntimeContext::Site(int64_t site) const {
-  if (site >= 0 && site < static_cast<int64_t>(sites.size())) {
-    return sites[site];
+  if (site >= 0 && site < static_cast<int64_t>(kernel->sites.size())) {
+    return kernel->sites[site];
   }
   return "site #" + std::to_string(site);
 }
@@ -90,7 +90,7 @@ std::string PallasCpuRuntimeContext::Site(int64_t site) const {
 std::string PallasCpuRuntimeContext::AllocationName(int64_t requested) const {
   // memref.alloc asks for the buffer's bytes plus its alignment.
   std::string names;
-  for (const auto& [bytes, name] : allocations) {
+  for (const auto& [bytes, name] : kernel->allocations) {
     if (requested >= bytes && requested <= bytes + 64) {
       names += (names.empty() ? "" : " or ") + name;
     }
@@ -99,6 +99,7 @@ std::string PallasCpuRuntimeContext::AllocationName(int64_t requested) const {
 }
 
 std::string PallasCpuRuntimeContext::GridPoint(int64_t linear) const {
+  const std::vector<int64_t>& grid = kernel->grid;
   std::vector<int64_t> idx(grid.size());
   for (size_t d = grid.size(); d-- > 0;) {
     int64_t n = grid[d] > 0 ? grid[d] : 1;
@@ -116,8 +117,9 @@ std::string PallasCpuRuntimeContext::SemaphoreName(int64_t sem_id,
                                                    int64_t offset) const {
   std::ostringstream os;
   os << "semaphore ";
-  if (sem_id >= 0 && sem_id < static_cast<int64_t>(semaphore_names.size())) {
-    os << "'" << semaphore_names[sem_id] << "'";
+  const auto& names = kernel->semaphore_names;
+  if (sem_id >= 0 && sem_id < static_cast<int64_t>(names.size())) {
+    os << "'" << names[sem_id] << "'";
   } else {
     os << "#" << sem_id;
   }
@@ -186,8 +188,8 @@ extern "C" void pallas_cpu_rt_check_failed(PallasCpuRuntimeContext* ctx,
   std::ostringstream os;
   os << "debug check failed at " << ctx->GridPoint(grid_index) << ": ";
   if (check_id >= 0 &&
-      check_id < static_cast<int64_t>(ctx->check_messages.size())) {
-    os << ctx->check_messages[check_id];
+      check_id < static_cast<int64_t>(ctx->kernel->check_messages.size())) {
+    os << ctx->kernel->check_messages[check_id];
   } else {
     os << "check #" << check_id;
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "abi.h"
+#include "kernel_info.h"
 #include "kernel_registry.h"
 #include "runtime_context.h"
 #include "threads.h"
@@ -66,18 +67,6 @@ class DescriptorTable {
   std::vector<size_t> starts_;
 };
 
-std::vector<std::string> SplitLines(std::string_view s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start < s.size()) {
-    size_t end = s.find('\n', start);
-    if (end == std::string_view::npos) end = s.size();
-    out.emplace_back(s.substr(start, end - start));
-    start = end + 1;
-  }
-  return out;
-}
-
 ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          std::string_view kernel_id,
                          std::string_view kernel_ir,
@@ -113,22 +102,12 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
       1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1, threads));
   int64_t extent = parallel_extent > 0 ? parallel_extent : 1;
   std::vector<PallasCpuRuntimeContext> contexts(chunks);
-  std::vector<std::string> names = SplitLines(semaphore_names);
-  std::vector<std::string> checks = SplitLines(check_messages);
-  std::vector<std::string> site_names = SplitLines(sites);
-  std::vector<std::pair<int64_t, std::string>> allocs;
-  for (const std::string& line : SplitLines(allocations)) {
-    size_t tab = line.find('\t');
-    if (tab == std::string::npos) continue;
-    allocs.emplace_back(std::stoll(line.substr(0, tab)), line.substr(tab + 1));
-  }
+  const KernelInfo info = KernelInfo::Decode(
+      kernel_name, grid.begin(), grid.size(), semaphore_names, check_messages,
+      sites, allocations, debug_prints);
   ParallelFor(chunks, [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
-    ctx.semaphore_names = names;
-    ctx.check_messages = checks;
-    ctx.sites = site_names;
-    ctx.allocations = allocs;
-    ctx.grid.assign(grid.begin(), grid.end());
+    ctx.kernel = &info;
     int64_t lo = extent * c / chunks;
     int64_t hi = extent * (c + 1) / chunks;
     PallasCpuRuntimeContext* ctx_ptr = &ctx;

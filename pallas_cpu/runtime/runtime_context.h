@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "abi.h"
+#include "kernel_info.h"
 
 namespace pallas_cpu {
 
@@ -65,14 +66,9 @@ struct PallasCpuRuntimeContext {
   std::mutex mu;
   std::string message;
 
-  // Static facts about the kernel, for messages.
-  std::vector<std::string> semaphore_names;
-  std::vector<int64_t> grid;
-
-  // Names of source sites (DMA starts, run_scoped buffers) by site id,
-  // and (bytes, name) of the kernel's named allocations: for messages.
-  std::vector<std::string> sites;
-  std::vector<std::pair<int64_t, std::string>> allocations;
+  // Static facts about the kernel, for messages (shared by the call's
+  // contexts).
+  const pallas_cpu::KernelInfo* kernel = nullptr;
 
   // DMAs started and not yet waited for, in start order.
   std::deque<pallas_cpu::Dma> dmas;
@@ -82,7 +78,6 @@ struct PallasCpuRuntimeContext {
 
   // pl.debug_print records, (print id, raw values), in execution order.
   std::vector<std::pair<int64_t, std::vector<int64_t>>> prints;
-  std::vector<std::string> check_messages;
 
   // Per output: block offset -> grid index of its first visit.
   std::vector<std::unordered_map<int64_t, int64_t>> visited_blocks;

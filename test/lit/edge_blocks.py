@@ -116,9 +116,10 @@ def test_edge_blocks_2d():
 
 
 # Only the ragged dimension is tested and clamped; the other keeps its
-# static size.  Integer padding is the dtype's maximum.
+# static size.  Integer padding is the dtype's minimum (interpret=True's
+# fill under uninitialized_memory="nan").
 # CHECK-LABEL: TEST: test_edge_blocks_int_rows_only
-# CHECK-DAG: %[[IMAX:.*]] = arith.constant 2147483647 : i32
+# CHECK-DAG: %[[IMIN:.*]] = arith.constant -2147483648 : i32
 # CHECK-DAG: %[[C32:.*]] = arith.constant 32 : index
 # CHECK-DAG: %[[C100:.*]] = arith.constant 100 : index
 # CHECK: %[[XPAD:.*]] = memref.alloc() {alignment = 64 : i64} : memref<32x128xi32, "vmem">
@@ -132,7 +133,7 @@ def test_edge_blocks_2d():
 # (a resident block keeps what the kernel wrote, padding included).
 # CHECK: %[[FRESH:.*]] = arith.cmpi ne, %{{.*}}, %{{.*}} : i64
 # CHECK-NEXT: scf.if %[[FRESH]] {
-# CHECK-NEXT: linalg.fill ins(%[[IMAX]] : i32) outs(%[[XPAD]] : memref<32x128xi32, "vmem">)
+# CHECK-NEXT: linalg.fill ins(%[[IMIN]] : i32) outs(%[[XPAD]] : memref<32x128xi32, "vmem">)
 # CHECK-NEXT: %[[ROWS_LEFT:.*]] = arith.subi %[[C100]], %[[ROW]] : index
 # CHECK-NEXT: %[[ROWS:.*]] = arith.minsi %[[ROWS_LEFT]], %[[C32]] : index
 # CHECK-NEXT: memref.subview %{{.*}}[%[[ROW]], 0] [%[[ROWS]], 128] [1, 1] : memref<100x128xi32, "hbm"> to memref<?x128xi32, strided<[128, 1], offset: ?>, "hbm">

@@ -46,7 +46,7 @@ EDGE = pallas_cpu.lower(edge_call, jnp.zeros((100, 130), jnp.float32))
 
 # CHECK-LABEL: TEST: test_stage_names
 # CHECK-NEXT: kernel canonical loops flat llvm
-# CHECK-NEXT: ValueError: unknown stage 'native'; stages: ['kernel', 'canonical', 'loops', 'flat', 'llvm']
+# CHECK-NEXT: ValueError: unknown stage 'native'; stages: ['kernel', 'canonical', 'loops', 'flat', 'llvm', 'llvm-ir', 'opt', 'asm']
 @run_test
 def test_stage_names():
   print(*LOWERED.kernels[0].stages)
@@ -162,3 +162,15 @@ def test_flat_stage_edge_blocks():
 @run_test
 def test_llvm_stage():
   print(LOWERED.as_text("llvm"))
+
+
+# The native stages are text too: the packed entry the runtime calls is in
+# the LLVM IR, and the assembly defines it.
+# CHECK-LABEL: TEST: test_native_stages
+# CHECK: define void @pallas_cpu_entry_packed(ptr
+# CHECK: call void @_mlir_ciface_pallas_cpu_entry(
+# CHECK: pallas_cpu_entry_packed:
+@run_test
+def test_native_stages():
+  print(LOWERED.as_text("llvm-ir"))
+  print(LOWERED.as_text("asm"))

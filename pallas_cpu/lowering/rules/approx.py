@@ -1,7 +1,7 @@
 """Vectorizable f32 approximations of exp, log and tanh.
 
 libm's scalar expf/logf/tanhf calls cannot be vectorized by LLVM here (no
-vector math library is wired into the ExecutionEngine), so a fused loop that
+vector math library is linked into the kernels), so a fused loop that
 calls them runs one element at a time.  These are the classic Cephes
 single-precision algorithms written in arith ops -- range reduction, a short
 polynomial, exponent arithmetic on the bits -- so LLVM vectorizes the whole

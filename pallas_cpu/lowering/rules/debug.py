@@ -15,6 +15,7 @@ from jax._src.pallas import core as pallas_core
 from mlir import ir
 from mlir.dialects import arith, memref, scf
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import types, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
@@ -63,7 +64,7 @@ def _debug_print(ctx, *dyn_args, fmt, ordered, in_tree, static_args,
   dynamic = ir.MemRefType.get([ir.ShapedType.get_dynamic_size()],
                               ir.IntegerType.get_signless(64),
                               layout=ir.MemRefType(window.type).layout)
-  kctx.call_runtime("pallas_cpu_rt_debug_print", [
+  kctx.call_runtime(abi.RT_DEBUG_PRINT, [
       kctx.runtime_ctx, _i64(print_id), memref.CastOp(dynamic, window).result])
   return []
 
@@ -87,7 +88,7 @@ def _check(ctx, *err_args, err_tree, debug):
   failed = scalar_of(kctx, pred).value  # check_p's predicate means "failed"
   if_op = scf.IfOp(failed)
   with ir.InsertionPoint(if_op.then_block):
-    kctx.call_runtime("pallas_cpu_rt_check_failed", [
+    kctx.call_runtime(abi.RT_CHECK_FAILED, [
         kctx.runtime_ctx, _i64(check_id), kctx.grid_index()])
     scf.YieldOp([])
   return []

@@ -15,13 +15,11 @@ from jax._src.pallas.mosaic import primitives as tpu_primitives
 from mlir import ir
 from mlir.dialects import arith, memref
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.memory import view_of
-
-_MODES = {"eager": 0, "on_wait": 1}
-
 
 def _i64(v: int) -> ir.Value:
   return arith.constant(ir.IntegerType.get_signless(64), v)
@@ -67,10 +65,10 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
   sem_view = _semaphore(ctx, sem)
   _, _, sem_aval, _, _ = tree.unflatten(ctx.avals_in)
   elem = ir.MemRefType(src_view.memref.type).element_type
-  kctx.call_runtime(f"pallas_cpu_rt_dma_start_{elem}", [
+  kctx.call_runtime(abi.rt_dma_start(str(elem)), [
       kctx.runtime_ctx, _unranked(src_view.memref), _unranked(dst_view.memref),
       _i64(np.dtype(src_view.dtype).itemsize), sem_view.memref,
-      _i64(sem_view.sem_id), _i64(_MODES[kctx.params.dma_execution_mode]),
+      _i64(sem_view.sem_id), _i64(abi.DMA_MODES[kctx.params.dma_execution_mode]),
       _i64(0 if _is_dma_semaphore(sem_aval) else 1),
       _i64(kctx.site(f"DMA start at {ctx.source}")), kctx.grid_index()])
   return []
@@ -88,7 +86,7 @@ def _is_dma_semaphore(aval) -> bool:
 def _wait(ctx, sem_view, value: ir.Value) -> None:
   kctx = ctx.kernel
   i32 = ir.IntegerType.get_signless(32)
-  kctx.call_runtime("pallas_cpu_rt_sem_wait", [
+  kctx.call_runtime(abi.RT_SEM_WAIT, [
       kctx.runtime_ctx, sem_view.memref, value, _i64(sem_view.sem_id),
       kctx.grid_index()], [i32])
 
@@ -114,7 +112,7 @@ def _semaphore_signal(ctx, *args, args_tree, device_id_type):
     raise NotImplementedError("pallas_cpu: semaphore_signal to another core")
   kctx = ctx.kernel
   sem_view = _semaphore(ctx, _transformed(sem, transforms))
-  kctx.call_runtime("pallas_cpu_rt_sem_signal", [
+  kctx.call_runtime(abi.RT_SEM_SIGNAL, [
       kctx.runtime_ctx, sem_view.memref, scalar_of(kctx, value).value,
       _i64(sem_view.sem_id), kctx.grid_index()])
   return []
@@ -136,7 +134,7 @@ def _semaphore_read(ctx, *args, args_tree):
   kctx = ctx.kernel
   sem_view = _semaphore(ctx, _transformed(sem, transforms))
   i32 = ir.IntegerType.get_signless(32)
-  (v,) = kctx.call_runtime("pallas_cpu_rt_sem_read",
+  (v,) = kctx.call_runtime(abi.RT_SEM_READ,
                            [kctx.runtime_ctx, sem_view.memref], [i32])
   return values.Scalar(v, np.dtype(np.int32))
 

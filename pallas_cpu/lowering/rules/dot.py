@@ -24,6 +24,7 @@ from jax._src.lax import lax
 from mlir import ir
 from mlir.dialects import arith, memref, scf
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.elementwise import convert
@@ -246,7 +247,7 @@ def _matmul_microkernel(kctx, lhs, rhs, acc, in_dtypes, lhs_dims, rhs_dims,
     c = memref.CastOp(ir.MemRefType.get(
         [dyn, dyn], ir.F32Type.get(),
         layout=types.strided_layout([None, None])), c).result
-    kctx.call_runtime(f"pallas_cpu_rt_matmul_{names[0]}_{names[1]}", [
+    kctx.call_runtime(abi.rt_matmul(*names), [
         kctx.runtime_ctx, a, b, c,
         arith.constant(ir.IntegerType.get_signless(64), int(accumulate))])
 

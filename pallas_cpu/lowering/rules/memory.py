@@ -15,6 +15,7 @@ from jax._src.state import types as state_types
 from mlir import ir
 from mlir.dialects import arith, builtin, scf
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import bit_views, types, values, views
 from pallas_cpu.lowering.context import Ref, scalar_of
 from pallas_cpu.lowering.registry import register
@@ -64,7 +65,7 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
   with ir.InsertionPoint(if_op.then_block):
     i64 = ir.IntegerType.get_signless(64)
     kctx = ctx.kernel
-    kctx.call_runtime("pallas_cpu_rt_index_out_of_bounds", [
+    kctx.call_runtime(abi.RT_INDEX_OUT_OF_BOUNDS, [
         kctx.runtime_ctx, arith.constant(i64, dim), arith.index_cast(i64, idx),
         arith.constant(i64, extent), arith.constant(i64, limit),
         kctx.grid_index()])

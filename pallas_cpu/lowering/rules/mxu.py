@@ -55,6 +55,7 @@ from jax._src.pallas.mosaic import primitives as tpu_primitives
 from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
+from pallas_cpu import abi
 from pallas_cpu.lowering import fusion, registry, types, values, views
 from pallas_cpu.lowering.context import Ref
 from pallas_cpu.lowering.jaxpr import _sub_jaxprs, source_line
@@ -294,7 +295,7 @@ def _fail_unless(ctx, flag: ir.Value, want: int, message: str) -> None:
   bad = arith.cmpi(arith.CmpIPredicate.ne, memref.load(flag, []), _i32(want))
   if_op = scf.IfOp(bad)
   with ir.InsertionPoint(if_op.then_block):
-    kctx.call_runtime("pallas_cpu_rt_check_failed", [
+    kctx.call_runtime(abi.RT_CHECK_FAILED, [
         kctx.runtime_ctx,
         arith.constant(ir.IntegerType.get_signless(64), check_id),
         kctx.grid_index()])
