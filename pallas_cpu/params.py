@@ -16,9 +16,10 @@ class CompilerParams:
                                uninitialized_memory="zero"))
 
   Attributes:
-    uninitialized_memory: what reads of memory the kernel never wrote see,
-      as in TPU interpret mode: "nan" fills edge-block padding with NaN
-      (integers: their maximum value), "zero" with zeros.
+    uninitialized_memory: what reads of memory the kernel never wrote see
+      (edge-block padding, unwritten scratch): "nan" fills interpret=True's
+      per-dtype value (NaN floats, INT_MIN signed ints -- 0 for int16 --,
+      0 unsigned ints, False bool), "zero" fills zeros.
     dma_execution_mode: as in TPU interpret mode: "on_wait" runs a DMA only
       when a wait on its semaphore needs it (exposing reads that do not wait),
       "eager" copies at start.
