@@ -12,11 +12,11 @@ os.environ.setdefault("PALLAS_CPU_CACHE_DIR",
                       tempfile.mkdtemp(prefix="pallas_cpu-test-cache-"))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import pallas_cpu  # noqa: E402
+from pallas_cpu import testing  # noqa: E402
 
 
 def call(kernel, out_shape, *args, backend="cpu", **kwargs):
@@ -26,25 +26,13 @@ def call(kernel, out_shape, *args, backend="cpu", **kwargs):
 
 
 def assert_same(actual, expected, *, exact=True, rtol=1e-6, atol=1e-6):
-  """Bitwise equality (NaNs match NaNs whatever their payload), or closeness
-  when ``exact`` is False."""
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    a, e = np.asarray(a), np.asarray(e)
-    assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype,
-                                                       e.shape, e.dtype)
-    if jnp.issubdtype(a.dtype, jnp.floating):
-      # Widening to f64 is exact, and numpy compares NaNs as equal there.
-      a, e = a.astype(np.float64), e.astype(np.float64)
-    if exact:
-      np.testing.assert_array_equal(a, e)
-      if jnp.issubdtype(a.dtype, jnp.floating):  # -0.0 is not +0.0
-        zeros = (a == 0) & (e == 0)
-        np.testing.assert_array_equal(np.signbit(a[zeros]),
-                                      np.signbit(e[zeros]),
-                                      err_msg="signs of zeros differ")
-    else:
-      np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64),
-                                 rtol=rtol, atol=atol)
+  """Bitwise equality (NaNs match NaNs whatever their payload, -0.0 is not
+  0.0), or closeness when ``exact`` is False: ``pallas_cpu.testing``'s
+  assert_same / assert_close."""
+  if exact:
+    testing.assert_same(actual, expected)
+  else:
+    testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
 def check_against_interpret(kernel, out_shape, *args, exact=True, rtol=1e-6,

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_cpu import testing
+
 from conftest import call
 
 # Odd sizes and size 1; 130 makes a lane dimension one past a vreg tile.
@@ -89,20 +91,9 @@ def canonical_nans(x: np.ndarray) -> np.ndarray:
 
 
 def assert_same_bits(got, want, *, nan_payloads=True):
-  """Equal shapes, dtypes and bit patterns (floats compared as integers of
-  their width); with ``nan_payloads=False`` any NaN matches any NaN."""
-  for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    a, e = np.asarray(a), np.asarray(e)
-    assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype,
-                                                       e.shape, e.dtype)
-    if jnp.issubdtype(a.dtype, jnp.floating):
-      nan = np.isnan(a), np.isnan(e)
-      uint = np.dtype(f"uint{8 * a.dtype.itemsize}")
-      a, e = a.view(uint), e.view(uint)
-      if not nan_payloads:
-        np.testing.assert_array_equal(*nan)
-        a, e = np.where(nan[0], 0, a), np.where(nan[1], 0, e)
-    np.testing.assert_array_equal(a, e)
+  """Equal shapes, dtypes and bit patterns; with ``nan_payloads=False`` any
+  NaN matches any NaN (``pallas_cpu.testing.assert_same``)."""
+  testing.assert_same(got, want, nan_payloads=nan_payloads)
 
 
 def _tiled(shape, grid):

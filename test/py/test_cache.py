@@ -39,7 +39,7 @@ KERNEL = textwrap.dedent("""
 RUN = textwrap.dedent("""
     out = jax.jit(f)(x)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
-    (k,) = compiler._cache.values()
+    (k,) = compiler.cache_entries()
     print("from_disk", k.from_disk)
 """)
 
@@ -134,7 +134,7 @@ TWO_KERNELS = KERNEL + textwrap.dedent("""
     for _ in range(2):
       np.testing.assert_allclose(jax.jit(f)(x), want, rtol=1e-5, atol=1e-6)
       np.testing.assert_array_equal(jax.jit(g)(x), x * 2 - 5)
-    print("kernels", len(compiler._cache))
+    print("kernels", len(compiler.cache_entries()))
 """)
 
 UNUSABLE = "pallas_cpu: the kernel cache directory"
@@ -202,7 +202,7 @@ def test_disk_key_has_the_machine_the_kernel_id_does_not(tmp_path,
   fn = pallas_cpu.pallas_call(_kernel_of_this_test,
                               out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype))
   np.testing.assert_array_equal(jax.jit(fn)(x), x * 7 + 0.25)
-  (k,) = [k for k in compiler._cache.values()
+  (k,) = [k for k in compiler.cache_entries()
           if k.name == "_kernel_of_this_test"]
   imaginary = disk_cache.entry_path(str(tmp_path), k.fingerprint)
   assert [str(p) for p in _entries(tmp_path)] == [imaginary]

@@ -92,7 +92,7 @@ def test_native_cache_on_disk_serves_a_fresh_process(tmp_path):
     from pallas_cpu import compiler
     out = jax.jit(f)(x)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
-    (k,) = compiler._cache.values()
+    (k,) = compiler.cache_entries()
     print("from_disk", k.from_disk)
   """)
   cache = str(tmp_path / "native")

@@ -13,7 +13,6 @@ the f32 reference of the same bf16-rounded inputs at ``rtol=atol=2e-2`` (one
 bf16 rounding of the output, and of intermediates the kernel rounds to bf16).
 PRNG bits and the example kernel are bit-exact.
 """
-import contextlib
 import importlib
 import os
 
@@ -25,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
+from pallas_cpu import testing
 from conftest import assert_same
 
 from jax.experimental.pallas.ops.tpu import example_kernel
@@ -62,19 +62,6 @@ def _compiled(fn, *args, params=None):
          else pallas_cpu.force_cpu_backend(params))
   with ctx:
     return jax.block_until_ready(jax.jit(fn)(*args))
-
-
-@contextlib.contextmanager
-def _interpret_mode():
-  """JAX's ``interpret=True`` for every pallas_call traced inside (the same
-  override ``force_cpu_backend`` uses), for kernels that take no interpret=."""
-  from jax._src import config as jax_config
-  state = jax_config.pallas_tpu_interpret_mode_context_manager
-  prev = state.swap_local(True)
-  try:
-    yield
-  finally:
-    state.set_local(prev)
 
 
 def _normal(key, shape, dtype=jnp.float32):
@@ -416,7 +403,7 @@ def test_philox_matches_interpret(what):
         "fold_in": lambda k: philox.philox_fold_in(k, jnp.uint32(5))}[what]
   key_data = jax.random.key_data(jax.random.key(11))
   got = _compiled(fn, key_data)
-  with _interpret_mode():
+  with testing.interpret_mode():
     want = jax.jit(fn)(key_data)
   assert_same(got, want)
 

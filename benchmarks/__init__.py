@@ -1,0 +1,2 @@
+"""pallas_cpu's benchmark suite (``python benchmarks/bench.py``); see
+README.md here for the layout and how to add a case."""

@@ -1,0 +1,22 @@
+"""The benchmark cases, one module per family.
+
+Importing this package runs every family module in ``FAMILIES`` order; each
+registers its cases into ``benchmarks.registry.CASES`` (``register`` or the
+``@case`` / ``@library_case`` decorators), and that order is the order of
+``--list`` and of the results table.  A new family (cores, collectives,
+races, ...) is one new module here and its name in ``FAMILIES``.
+"""
+import importlib
+
+FAMILIES = (
+    "matmul",       # tiled matmul, f32 and bf16
+    "attention",    # flash (fwd, bwd), splash, paged, ragged paged
+    "megablox",     # grouped matmuls gmm, tgmm
+    "rows",         # softmax, layer norm
+    "elementwise",  # add, fused transcendental chain, edge blocks
+    "dma",          # manual double buffering
+    "overhead",     # per-grid-step cost: empty and tiny steps
+)
+
+for _family in FAMILIES:
+  importlib.import_module(f"{__name__}.{_family}")

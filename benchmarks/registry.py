@@ -1,0 +1,94 @@
+"""The case table and the words cases, runner and report share.
+
+A table imports nothing: the case modules (``benchmarks/cases/``) register
+themselves into it when ``benchmarks.cases`` imports them, as lowering rules
+fill JAX's lowering table.  Nothing here imports JAX, so the report and the
+plot can be rebuilt from ``results.json`` alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+PALLAS_BACKENDS = ("cpu", "interpret", "tpu-interpret")
+XLA = "xla"
+ALL_BACKENDS = ("cpu", XLA, "interpret", "tpu-interpret")
+INTERPRETERS = ("interpret", "tpu-interpret")
+LABELS = {"cpu": "pallas_cpu", XLA: "XLA", "interpret": "interpret=True",
+          "tpu-interpret": "TPU interpret"}
+# ratio name -> (numerator backend, denominator backend)
+RATIOS = {"cpu/xla": ("cpu", XLA),
+          "interpret/cpu": ("interpret", "cpu"),
+          "tpu-interpret/cpu": ("tpu-interpret", "cpu")}
+# Metrics targets can name: the ratios, and the compiled backend's time per
+# grid step (per_step cases).
+METRIC_LABELS = {"cpu/xla": "cpu/XLA", "interpret/cpu": "interpret/cpu",
+                 "tpu-interpret/cpu": "tpu-interpret/cpu",
+                 "cpu_us_per_step": "pallas_cpu µs/step"}
+SKIPPED = "skipped (> budget)"
+COMPILE_TARGET_S = 0.5        # median compile time (first call) target
+SLOW_CELL_S = 1.0             # interpreter cells slower than this per call
+                              # are timed over --slow-repeats calls
+
+
+@dataclasses.dataclass
+class Probe:
+  """A smaller-grid variant of a case's kernel, used to estimate the
+  interpreters' time on the full grid: estimate = probe call time * scale."""
+  build: Callable[[str], Callable]   # backend -> un-jitted callable
+  make_inputs: Callable[[], tuple]
+  scale: float                       # full grid steps / probe grid steps
+
+
+@dataclasses.dataclass
+class Case:
+  """One benchmark.
+
+  build(backend) returns the (un-jitted) pallas_cpu.pallas_call for
+  backend in PALLAS_BACKENDS; reference(*inputs) is the jnp computation of
+  the same math (it runs under jax.jit as the XLA baseline and as the
+  correctness reference).  targets maps a metric name ("cpu/xla",
+  "interpret/cpu", "tpu-interpret/cpu", or "cpu_us_per_step" for per_step
+  cases) to (op, bound), op one of "<=", ">=", "<", ">".  skip maps an
+  interpreter backend to the stated reason it is not run.
+  """
+  name: str
+  description: str
+  make_inputs: Callable[[], tuple]
+  build: Callable[[str], Callable]
+  reference: Callable[..., Any]
+  grid_steps: int
+  targets: dict[str, tuple[str, float]] = dataclasses.field(
+      default_factory=dict)
+  rtol: float = 1e-6
+  atol: float = 1e-6
+  per_step: bool = False       # report time / grid_steps (µs per step)
+  probe: Optional[Probe] = None
+  quick: bool = True           # part of --quick
+  skip: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+CASES: list[Case] = []
+
+
+def register(case: Case) -> Case:
+  """Adds ``case`` to the table (in the order the family modules run)."""
+  if any(c.name == case.name for c in CASES):
+    raise ValueError(f"duplicate case name {case.name!r}")
+  CASES.append(case)
+  return case
+
+
+def case(**fields) -> Callable[[Callable], Callable]:
+  """Registers the decorated ``build(backend)`` as a case with ``fields``
+  (every other field of :class:`Case`)::
+
+    @case(name="my_kernel", description="...", make_inputs=...,
+          reference=..., grid_steps=8, targets={"cpu/xla": ("<=", 1.5)})
+    def build(backend):
+      return pallas_cpu.pallas_call(kernel, ..., backend=backend)
+  """
+  def decorate(build: Callable[[str], Callable]) -> Callable[[str], Callable]:
+    register(Case(build=build, **fields))
+    return build
+  return decorate

@@ -1,0 +1,287 @@
+"""Running a case: correctness first, the interpreter budget, interleaved
+timing, ratios and target verdicts.
+
+  1. every backend is called once and checked against the XLA result
+     (correctness before timing); the compiled backend's first call is its
+     compile time (trace + lowering + MLIR compile + first run);
+  2. each backend is timed ``repeats`` times, backends interleaved (the
+     order rotates every repeat), keeping the minimum;
+  3. ratios cpu/XLA, interpret/cpu and tpu-interpret/cpu (and µs per grid
+     step) are checked against the case's targets.
+
+A crash or a wrong result of the compiled backend is recorded in the
+result (the other backends of that case are still timed).  Interpreter
+cells whose single call would exceed the budget are skipped: the decision
+comes from a smaller-grid probe of the same kernel when the case has one
+(estimate = probe time x step ratio), then from the first (correctness)
+call.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import statistics
+import sys
+import time
+import traceback
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+import pallas_cpu
+from pallas_cpu import compiler, testing
+
+from benchmarks.registry import (ALL_BACKENDS, INTERPRETERS, LABELS,
+                                 PALLAS_BACKENDS, RATIOS, SKIPPED,
+                                 SLOW_CELL_S, XLA, Case)
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt,
+        ">": operator.gt}
+
+
+def now() -> float:
+  return time.perf_counter()
+
+
+def _timed_call(fn, args) -> tuple[float, Any]:
+  t0 = now()
+  out = jax.block_until_ready(fn(*args))
+  return now() - t0, out
+
+
+def _check(case: Case, backend: str, out, ref) -> None:
+  testing.assert_close(
+      out, ref, rtol=case.rtol, atol=case.atol,
+      err_msg=f"[{case.name}] backend {backend!r} disagrees with XLA")
+
+
+def loud(msg: str) -> None:
+  bar = "!" * 78
+  print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+def _short_error(e: BaseException) -> str:
+  """Type and first line of an error; a first line that only announces
+  what follows ("Verification failed:") gets the next one too.  Paths are
+  shortened to the part after site-packages/ or the repository root."""
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  text = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+  text = re.sub(r'"?/[^"\s]*/([^/"\s]+\.py)"?', r"\1", text)
+  return f"{type(e).__name__}: {text}"
+
+
+def new_result(case: Case) -> dict:
+  return {
+      "name": case.name, "description": case.description,
+      "grid_steps": case.grid_steps, "status": "ok", "error": None,
+      "cpu_error": None, "first_call_s": {}, "times_ms": {}, "median_ms": {},
+      "samples_ms": {}, "skipped": {}, "estimates_s": {}, "compile_s": None,
+      "compile_net_s": None, "compile_cached": None, "compile_from_disk": None,
+      "ratios": {}, "metrics": {}, "targets": {}, "verdicts": {},
+      "per_step_us": {}, "reduced_repeats": {},
+  }
+
+
+def _first_call_compiled(case: Case, res: dict, args, ref) -> Any:
+  """The compiled backend's first call (= its compile time), checked.  A
+  crash or a wrong result is recorded (the cell shows it) and the case goes
+  on with the other backends, so the row still has its XLA and interpreter
+  numbers.  Returns the jitted function, or None."""
+  try:
+    before = compiler.cache_entries()
+    fn = jax.jit(case.build("cpu"))
+    t, out = _timed_call(fn, args)
+    new = compiler.cache_entries()[len(before):]
+  except Exception as e:
+    res.update(status="FAILED", cpu_error=f"CRASH {_short_error(e)}", error=(
+        f"backend 'cpu' raised {type(e).__name__}: {e}\n"
+        + traceback.format_exc()))
+    loud(f"[{case.name}] COMPILED BACKEND CRASHED -- recorded; timing the "
+         f"other backends\n{res['error']}")
+    return None
+  res["compile_s"] = res["first_call_s"]["cpu"] = t
+  res["compile_cached"] = not new
+  res["compile_from_disk"] = any(e.from_disk for e in new)
+  try:
+    _check(case, "cpu", out, ref)
+  except AssertionError as e:
+    first = [l for l in str(e).splitlines() if "Mismatched" in l
+             or "Max absolute" in l]
+    res.update(status="FAILED",
+               cpu_error="WRONG RESULT" + (
+                   f" ({'; '.join(x.strip() for x in first)})"
+                   if first else ""),
+               error=f"wrong result from backend 'cpu':\n{e}")
+    loud(f"[{case.name}] COMPILED BACKEND GAVE A WRONG RESULT -- recorded;"
+         f" timing the other backends\n{e}")
+    return None
+  print(f"   cpu      first call (compile) {t:8.3f} s   result OK",
+        flush=True)
+  return fn
+
+
+def _over_budget_by_probe(case: Case, backend: str, res: dict,
+                          budget: float) -> bool:
+  """The budget rule from the case's smaller-grid probe: True when the
+  cell is not to be run (skipped, or the probe raised)."""
+  try:
+    pfn = jax.jit(case.probe.build(backend))
+    pargs = tuple(jax.device_put(a) for a in case.probe.make_inputs())
+    _timed_call(pfn, pargs)                 # compile
+    tp, _ = _timed_call(pfn, pargs)         # steady-state probe call
+  except Exception as e:
+    res["skipped"][backend] = f"error: {_short_error(e)}"
+    loud(f"[{case.name}] backend {backend!r} probe raised: {e}")
+    return True
+  est = tp * case.probe.scale
+  res["estimates_s"][backend] = est
+  if est <= budget:
+    return False
+  res["skipped"][backend] = SKIPPED
+  print(f"   {backend:<14} {SKIPPED}: estimated {est:.1f} s per call "
+        f"from a 1/{case.probe.scale:g}-size grid ({tp * 1e3:.1f} ms)",
+        flush=True)
+  return True
+
+
+def run_case(case: Case, repeats: int, budget: float,
+             slow_repeats: int) -> dict:
+  print(f"\n== {case.name}: {case.description}", flush=True)
+  res = new_result(case)
+  args = tuple(jax.device_put(a) for a in case.make_inputs())
+
+  # 1. Correctness first: reference, then each backend's first call.
+  xla_fn = jax.jit(case.reference)
+  t, ref = _timed_call(xla_fn, args)
+  res["first_call_s"][XLA] = t
+  fns = {XLA: xla_fn}
+  fn = _first_call_compiled(case, res, args, ref)
+  if fn is not None:
+    fns["cpu"] = fn
+
+  for backend in INTERPRETERS:
+    if backend in case.skip:
+      res["skipped"][backend] = f"skipped: {case.skip[backend]}"
+      print(f"   {backend:<14} skipped: {case.skip[backend]}", flush=True)
+      continue
+    if case.probe is not None and _over_budget_by_probe(case, backend, res,
+                                                        budget):
+      continue
+    try:
+      fn = jax.jit(case.build(backend))
+      t, out = _timed_call(fn, args)
+    except Exception as e:
+      res["skipped"][backend] = f"error: {_short_error(e)}"
+      loud(f"[{case.name}] backend {backend!r} raised "
+           f"{type(e).__name__}: {e}")
+      continue
+    res["first_call_s"][backend] = t
+    try:
+      _check(case, backend, out, ref)
+    except AssertionError as e:
+      res.update(status="FAILED",
+                 error=f"wrong result from backend {backend!r}:\n{e}")
+      loud(f"[{case.name}] backend {backend!r} GAVE A WRONG RESULT -- case "
+           f"aborted (kernel or reference is wrong)\n{e}")
+      return res
+    if t > budget:
+      res["skipped"][backend] = SKIPPED
+      print(f"   {backend:<14} {SKIPPED}: first call took {t:.1f} s",
+            flush=True)
+      continue
+    fns[backend] = fn
+    print(f"   {backend:<14} first call {t:8.3f} s   result OK", flush=True)
+
+  _time_interleaved(fns, args, res, repeats, slow_repeats)
+  times = res["times_ms"]
+  if res["compile_s"] is not None and "cpu" in times:
+    res["compile_net_s"] = max(0.0, res["compile_s"] - times["cpu"] / 1e3)
+
+  # 3. Ratios, metrics and targets.
+  for name, (num, den) in RATIOS.items():
+    if num in times and den in times and times[den] > 0:
+      res["ratios"][name] = times[num] / times[den]
+  res["metrics"].update(res["ratios"])
+  if case.per_step:
+    for b in times:
+      res["per_step_us"][b] = times[b] * 1e3 / case.grid_steps
+    if "cpu" in res["per_step_us"]:
+      res["metrics"]["cpu_us_per_step"] = res["per_step_us"]["cpu"]
+  _judge(case, res)
+  return res
+
+
+def _time_interleaved(fns: dict, args: tuple, res: dict, repeats: int,
+                      slow_repeats: int) -> None:
+  """2. Timing, backends interleaved; the order rotates every repeat.  Slow
+  interpreter cells (first call > SLOW_CELL_S) take part in only the first
+  slow_repeats rounds: they are far from any bound, and it keeps the full
+  run near ten minutes."""
+  order = [b for b in ALL_BACKENDS if b in fns]
+  n_rep = {b: repeats for b in order}
+  for b in INTERPRETERS:
+    if b in fns and res["first_call_s"][b] > SLOW_CELL_S:
+      n_rep[b] = min(repeats, slow_repeats)
+      if n_rep[b] < repeats:
+        res["reduced_repeats"][b] = n_rep[b]
+  samples: dict[str, list[float]] = {b: [] for b in order}
+  for r in range(repeats):
+    k = r % len(order)
+    for b in order[k:] + order[:k]:
+      if r < n_rep[b]:
+        t, _ = _timed_call(fns[b], args)
+        samples[b].append(t * 1e3)
+  for b in order:
+    res["samples_ms"][b] = samples[b]
+    res["times_ms"][b] = min(samples[b])
+    res["median_ms"][b] = statistics.median(samples[b])
+  times = res["times_ms"]
+  print("   min ms: " + ", ".join(f"{LABELS[b]} {times[b]:.4g}" for b in order),
+        flush=True)
+
+
+def _judge(case: Case, res: dict) -> None:
+  for name, (op, bound) in case.targets.items():
+    value = res["metrics"].get(name)
+    res["targets"][name] = {"op": op, "bound": bound, "value": value}
+    if res["cpu_error"] is not None:
+      res["verdicts"][name] = "FAILED"
+    elif value is None:
+      res["verdicts"][name] = "n/a"
+    else:
+      res["verdicts"][name] = "PASS" if _OPS[op](value, bound) else "MISS"
+
+
+def run_cases(cases: list[Case], repeats: int, budget: float,
+              slow_repeats: int) -> list[dict]:
+  """Every case in turn; a case that dies in the harness is recorded as
+  FAILED (its targets count as not met) and the run goes on."""
+  results = []
+  for case in cases:
+    try:
+      results.append(run_case(case, repeats, budget, slow_repeats))
+    except Exception as e:  # a bug in the harness or the case definition
+      loud(f"[{case.name}] unexpected error -- case aborted\n"
+           + traceback.format_exc())
+      res = new_result(case)
+      res.update(status="FAILED", case_targets=dict(case.targets),
+                 error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+      results.append(res)
+  return results
+
+
+def warm_up() -> None:
+  """Pays one-time process costs (JAX backend start, MLIR context, runtime
+  library load) before any measured compile, with a kernel no case uses."""
+  def warm_up_kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] - 1.0
+  x = jnp.zeros((8, 128), jnp.float32)
+  for backend in PALLAS_BACKENDS:
+    fn = jax.jit(pallas_cpu.pallas_call(
+        warm_up_kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        grid=(1,), in_specs=[pl.BlockSpec(x.shape, lambda i: (0, 0))],
+        out_specs=pl.BlockSpec(x.shape, lambda i: (0, 0)), backend=backend))
+    jax.block_until_ready(fn(x))
+  jax.block_until_ready(jax.jit(lambda a: a * 2)(x))
