@@ -106,13 +106,24 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal(
     PallasCpuRuntimeContext* ctx, int32_t* alloc, int32_t* sem, int64_t offset,
     int32_t inc, int64_t sem_id, int64_t grid_index);
 // Decrements by `value` once the count allows it, running pending DMAs that
-// signal this semaphore first.  A wait nothing can satisfy is a deadlock:
-// reported, and the count left alone (returns 0; 1 on success).
+// signal this semaphore first and sleeping while another core may still
+// signal it.  A wait nothing can satisfy is a deadlock: reported, and the
+// count left alone (returns 0; 1 on success; 0 too once any core failed).
 PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_sem_wait(
     PallasCpuRuntimeContext* ctx, int32_t* alloc, int32_t* sem, int64_t offset,
     int32_t value, int64_t sem_id, int64_t grid_index);
 PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_sem_read(
     PallasCpuRuntimeContext* ctx, int32_t* alloc, int32_t* sem, int64_t offset);
+// The kernel's semaphore array `sem_id` (`count` int32 at `base`): called
+// once at entry for every array, so other cores can signal it.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
+                                                  int64_t sem_id, int64_t base,
+                                                  int64_t count);
+// semaphore_signal(..., core_index=core): signals semaphore `offset` of
+// array `sem_id` on that core of the launch (launch.h).
+PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal_core(
+    PallasCpuRuntimeContext* ctx, int64_t sem_id, int64_t offset, int32_t inc,
+    int64_t core, int64_t grid_index);
 
 // ---------------------------------------------------------------------------
 // DMAs.  Source and destination arrive as unranked memrefs (rank, pointer to

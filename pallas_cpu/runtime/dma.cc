@@ -7,8 +7,8 @@
 //
 // In "on_wait" mode a started DMA runs only when a wait on its semaphore
 // needs it (newest first, as TPU interpret mode does), which exposes kernels
-// that read a DMA's destination before waiting.  On one core, a wait whose
-// semaphore is short and has no pending DMA can never be satisfied: that is
+// that read a DMA's destination before waiting.  Semaphores are updated
+// under the launch's lock (launch.h); a wait that no actor can satisfy is
 // reported as a deadlock instead of hanging.
 //
 // Every DMA is tracked from its start until waits consume its completion,
@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "abi.h"
+#include "launch.h"
 #include "runtime_context.h"
 
 namespace pallas_cpu {
@@ -103,12 +104,16 @@ void Execute(Dma& dma) {
   dma.landed = true;
 }
 
-// Runs pending DMAs signalling `sem`, newest first, until it holds `value`.
-void RunPendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem, int32_t value) {
+// Runs the newest pending DMA signalling `sem`; false if there is none.
+bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem) {
   auto& q = ctx->dmas;
-  for (size_t i = q.size(); i-- > 0 && *sem < value;) {
-    if (q[i].sem == sem && !q[i].landed) Execute(q[i]);
+  for (size_t i = q.size(); i-- > 0;) {
+    if (q[i].sem == sem && !q[i].landed) {
+      Execute(q[i]);
+      return true;
+    }
   }
+  return false;
 }
 
 // A wait took `value` from `sem`: the oldest landed DMAs on it are waited
@@ -172,6 +177,7 @@ extern "C" void pallas_cpu_rt_dma_start(
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int64_t mode,
     int64_t regular, int64_t site, int64_t grid_index) {
   (void)sem_alloc;
+  auto lock = ctx->launch->Lock();
   pallas_cpu::Guarded(ctx, "a DMA start", [&] {
     Dma dma{pallas_cpu::FromDescriptor(src_rank, src_desc, elem_bytes),
             pallas_cpu::FromDescriptor(dst_rank, dst_desc, elem_bytes),
@@ -197,6 +203,7 @@ extern "C" void pallas_cpu_rt_dma_start(
     ctx->dmas.push_back(std::move(dma));
     if (mode == 0) pallas_cpu::Execute(ctx->dmas.back());
   });
+  ctx->launch->Notify();
 }
 
 extern "C" void pallas_cpu_rt_sem_signal(PallasCpuRuntimeContext* ctx,
@@ -204,10 +211,11 @@ extern "C" void pallas_cpu_rt_sem_signal(PallasCpuRuntimeContext* ctx,
                                          int64_t offset, int32_t inc,
                                          int64_t sem_id, int64_t grid_index) {
   (void)alloc;
-  (void)ctx;
   (void)sem_id;
   (void)grid_index;
+  auto lock = ctx->launch->Lock();
   sem[offset] += inc;
+  ctx->launch->Notify();
 }
 
 extern "C" int32_t pallas_cpu_rt_sem_wait(PallasCpuRuntimeContext* ctx,
@@ -216,19 +224,14 @@ extern "C" int32_t pallas_cpu_rt_sem_wait(PallasCpuRuntimeContext* ctx,
                                           int64_t sem_id, int64_t grid_index) {
   (void)alloc;
   int32_t* counter = sem + offset;
-  bool ok = true;
+  bool ok = false;
+  auto lock = ctx->launch->Lock();
   pallas_cpu::Guarded(ctx, "a semaphore wait", [&] {
-    if (*counter < value) pallas_cpu::RunPendingFor(ctx, counter, value);
-    if (*counter < value) {
-      std::ostringstream os;
-      os << "deadlock: wait on " << ctx->SemaphoreName(sem_id, offset)
-         << " for " << value << " at " << ctx->GridPoint(grid_index)
-         << " can never complete: it holds " << *counter
-         << " and no pending DMA or other core can signal it";
-      ctx->Fail(os.str());
-      ok = false;
-      return;
-    }
+    pallas_cpu::WaitState wait{counter, value, sem_id, offset, grid_index};
+    ok = ctx->launch->Wait(lock, ctx->actor, wait, [&] {
+      return pallas_cpu::RunOnePendingFor(ctx, counter);
+    });
+    if (!ok) return;
     *counter -= value;
     pallas_cpu::Consume(ctx, counter, value);
   });
@@ -238,14 +241,35 @@ extern "C" int32_t pallas_cpu_rt_sem_wait(PallasCpuRuntimeContext* ctx,
 extern "C" int32_t pallas_cpu_rt_sem_read(PallasCpuRuntimeContext* ctx,
                                           int32_t* alloc, int32_t* sem,
                                           int64_t offset) {
-  (void)ctx;
   (void)alloc;
+  auto lock = ctx->launch->Lock();
   return sem[offset];
+}
+
+extern "C" void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
+                                           int64_t sem_id, int64_t base,
+                                           int64_t count) {
+  auto lock = ctx->launch->Lock();
+  ctx->launch->Register(ctx->actor, sem_id, reinterpret_cast<int32_t*>(base),
+                        count);
+}
+
+extern "C" void pallas_cpu_rt_sem_signal_core(PallasCpuRuntimeContext* ctx,
+                                              int64_t sem_id, int64_t offset,
+                                              int32_t inc, int64_t core,
+                                              int64_t grid_index) {
+  auto lock = ctx->launch->Lock();
+  int32_t* sem = ctx->launch->Find(ctx->actor, core, sem_id, offset,
+                                   grid_index);
+  if (sem == nullptr) return;
+  *sem += inc;
+  ctx->launch->Notify();
 }
 
 extern "C" void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
                                           int64_t base, int64_t nbytes,
                                           int64_t site, int64_t grid_index) {
+  auto lock = ctx->launch->Lock();
   const char* lo = reinterpret_cast<const char*>(base);
   auto& q = ctx->dmas;
   for (auto it = q.begin(); it != q.end();) {
@@ -273,6 +297,7 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
                                        int64_t base, int64_t count,
                                        int64_t sem_id, int64_t scoped,
                                        int64_t mode, int64_t grid_index) {
+  auto lock = ctx->launch->Lock();
   auto* sems = reinterpret_cast<int32_t*>(base);
   const char* when = scoped ? "the end of its run_scoped scope" : "kernel exit";
   auto& q = ctx->dmas;
@@ -338,6 +363,7 @@ extern "C" void pallas_cpu_rt_kernel_exit(PallasCpuRuntimeContext* ctx,
                                           int64_t mode, int64_t grid_index) {
   // Semaphores the kernel does not own (operands) are not checked one by
   // one; a DMA still tracked here signalled one of them.
+  auto lock = ctx->launch->Lock();
   auto& q = ctx->dmas;
   while (!q.empty()) {
     Dma& dma = q.front();

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "abi.h"
+#include "launch.h"
 #include "runtime_context.h"
 
 namespace {
@@ -78,6 +79,19 @@ extern "C" PALLAS_CPU_EXPORT void* _mlir_memref_to_llvm_alloc(uint64_t size) {
 
 extern "C" PALLAS_CPU_EXPORT void _mlir_memref_to_llvm_free(void* p) {
   std::free(p);
+}
+
+void PallasCpuRuntimeContext::Fail(std::string msg) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (failed.load(std::memory_order_relaxed)) return;
+    if (launch != nullptr && launch->mesh() && actor != nullptr) {
+      msg = "core " + std::to_string(actor->core) + ": " + msg;
+    }
+    message = std::move(msg);
+    failed.store(true, std::memory_order_release);
+  }
+  if (launch != nullptr) launch->NoteFailure();
 }
 
 std::string PallasCpuRuntimeContext::Site(int64_t site) const {

@@ -15,6 +15,7 @@
 #include "abi.h"
 #include "kernel_info.h"
 #include "kernel_registry.h"
+#include "launch.h"
 #include "runtime_context.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
@@ -105,9 +106,14 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   const KernelInfo info = KernelInfo::Decode(
       kernel_name, grid.begin(), grid.size(), semaphore_names, check_messages,
       sites, allocations, debug_prints);
+  std::vector<PallasCpuRuntimeContext*> actors;
+  for (auto& ctx : contexts) {
+    ctx.kernel = &info;
+    actors.push_back(&ctx);
+  }
+  Launch launch(actors, /*mesh=*/false);
   ParallelFor(chunks, [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
-    ctx.kernel = &info;
     int64_t lo = extent * c / chunks;
     int64_t hi = extent * (c + 1) / chunks;
     PallasCpuRuntimeContext* ctx_ptr = &ctx;
@@ -117,7 +123,11 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
     entry(packed.data());
     // The kernel's exit checks handled every DMA; one left here belongs to
     // a run that failed part-way, and its buffers are gone: drop it.
-    ctx.dmas.clear();
+    {
+      auto lock = launch.Lock();
+      ctx.dmas.clear();
+    }
+    launch.Finish(launch.actor(c));
   });
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);

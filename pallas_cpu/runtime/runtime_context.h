@@ -47,6 +47,9 @@ struct Dma {
   int64_t grid_index;
 };
 
+class Launch;
+struct Actor;
+
 // Makes `ctx` the context of allocations on this thread while alive.
 class ScopedContext {
  public:
@@ -70,6 +73,11 @@ struct PallasCpuRuntimeContext {
   // contexts).
   const pallas_cpu::KernelInfo* kernel = nullptr;
 
+  // The launch this context's actor belongs to (launch.h): semaphores are
+  // updated under its lock.
+  pallas_cpu::Launch* launch = nullptr;
+  pallas_cpu::Actor* actor = nullptr;
+
   // DMAs started and not yet waited for, in start order.
   std::deque<pallas_cpu::Dma> dmas;
 
@@ -82,13 +90,9 @@ struct PallasCpuRuntimeContext {
   // Per output: block offset -> grid index of its first visit.
   std::vector<std::unordered_map<int64_t, int64_t>> visited_blocks;
 
-  // Keeps the first error only: later ones are usually consequences.
-  void Fail(std::string msg) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (failed.load(std::memory_order_relaxed)) return;
-    message = std::move(msg);
-    failed.store(true, std::memory_order_release);
-  }
+  // Keeps the first error only: later ones are usually consequences.  The
+  // other actors of the launch stop waiting (errors.cc).
+  void Fail(std::string msg);
 
   // "grid point (i, j)" for a row-major linear index.
   std::string GridPoint(int64_t linear) const;
