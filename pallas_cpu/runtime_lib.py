@@ -11,6 +11,7 @@ import numpy as np
 
 import jax
 
+from pallas_cpu import compiler
 from pallas_cpu.abi import FFI_TARGET
 
 _COMPILE_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t,
@@ -57,7 +58,6 @@ def _compile_from_runtime(ir_ptr, ir_len, err, err_len) -> int:
   """Called by the FFI handler for a kernel id unknown in this process (an
   executable from the persistent cache or from jax.export)."""
   try:
-    from pallas_cpu import compiler
     kernel_ir = ctypes.string_at(ir_ptr, ir_len).decode()
     compiled = compiler.compile_kernel(kernel_ir)
     return compiled.entry_address

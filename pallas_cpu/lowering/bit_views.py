@@ -22,22 +22,15 @@ import dataclasses
 import math
 
 import numpy as np
-from jax._src import dtypes as jax_dtypes
 from mlir import ir
 from mlir.dialects import arith, memref
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.context import Ref
-# The scalar bit helpers pltpu.bitcast uses (same packing, same code).
-from pallas_cpu.lowering.rules.bits import from_bits as _from_bits
-from pallas_cpu.lowering.rules.bits import int_type as _int
-from pallas_cpu.lowering.rules.bits import resize as _resize
-from pallas_cpu.lowering.rules.bits import to_bits as _to_bits
-from pallas_cpu.lowering.rules.bits import width as _width
-
-
-def dtype_bits(dtype) -> int:
-  return jax_dtypes.itemsize_bits(np.dtype(dtype))
+# The scalar bit helpers pltpu.bitcast uses too (same packing, same code).
+from pallas_cpu.lowering.scalars import (from_bits, int_type, resize,
+                                         to_bits, width)
+from pallas_cpu.lowering.types import dtype_bits
 
 
 def _shift(v: ir.Value, amount: int | ir.Value, left: bool) -> ir.Value:
@@ -46,7 +39,7 @@ def _shift(v: ir.Value, amount: int | ir.Value, left: bool) -> ir.Value:
       return v
     amount = arith.constant(v.type, amount)
   elif amount.type != v.type:
-    amount = _resize(amount, _width(v.type))
+    amount = resize(amount, width(v.type))
   return arith.shli(v, amount) if left else arith.shrui(v, amount)
 
 
@@ -223,7 +216,7 @@ def index(ctx, view: BitView, offsets, sizes, steps, drop) -> BitView:
     idx, k = views.as_index(a), views.as_index(g_count)
     offs, stps = list(offsets), list(steps)
     offs[d], stps[d] = arith.divui(idx, k), s // g_count
-    int_t = _int(whole.storage_bits)
+    int_t = int_type(whole.storage_bits)
     shift = arith.muli(arith.index_cast(int_t, arith.remui(idx, k)),
                        arith.constant(int_t, w))
     part = dataclasses.replace(whole, shift=shift, bits=w,
@@ -292,10 +285,10 @@ def _combine(dtype, parts, raw: list[ir.Value]) -> ir.Value:
   w = dtype_bits(dtype)
   acc = None
   for p, v in zip(parts, raw):
-    field = _resize(_shift(_to_bits(v), p.shift, left=False), p.bits)
-    field = _shift(_resize(field, w), p.lo, left=True)
+    field = resize(_shift(to_bits(v), p.shift, left=False), p.bits)
+    field = _shift(resize(field, w), p.lo, left=True)
     acc = field if acc is None else arith.ori(acc, field)
-  mem = _from_bits(acc, types.memory_element_type(dtype))
+  mem = from_bits(acc, types.memory_element_type(dtype))
   return values.from_memory(mem, dtype)
 
 
@@ -372,21 +365,21 @@ def _store_group(ctx, dtype, parts, val, reads_differently) -> None:
     sw = p.storage_bits
 
     def field(v, p=p, sw=sw):
-      bits = _to_bits(values.to_memory(v, dtype))
-      return _resize(_resize(_shift(bits, p.lo, left=False), p.bits), sw)
+      bits = to_bits(values.to_memory(v, dtype))
+      return resize(resize(_shift(bits, p.lo, left=False), p.bits), sw)
 
     if p.whole:
       def build(a, field=field, t=storage_t):
-        return _from_bits(field(a[0]), t)
+        return from_bits(field(a[0]), t)
       args = (v_node,)
     else:
       def build(a, p=p, field=field, t=storage_t, sw=sw):
-        mask = _shift(arith.constant(_int(sw), (1 << p.bits) - 1), p.shift,
+        mask = _shift(arith.constant(int_type(sw), (1 << p.bits) - 1), p.shift,
                       left=True)
-        keep = arith.andi(_to_bits(a[1]),
-                          arith.xori(mask, arith.constant(_int(sw), -1)))
+        keep = arith.andi(to_bits(a[1]),
+                          arith.xori(mask, arith.constant(int_type(sw), -1)))
         new = _shift(field(a[0]), p.shift, left=True)
-        return _from_bits(arith.ori(keep, new), t)
+        return from_bits(arith.ori(keep, new), t)
       old = values.Load(p.ref.memref, values.identity_map(len(shape)),
                         p.ref.root, p.key)
       args = (v_node, old)

@@ -102,20 +102,6 @@ class KernelContext:
       lin = arith.addi(arith.muli(lin, size), iv)
     return arith.index_cast(i64, lin)
 
-  def new_semaphores(self, shape, name: str) -> Ref:
-    """A zeroed array of semaphores (hoisted like every allocation)."""
-    buf = self.alloc(shape, np.int32, memory_spaces.SEMAPHORE, name=name)
-    with self.init_ip:
-      zero = arith.constant(ir.IntegerType.get_signless(32), 0)
-      linalg.fill(zero, outs=[buf]) if shape else memref.store(zero, buf, [])
-    sem_id = len(self.semaphore_names)
-    self.semaphore_names.append(name)
-    self.semaphore_arrays[sem_id] = buf
-    from pallas_cpu.lowering import views
-    with self.alloc_ip:
-      view = views.with_layout(buf)
-    return Ref(view, ("semaphore", sem_id), np.dtype(np.int32), sem_id)
-
   # -- memory -----------------------------------------------------------------
   def alloc(self, shape, dtype, space: str = memory_spaces.VMEM,
             name: str | None = None) -> ir.Value:

@@ -20,29 +20,11 @@ from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
 from pallas_cpu import abi
+from pallas_cpu.lowering import buffers
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, values, views
 from pallas_cpu.lowering.context import KernelContext, Ref, scalar_of
-
-
-
-def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
-  """The fill value of memory the kernel never wrote: under "nan", that of
-  ``interpret=True`` (``pallas.primitives.uninitialized_value``): NaN for
-  floats, the minimum for integers (INT_MIN signed, 0 unsigned), False for
-  bool -- and 0 for int16, which interpret mode treats as its semaphore
-  dtype.  (TPU interpret mode fills integers with their maximum and bool
-  with True instead.)"""
-  dtype = np.dtype(dtype)
-  if kctx.params.uninitialized_memory == "zero":
-    return kctx.constant(0, dtype)
-  if types.is_float(dtype):
-    return kctx.constant(float("nan"), dtype)
-  if types.is_bool(dtype):
-    return kctx.constant(False, dtype)
-  if dtype == np.int16:
-    return kctx.constant(0, dtype)
-  return kctx.constant(np.iinfo(dtype).min, dtype)
+from pallas_cpu.lowering.scalars import cmpi
 
 
 @dataclasses.dataclass
@@ -64,10 +46,6 @@ def _block_dims(bm, origin: str) -> list[_Dim]:
           f"pallas_cpu: block dimension {b} of {origin} is not supported yet "
           "(supported: Blocked, Squeezed/None)")
   return dims
-
-
-def _cmp(pred: str, a: ir.Value, b: ir.Value) -> ir.Value:
-  return arith.cmpi(getattr(arith.CmpIPredicate, pred), a, b)
 
 
 def _or(a, b):
@@ -160,7 +138,7 @@ class BlockWindow:
     for k in self.edge_dims:
       end = arith.addi(views.as_index(starts[k]),
                        views.as_index(self.dims[k].size))
-      self.in_bounds = _and(self.in_bounds, _cmp(
+      self.in_bounds = _and(self.in_bounds, cmpi(
           "sle", end, views.as_index(self.dims[k].array_size)))
     if_op = scf.IfOp(self.in_bounds, [self.view_type], has_else=True)
     with ir.InsertionPoint(if_op.then_block):
@@ -179,11 +157,11 @@ class BlockWindow:
     """Fills the copy with the block -- padding with the uninitialized
     value -- unless it already holds it (the same block as the last step)."""
     offset = block_offset(self, self.starts)
-    fresh = arith.cmpi(arith.CmpIPredicate.ne, offset,
-                       memref.load(self.resident, []))
+    fresh = cmpi("ne", offset, memref.load(self.resident, []))
     if_op = scf.IfOp(fresh)
     with ir.InsertionPoint(if_op.then_block):
-      self.kctx.store(uninitialized_scalar(self.kctx, self.dtype), self.pad)
+      self.kctx.store(buffers.uninitialized_scalar(self.kctx, self.dtype),
+                      self.pad)
       src, dst = self._valid_regions()
       linalg.copy(src, outs=[dst])
       memref.store(offset, self.resident, [])
@@ -321,11 +299,9 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
 
 
 def _name_refs(kctx, jaxpr, index_refs, block_refs, scratch, n_in) -> None:
-  """Records what each kernel argument is, for messages (``describe_ref``):
-  by its memref, and by its root for views made from it."""
+  """Records what each kernel argument is, for messages
+  (``buffers.describe_ref``)."""
   arg_names = getattr(jaxpr.debug_info, "arg_names", None) or ()
-  by_value = kctx.rule_state.setdefault("ref_names", {})
-  by_root = kctx.rule_state.setdefault("root_names", {})
   kinds = ([f"scalar prefetch operand {i}" for i in range(len(index_refs))]
            + [f"input {i}" if i < n_in else f"output {i - n_in}"
               for i in range(len(block_refs))]
@@ -335,23 +311,7 @@ def _name_refs(kctx, jaxpr, index_refs, block_refs, scratch, n_in) -> None:
     name = arg_names[k] if k < len(arg_names) else None
     if isinstance(name, str) and name.isidentifier():
       kind = f"{kind} '{name}'"
-    by_value[ref.memref] = kind
-    by_root.setdefault(ref.root, kind)
-
-
-def describe_ref(kctx, ref) -> str:
-  """What ``ref`` is, in the user's terms: ``input 0 'x_ref'``, ``scratch
-  operand 1 'acc_ref'``, a semaphore's name..."""
-  memref = getattr(ref, "memref", None)
-  name = kctx.rule_state.get("ref_names", {}).get(memref)
-  if name is None:
-    name = kctx.rule_state.get("root_names", {}).get(ref.root)
-  if name is None and getattr(ref, "sem_id", None) is not None:
-    name = kctx.semaphore_names[ref.sem_id]
-  if name is None:
-    kind = ref.root[0] if isinstance(ref.root, tuple) and ref.root else None
-    name = {"scoped": "a run_scoped ref"}.get(kind, f"a kernel ref ({ref.root})")
-  return name
+    buffers.name_ref(kctx, ref, kind)
 
 
 def _loop_nest(bounds: list[tuple[ir.Value, ir.Value]], body, ivs=()):
@@ -494,7 +454,7 @@ def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
   non-adjacent revisit is reported (interpret mode's check)."""
   i64 = ir.IntegerType.get_signless(64)
   offset = block_offset(w, starts)
-  changed = arith.cmpi(arith.CmpIPredicate.ne, offset, memref.load(last, []))
+  changed = cmpi("ne", offset, memref.load(last, []))
   if_op = scf.IfOp(changed)
   with ir.InsertionPoint(if_op.then_block):
     output = w.operand_index - (w.n_inputs)
@@ -515,7 +475,7 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
         continue  # statically inside
       s = views.as_index(s)
     limit = views.as_index(d.array_size)
-    bad = _or(_cmp("slt", s, views.as_index(0)), _cmp("sge", s, limit))
+    bad = _or(cmpi("slt", s, views.as_index(0)), cmpi("sge", s, limit))
     if_op = scf.IfOp(bad)
     with ir.InsertionPoint(if_op.then_block):
       args = [kctx.runtime_ctx]

@@ -1,15 +1,24 @@
-"""The jaxpr walker: the only place that looks up lowering rules."""
+"""The jaxpr walker: the only place that looks up lowering rules, and
+``lower_fun``, which lowers a traceable JAX function with them.
+
+It sits below the rules: a rule with a sub-jaxpr (cond, scan, run_scoped,
+emit_pipeline) or a reference implementation calls back into it, as JAX's
+rules call ``mlir.jaxpr_subcomp``.  It needs the rule table only, never a
+rule module; the entry (kernel.py) imports the rules, which fill the table.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
+import jax
+import numpy as np
 from jax._src import core as jax_core
 from jax._src import source_info_util
 from jax._src.state import types as state_types
 from mlir import ir
 
 from pallas_cpu.lowering import fusion, registry, values
-from pallas_cpu.lowering.context import KernelContext, Ref, RuleContext
+from pallas_cpu.lowering.context import KernelContext, RuleContext
 
 
 class LoweringError(Exception):
@@ -22,8 +31,12 @@ def source_line(eqn: jax_core.JaxprEqn, parent: str = "") -> str:
   return source_info_util.summarize(eqn.source_info) or parent
 
 
+def _user_frame(eqn: jax_core.JaxprEqn) -> source_info_util.Frame | None:
+  return source_info_util.user_frame(eqn.source_info.traceback)
+
+
 def _location(eqn: jax_core.JaxprEqn) -> ir.Location:
-  frame = source_info_util.user_frame(eqn.source_info.traceback)
+  frame = _user_frame(eqn)
   if frame is None:  # keep the enclosing equation's location
     try:
       return ir.Location.current
@@ -38,7 +51,8 @@ def _writes_memory(eqn: jax_core.JaxprEqn) -> bool:
              for e in eqn.effects)
 
 
-def _sub_jaxprs(eqn: jax_core.JaxprEqn):
+def sub_jaxprs(eqn: jax_core.JaxprEqn):
+  """The jaxprs in ``eqn``'s parameters (branches, bodies, calls)."""
   for p in eqn.params.values():
     for x in (p if isinstance(p, (tuple, list)) else (p,)):
       if isinstance(x, jax_core.ClosedJaxpr):
@@ -57,12 +71,14 @@ def unsupported_primitives(jaxpr: jax_core.Jaxpr, parent: str = ""
     if registry.lookup(eqn.primitive) is None:
       found.append((eqn.primitive.name, line))
     else:
-      for sub in _sub_jaxprs(eqn):
+      for sub in sub_jaxprs(eqn):
         found.extend(unsupported_primitives(sub, line))
   return found
 
 
 def check_supported(jaxpr: jax_core.Jaxpr, kernel_name: str) -> None:
+  """Raises NotImplementedError naming every equation of ``jaxpr`` (nested
+  ones included) that has no rule, each with its source line."""
   missing = unsupported_primitives(jaxpr)
   if missing:
     lines = "\n".join(f"  {p} at {src}" for p, src in missing)
@@ -75,7 +91,7 @@ def check_supported(jaxpr: jax_core.Jaxpr, kernel_name: str) -> None:
 def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
                 args: Sequence, consts: Sequence = (), parent: str = "") -> list:
   """Lowers ``jaxpr`` at the current insertion point; returns its outputs
-  (``values.Value`` for arrays and scalars, ``Ref`` for refs).  ``parent``
+  (``values.Value`` for arrays and scalars, ``context.Ref`` for refs).  ``parent``
   is the source line of the equation whose sub-jaxpr this is."""
   env: dict = {}
   users = fusion.users_of(jaxpr)  # var -> equations reading it, in order
@@ -173,3 +189,45 @@ def _wrap(e: Exception, eqn, line: str) -> Exception:
     new = LoweringError(msg)
   new._pallas_cpu_wrapped = True
   return new
+
+
+# -- sub-computations and reference implementations ---------------------------------
+def lower_closed_jaxpr(ctx: RuleContext, closed: jax_core.ClosedJaxpr,
+                       args: Sequence) -> list:
+  """Lowers a rule's sub-computation (a branch, a loop body, a call) on
+  ``args`` at the current insertion point; its scalar constants become
+  arith constants."""
+  kctx = ctx.kernel
+  if any(np.ndim(c) for c in closed.consts):
+    raise NotImplementedError(
+        "pallas_cpu: array constants captured by a kernel sub-computation are "
+        "not supported yet")
+  consts = [kctx.constant(c, np.asarray(c).dtype) for c in closed.consts]
+  return lower_jaxpr(kctx, closed.jaxpr, list(args), consts=consts,
+                     parent=ctx.source)
+
+
+def lower_fun(ctx: RuleContext, fn: Callable, *args, avals_in=None,
+              multiple_results: bool = False):
+  """Lowers ``fn`` -- a traceable JAX function of the equation's operands
+  -- with the rules: a primitive defined by a JAX reference implementation
+  needs no rule of its own.  ``fn`` is traced on ``avals_in`` (default: the
+  equation's); its results take the equation's output dtypes (physical
+  ones for key arrays), the same bits in signless registers."""
+  avals_in = ctx.avals_in if avals_in is None else avals_in
+  closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(a.shape, a.dtype)
+                                for a in avals_in])
+  check_supported(closed.jaxpr, ctx.kernel.name)
+  outs = lower_closed_jaxpr(ctx, closed, args)
+  outs = [*(_retagged(o, a) for o, a in zip(outs, ctx.avals_out)),
+          *outs[len(ctx.avals_out):]]
+  return outs if multiple_results else outs[0]
+
+
+def _retagged(v, aval):
+  dtype = np.dtype(jax_core.physical_aval(aval).dtype)
+  if isinstance(v, values.Scalar) and v.dtype != dtype:
+    return values.Scalar(v.value, dtype)
+  if isinstance(v, values.Array) and v.dtype != dtype:
+    return values.Array(v.node, v.shape, dtype)
+  return v

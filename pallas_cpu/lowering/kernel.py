@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 from jax._src import core as jax_core
-from jax._src import state
-from jax._src.pallas import core as pallas_core
 from mlir import ir
 from mlir.dialects import arith, func, llvm, memref, scf
 
 from pallas_cpu import abi
+from pallas_cpu.lowering import buffers
 from pallas_cpu.lowering import context as context_lowering
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, views
+# The entry fills the rule table: each rule module registers its rules
+# with registry.register when imported (as JAX's lowering rules fill
+# mlir.register_lowering's table); the registry imports none of them.
+from pallas_cpu.lowering import rules  # noqa: F401
 from pallas_cpu.lowering.context import KernelContext, Ref
+from pallas_cpu.lowering.scalars import i64
 from pallas_cpu.params import CompilerParams
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +68,9 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   module = ir.Module.create()
   with ir.InsertionPoint(module.body):
     ptr = llvm.PointerType.get()
-    i64 = ir.IntegerType.get_signless(64)
+    i64_t = ir.IntegerType.get_signless(64)
     entry = func.FuncOp(abi.ENTRY, ir.FunctionType.get(
-        [ptr, i64, i64, *operand_types], []))
+        [ptr, i64_t, i64_t, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
     # XLA gives every operand its own buffer unless input_output_aliases pairs
     # them: telling LLVM lets it keep values in registers and vectorize
@@ -147,60 +149,21 @@ def _exit_checks(kctx: KernelContext) -> None:
     return
   grid_index = _last_grid_index(kctx)
   for sem_id, buf in kctx.semaphore_arrays.items():
-    semaphore_exit(kctx, buf, sem_id, scoped=False, grid_index=grid_index)
+    buffers.semaphore_exit(kctx, buf, sem_id, scoped=False,
+                           grid_index=grid_index)
   kctx.call_runtime(abi.RT_KERNEL_EXIT, [
-      kctx.runtime_ctx, _i64(mode), grid_index])
-
-
-def semaphore_exit(kctx: KernelContext, buf: ir.Value, sem_id: int, *,
-                   scoped: bool, grid_index: ir.Value) -> None:
-  """Reports a semaphore array's leftover counts and unwaited DMAs."""
-  mode = abi.EXIT_CHECK_MODES[kctx.params.exit_checks]
-  if mode == abi.EXIT_CHECK_MODES["off"]:
-    return
-  count = int(np.prod(ir.MemRefType(buf.type).shape, dtype=np.int64))
-  kctx.call_runtime(abi.RT_SEM_EXIT, [
-      kctx.runtime_ctx, _address(buf), _i64(count), _i64(sem_id),
-      _i64(int(scoped)), _i64(mode), grid_index])
-
-
-def buffer_exit(kctx: KernelContext, ref: Ref, site: int,
-                grid_index: ir.Value) -> None:
-  """A scoped buffer ends: a DMA still reading or writing it is an error."""
-  t = ir.MemRefType(ref.memref.type)
-  nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(ref.dtype).itemsize
-  kctx.call_runtime(abi.RT_BUFFER_EXIT, [
-      kctx.runtime_ctx, _address(ref.memref, np.dtype(ref.dtype).itemsize),
-      _i64(nbytes), _i64(site),
-      grid_index])
-
-
-def _address(buf: ir.Value, elem_bytes: int = 4) -> ir.Value:
-  """The address of a view's first element, as an i64."""
-  i64 = ir.IntegerType.get_signless(64)
-  flat = views.space_cast(buf, None)
-  base = arith.index_cast(i64, memref.extract_aligned_pointer_as_index(flat))
-  offset = memref.ExtractStridedMetadataOp(flat).offset
-  if views.constant_int(offset) == 0:
-    return base
-  return arith.addi(base, arith.muli(arith.index_cast(i64, offset),
-                                     _i64(elem_bytes)))
-
-
-def _i64(v: int) -> ir.Value:
-  return arith.constant(ir.IntegerType.get_signless(64), v)
+      kctx.runtime_ctx, i64(mode), grid_index])
 
 
 def _last_grid_index(kctx: KernelContext) -> ir.Value:
   """The row-major index one past the grid's last point, for messages
   ("at kernel exit")."""
-  i64 = ir.IntegerType.get_signless(64)
   total = arith.constant(ir.IndexType.get(), 1)
   for n in kctx.grid:
     size = arith.constant(ir.IndexType.get(), n) if isinstance(n, int) else n
     total = arith.muli(total, size)
-  return arith.index_cast(i64, arith.subi(total, arith.constant(
-      ir.IndexType.get(), 1)))
+  last = arith.subi(total, arith.constant(ir.IndexType.get(), 1))
+  return arith.index_cast(ir.IntegerType.get_signless(64), last)
 
 
 def runtime_info(module: ir.Module) -> abi.RuntimeInfo:
@@ -218,29 +181,6 @@ def _roots(n_index: int, n_blocks: int, n_in: int, aliases) -> list:
   return roots
 
 
-def is_semaphore(aval) -> bool:
-  return isinstance(getattr(aval, "dtype", None), pallas_core.AbstractSemaphoreTy)
-
-
-def allocate_ref(kctx: KernelContext, aval, root, name: str) -> Ref:
-  """Memory for a scratch or run_scoped ref: semaphores zeroed, buffers
-  filled with the uninitialized-memory value (interpret mode's default)."""
-  if not isinstance(aval, state.AbstractRef):
-    raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
-                              "supported yet")
-  inner = aval.inner_aval
-  if is_semaphore(inner):
-    return kctx.new_semaphores(inner.shape, name)
-  if not isinstance(inner, jax_core.ShapedArray):
-    raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
-                              "supported yet")
-  space = memory_spaces.from_pallas(aval.memory_space)
-  if space in (memory_spaces.ANY, memory_spaces.HBM):
-    space = memory_spaces.VMEM  # scratch in HBM is still host memory here
-  buf = kctx.alloc(inner.shape, inner.dtype, space, name=name)
-  kctx.store(grid_lowering.uninitialized_scalar(kctx, inner.dtype), buf)
-  return Ref(views.with_layout(buf), root, np.dtype(inner.dtype))
-
-
 def _scratch_ref(kctx: KernelContext, i: int, aval) -> Ref:
-  return allocate_ref(kctx, aval, ("scratch", i), f"scratch operand {i}")
+  return buffers.allocate_ref(kctx, aval, ("scratch", i),
+                              f"scratch operand {i}")

@@ -1,8 +1,11 @@
 """The lowering-rule registry: one rule per JAX primitive.
 
 A rule is ``rule(ctx: RuleContext, *args: Value, **params) -> Value | list``.
-Rules register themselves from the modules of ``pallas_cpu.lowering.rules``;
-the jaxpr walker is the only place that reports a missing rule.
+This is a table and imports nothing of pallas_cpu: the modules of
+``pallas_cpu.lowering.rules`` register their rules here when they are
+imported, and the entry (``lowering/kernel.py``) imports them, as JAX's
+lowering rules fill ``mlir.register_lowering``'s table.  The jaxpr walker
+is the only place that reports a missing rule.
 """
 from __future__ import annotations
 
@@ -40,7 +43,6 @@ def register(*prims: jax_core.Primitive, pure: bool = True,
 
 
 def lookup(prim: jax_core.Primitive) -> Rule | None:
-  _load_rules()
   rule = _RULES.get(prim)
   if rule is not None and prim in _KEY_RULES:  # see register_key_rule
     rule = dataclasses.replace(rule, fn=_key_dispatch(_KEY_RULES[prim],
@@ -49,18 +51,8 @@ def lookup(prim: jax_core.Primitive) -> Rule | None:
 
 
 def registered() -> dict[jax_core.Primitive, Rule]:
-  _load_rules()
+  """Every registered rule (the rules package must have been imported)."""
   return dict(_RULES)
-
-
-_loaded = False
-
-
-def _load_rules():
-  global _loaded
-  if not _loaded:
-    _loaded = True
-    from pallas_cpu.lowering import rules  # noqa: F401  (registers rules)
 
 
 # -- PRNG key arrays ---------------------------------------------------------------
@@ -92,22 +84,3 @@ def _key_dispatch(key_fn: Callable, fn: Callable) -> Callable:
       return key_fn(fn, ctx, *args, **params)
     return fn(ctx, *args, **params)
   return rule
-
-
-def lower_fun(ctx, fn: Callable, *args, multiple_results: bool = False):
-  """Lowers ``fn`` -- a traceable JAX function of the equation's operands --
-  with the rules: a primitive defined by a JAX reference implementation
-  needs no rule of its own."""
-  import jax
-  import numpy as np
-  from pallas_cpu.lowering import jaxpr as jaxpr_lowering
-  closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(a.shape, a.dtype)
-                                for a in ctx.avals_in])
-  kctx = ctx.kernel
-  if any(np.ndim(c) for c in closed.consts):
-    raise NotImplementedError("lower_fun of a function capturing arrays")
-  consts = [kctx.constant(c, np.asarray(c).dtype) for c in closed.consts]
-  jaxpr_lowering.check_supported(closed.jaxpr, kctx.name)
-  outs = jaxpr_lowering.lower_jaxpr(kctx, closed.jaxpr, args, consts=consts,
-                                    parent=ctx.source)
-  return outs if multiple_results else outs[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax._src import dtypes as jax_dtypes
 from mlir import ir
 
 from pallas_cpu.lowering import fp8
@@ -27,7 +28,13 @@ def is_bool(dtype) -> bool:
 
 
 def bitwidth(dtype) -> int:
+  """Bits of a register value (bool: 1)."""
   return 1 if is_bool(dtype) else np.dtype(dtype).itemsize * 8
+
+
+def dtype_bits(dtype) -> int:
+  """Bits of one element in memory (bool: 8), as JAX counts them."""
+  return jax_dtypes.itemsize_bits(np.dtype(dtype))
 
 
 _FLOATS = {

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from mlir import ir
 from mlir.dialects import arith, linalg
+from mlir.dialects import memref as memref_d  # `memref` names values here
 
 from pallas_cpu.lowering import fp8, types
 
@@ -231,13 +232,11 @@ def _zeros(memref: ir.Value) -> list[ir.Value]:
 
 
 def load_scalar(memref: ir.Value, dtype) -> Scalar:
-  from mlir.dialects import memref as memref_d
   return Scalar(from_memory(memref_d.load(memref, _zeros(memref)), dtype),
                 np.dtype(dtype))
 
 
 def store_scalar(v: ir.Value, memref: ir.Value, dtype) -> None:
-  from mlir.dialects import memref as memref_d
   memref_d.store(to_memory(v, dtype), memref, _zeros(memref))
 
 
@@ -287,7 +286,6 @@ def evaluate_at(node: Node, ivs: Sequence[ir.Value]) -> ir.Value:
   values), emitted at the current insertion point: loads become
   ``memref.load``s.  For loops that are not linalg ops (a reduction whose
   accumulator lives in a register)."""
-  from mlir.dialects import memref as memref_d
 
   def load(n: Load) -> ir.Value:
     zero = arith.constant(ir.IndexType.get(), 0)

@@ -14,106 +14,99 @@ from __future__ import annotations
 from mlir import ir
 from mlir.dialects import arith, math
 
-
-def _f(v: ir.Value, c: float) -> ir.Value:
-  return arith.constant(v.type, ir.FloatAttr.get(v.type, c))
-
-
-def _i32(c: int) -> ir.Value:
-  t = ir.IntegerType.get_signless(32)
-  return arith.constant(t, ir.IntegerAttr.get(t, c))
+from pallas_cpu.lowering.scalars import cmpf, const_like, i32
 
 
 def _poly(x: ir.Value, coeffs) -> ir.Value:
   """Horner: coeffs from the highest degree down."""
-  acc = _f(x, coeffs[0])
+  acc = const_like(x, coeffs[0])
   for c in coeffs[1:]:
-    acc = arith.addf(arith.mulf(acc, x), _f(x, c))
+    acc = arith.addf(arith.mulf(acc, x), const_like(x, c))
   return acc
-
-
-def _cmp(pred: str, a, b):
-  return arith.cmpf(getattr(arith.CmpFPredicate, pred), a, b)
 
 
 def _round_small(y: ir.Value) -> ir.Value:
   """floor(y + 0.5) as i32 for |y| < 2**30, in plain arith (math.floor
   would become a libm call in our pipeline, which runs math-to-libm first)."""
-  i32 = ir.IntegerType.get_signless(32)
-  h = arith.addf(y, _f(y, 0.5))
-  t = arith.fptosi(i32, h)                          # truncates toward zero
+  i32_t = ir.IntegerType.get_signless(32)
+  h = arith.addf(y, const_like(y, 0.5))
+  t = arith.fptosi(i32_t, h)                        # truncates toward zero
   back = arith.sitofp(y.type, t)
-  return arith.select(_cmp("OGT", back, h), arith.subi(t, _i32(1)), t)
+  return arith.select(cmpf("OGT", back, h), arith.subi(t, i32(1)), t)
 
 
 def _copysign(mag: ir.Value, sign_of: ir.Value) -> ir.Value:
-  i32 = ir.IntegerType.get_signless(32)
-  bits = arith.andi(arith.bitcast(i32, mag), _i32(0x7FFFFFFF))
-  sign = arith.andi(arith.bitcast(i32, sign_of), _i32(-0x80000000))
+  i32_t = ir.IntegerType.get_signless(32)
+  bits = arith.andi(arith.bitcast(i32_t, mag), i32(0x7FFFFFFF))
+  sign = arith.andi(arith.bitcast(i32_t, sign_of), i32(-0x80000000))
   return arith.bitcast(mag.type, arith.ori(bits, sign))
 
 
 def _pow2(n: ir.Value) -> ir.Value:
   """2**n for an i32 n in [-126, 127], built from the exponent bits."""
-  bits = arith.shli(arith.addi(n, _i32(127)), _i32(23))
+  bits = arith.shli(arith.addi(n, i32(127)), i32(23))
   return arith.bitcast(ir.F32Type.get(), bits)
 
 
 def exp_f32(x: ir.Value) -> ir.Value:
   f32 = ir.F32Type.get()
-  i32 = ir.IntegerType.get_signless(32)
   # exp(x) = 2**n * exp(r), n = round(x / ln2), |r| <= ln2 / 2.
-  xc = arith.minimumf(arith.maximumf(x, _f(x, -104.0)), _f(x, 89.0))
-  n = _round_small(arith.mulf(xc, _f(x, 1.44269504088896341)))
+  xc = arith.minimumf(arith.maximumf(x, const_like(x, -104.0)),
+                      const_like(x, 89.0))
+  n = _round_small(arith.mulf(xc, const_like(x, 1.44269504088896341)))
   n_f = arith.sitofp(f32, n)
-  r = arith.subf(xc, arith.mulf(n_f, _f(x, 0.693359375)))
-  r = arith.subf(r, arith.mulf(n_f, _f(x, -2.12194440e-4)))
+  r = arith.subf(xc, arith.mulf(n_f, const_like(x, 0.693359375)))
+  r = arith.subf(r, arith.mulf(n_f, const_like(x, -2.12194440e-4)))
   p = _poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1])
-  e_r = arith.addf(arith.addf(arith.mulf(arith.mulf(p, r), r), r), _f(x, 1.0))
+  e_r = arith.addf(arith.addf(arith.mulf(arith.mulf(p, r), r), r),
+                   const_like(x, 1.0))
   # 2**n in two halves so that results down to the denormals are exact.
-  n1 = arith.shrsi(n, _i32(1))
+  n1 = arith.shrsi(n, i32(1))
   n2 = arith.subi(n, n1)
   y = arith.mulf(arith.mulf(e_r, _pow2(n1)), _pow2(n2))
-  y = arith.select(_cmp("OGT", x, _f(x, 88.72283935546875)),
-                   _f(x, float("inf")), y)
-  y = arith.select(_cmp("OLT", x, _f(x, -103.972084)), _f(x, 0.0), y)
-  del i32
-  return arith.select(_cmp("UNO", x, x), x, y)
+  y = arith.select(cmpf("OGT", x, const_like(x, 88.72283935546875)),
+                   const_like(x, float("inf")), y)
+  y = arith.select(cmpf("OLT", x, const_like(x, -103.972084)),
+                   const_like(x, 0.0), y)
+  return arith.select(cmpf("UNO", x, x), x, y)
 
 
 def log_f32(x: ir.Value) -> ir.Value:
   f32 = ir.F32Type.get()
-  i32 = ir.IntegerType.get_signless(32)
+  i32_t = ir.IntegerType.get_signless(32)
   # Normalize denormals: scale by 2**23 and correct the exponent.
-  tiny = _cmp("OLT", x, _f(x, 1.17549435e-38))
-  xs = arith.select(tiny, arith.mulf(x, _f(x, 8388608.0)), x)
-  bias = arith.select(tiny, _i32(23), _i32(0))
-  bits = arith.bitcast(i32, xs)
-  e = arith.subi(arith.shrui(bits, _i32(23)), _i32(126))
+  tiny = cmpf("OLT", x, const_like(x, 1.17549435e-38))
+  xs = arith.select(tiny, arith.mulf(x, const_like(x, 8388608.0)), x)
+  bias = arith.select(tiny, i32(23), i32(0))
+  bits = arith.bitcast(i32_t, xs)
+  e = arith.subi(arith.shrui(bits, i32(23)), i32(126))
   e = arith.subi(e, bias)
   # Mantissa in [0.5, 1).
-  m = arith.bitcast(f32, arith.ori(arith.andi(bits, _i32(0x007FFFFF)),
-                                   _i32(0x3F000000)))
+  m = arith.bitcast(f32, arith.ori(arith.andi(bits, i32(0x007FFFFF)),
+                                   i32(0x3F000000)))
   # If m < sqrt(1/2): m = 2m, e -= 1  -> m in [sqrt(1/2), sqrt(2)).
-  small = _cmp("OLT", m, _f(x, 0.707106781186547524))
-  e = arith.select(small, arith.subi(e, _i32(1)), e)
+  small = cmpf("OLT", m, const_like(x, 0.707106781186547524))
+  e = arith.select(small, arith.subi(e, i32(1)), e)
   m = arith.select(small, arith.addf(m, m), m)
-  t = arith.subf(m, _f(x, 1.0))
+  t = arith.subf(m, const_like(x, 1.0))
   z = arith.mulf(t, t)
   p = _poly(t, [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1,
                 -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
                 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1])
   y = arith.mulf(arith.mulf(p, t), z)
   e_f = arith.sitofp(f32, e)
-  y = arith.addf(y, arith.mulf(e_f, _f(x, -2.12194440e-4)))
-  y = arith.subf(y, arith.mulf(z, _f(x, 0.5)))
-  y = arith.addf(arith.addf(t, y), arith.mulf(e_f, _f(x, 0.693359375)))
+  y = arith.addf(y, arith.mulf(e_f, const_like(x, -2.12194440e-4)))
+  y = arith.subf(y, arith.mulf(z, const_like(x, 0.5)))
+  y = arith.addf(arith.addf(t, y),
+                 arith.mulf(e_f, const_like(x, 0.693359375)))
   # Special values: log(0) = -inf, log(<0) = NaN, log(inf) = inf, NaN.
-  y = arith.select(_cmp("OEQ", x, _f(x, 0.0)), _f(x, float("-inf")), y)
-  y = arith.select(_cmp("OLT", x, _f(x, 0.0)), _f(x, float("nan")), y)
-  y = arith.select(_cmp("OEQ", x, _f(x, float("inf"))), x, y)
-  return arith.select(_cmp("UNO", x, x), x, y)
+  y = arith.select(cmpf("OEQ", x, const_like(x, 0.0)),
+                   const_like(x, float("-inf")), y)
+  y = arith.select(cmpf("OLT", x, const_like(x, 0.0)),
+                   const_like(x, float("nan")), y)
+  y = arith.select(cmpf("OEQ", x, const_like(x, float("inf"))), x, y)
+  return arith.select(cmpf("UNO", x, x), x, y)
 
 
 def tanh_f32(x: ir.Value) -> ir.Value:
@@ -125,8 +118,8 @@ def tanh_f32(x: ir.Value) -> ir.Value:
   # Signed explicitly: for x = -0 the sum would be (+0) + (-0) = +0.
   small = _copysign(arith.addf(arith.mulf(arith.mulf(p, z), x), x), x)
   e = exp_f32(arith.addf(ax, ax))
-  big = arith.subf(_f(x, 1.0), arith.divf(_f(x, 2.0),
-                                          arith.addf(e, _f(x, 1.0))))
+  big = arith.subf(const_like(x, 1.0), arith.divf(
+      const_like(x, 2.0), arith.addf(e, const_like(x, 1.0))))
   big = _copysign(big, x)
-  y = arith.select(_cmp("OLT", ax, _f(x, 0.625)), small, big)
-  return arith.select(_cmp("UNO", x, x), x, y)
+  y = arith.select(cmpf("OLT", ax, const_like(x, 0.625)), small, big)
+  return arith.select(cmpf("UNO", x, x), x, y)

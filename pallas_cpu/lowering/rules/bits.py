@@ -43,72 +43,16 @@ from jax._src.pallas import primitives as pallas_primitives
 from jax._src.pallas import utils as pallas_utils
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from mlir import ir
-from mlir.dialects import arith, llvm, math, memref
+from mlir.dialects import arith, llvm, math
 
 from pallas_cpu.lowering import types, values, views
-from pallas_cpu.lowering.registry import lower_fun, register
-from pallas_cpu.lowering.rules.common import const, const_like, elementwise
-
-
-# -- scalar helpers (also used by rules/random.py) ----------------------------
-def int_type(bits: int) -> ir.Type:
-  return ir.IntegerType.get_signless(bits)
-
-
-def width(t: ir.Type) -> int:
-  if isinstance(t, ir.IntegerType):
-    return ir.IntegerType(t).width
-  return ir.FloatType(t).width
-
-
-def to_bits(v: ir.Value) -> ir.Value:
-  """A float as the signless integer of its width (integers unchanged)."""
-  if isinstance(v.type, ir.IntegerType):
-    return v
-  return arith.bitcast(int_type(width(v.type)), v)
-
-
-def from_bits(v: ir.Value, t: ir.Type) -> ir.Value:
-  return v if v.type == t else arith.bitcast(t, v)
-
-
-def resize(v: ir.Value, bits: int) -> ir.Value:
-  """Zero-extends or truncates the integer ``v`` to ``bits`` bits."""
-  w = width(v.type)
-  if w < bits:
-    return arith.extui(int_type(bits), v)
-  if w > bits:
-    return arith.trunci(int_type(bits), v)
-  return v
-
-
-def cmpi(pred: str, a, b):
-  return arith.cmpi(getattr(arith.CmpIPredicate, pred), a, b)
-
-
-def cmpf(pred: str, a, b):
-  return arith.cmpf(getattr(arith.CmpFPredicate, pred.upper()), a, b)
-
-
-def f32_to_bf16(v: ir.Value) -> ir.Value:
-  """An f32 rounded to bf16 (nearest even) on its bits, as XLA does: an f32
-  denormal stays a bf16 denormal (LLVM's ``fptrunc`` may use
-  ``vcvtneps2bf16``, which flushes it), and NaN becomes the quiet NaN of
-  its sign."""
-  i32 = int_type(32)
-  bits = to_bits(v)
-  lsb = arith.andi(arith.shrui(bits, const(i32, 16)), const(i32, 1))
-  rounded = arith.shrui(arith.addi(bits, arith.addi(const(i32, 0x7FFF), lsb)),
-                        const(i32, 16))
-  sign = arith.andi(arith.shrui(bits, const(i32, 16)), const(i32, 0x8000))
-  nan = cmpi("ugt", arith.andi(bits, const(i32, 0x7FFFFFFF)),
-             const(i32, 0x7F800000))
-  out = arith.select(nan, arith.ori(sign, const(i32, 0x7FC0)), rounded)
-  return from_bits(arith.trunci(int_type(16), out), ir.BF16Type.get())
-
-
-def _dtype_bits(dtype) -> int:
-  return jax_dtypes.itemsize_bits(np.dtype(dtype))
+from pallas_cpu.lowering.jaxpr import lower_fun
+from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules import shape as shape_rules
+from pallas_cpu.lowering.rules.common import elementwise, in_memory, load_view
+from pallas_cpu.lowering.scalars import (cmpf, cmpi, const, const_like,
+                                         from_bits, int_type, resize, to_bits,
+                                         width)
 
 
 def _check_bitcastable(*dts):
@@ -151,29 +95,6 @@ def _node_of(x: values.Value):
   return values.Splat(x.value) if isinstance(x, values.Scalar) else x.node
 
 
-def in_memory(ctx, x: values.Array) -> tuple[ir.Value, object]:
-  """``x`` as a strided memref of its shape, and the storage root its lazy
-  loads must name: the memref ``x`` already reads when it is a plain load
-  (no copy), else a fresh immutable temporary (root None)."""
-  node = x.node
-  if (isinstance(node, values.Load) and node.converted is None
-      and node.index_map == values.identity_map(len(x.shape))
-      and tuple(ir.MemRefType(node.memref.type).shape) == tuple(x.shape)):
-    return views.with_layout(node.memref), node.root
-  return views.with_layout(ctx.kernel.materialize(x)), None
-
-
-def load_view(view: ir.Value, root, dtype) -> values.Value:
-  """A lazy load of ``view`` (a scalar load now when it has rank 0).  Its
-  key is None: never the view a store writes through, so a store into the
-  same root is not done in place (rules/memory.py)."""
-  shape = tuple(ir.MemRefType(view.type).shape)
-  if not shape:
-    return values.Scalar(memref.load(view, []), np.dtype(dtype))
-  return values.Array(values.Load(view, values.identity_map(len(shape)),
-                                  root), shape, np.dtype(dtype))
-
-
 def _strided_parts(ctx, x: values.Array, dim: int, p: int) -> list:
   """The ``p`` interleaved parts ``x[..., k::p, ...]`` along ``dim`` (or,
   for ``dim`` the last of size ``p``, ``x[..., k]`` with it dropped)."""
@@ -200,7 +121,7 @@ def _strided_parts(ctx, x: values.Array, dim: int, p: int) -> list:
 # -- bitcasts --------------------------------------------------------------------
 def _widths(src, dst) -> tuple[int, int, ir.Type]:
   _check_bitcastable(src, dst)
-  return _dtype_bits(src), _dtype_bits(dst), types.element_type(dst)
+  return types.dtype_bits(src), types.dtype_bits(dst), types.element_type(dst)
 
 
 def _joined(parts, sb: int, dst_t, out_shape, dst) -> values.Value:
@@ -256,7 +177,6 @@ def _tpu_bitcast(ctx, x, *, ty):
     return _joined(parts, sb, dst_t, out_shape, dst)
   # sb > db: row i of x becomes rows i*p .. i*p+p-1; computed as
   # (..., m, p, n) and reshaped.
-  from pallas_cpu.lowering.rules import shape as shape_rules
   *lead, m, n = x.shape
   wide = (*lead, m, sb // db, n)
   node = values.reindex(x.node, [*range(rank - 1), rank], wide)
@@ -413,7 +333,7 @@ def _stochastic_round(ctx, x, random_bits, *, target_dtype):
 def _pack_elementwise(ctx, *xs, packed_dtype):
   src = np.dtype(ctx.avals_in[0].dtype)
   packed = np.dtype(packed_dtype)
-  ub, pb = _dtype_bits(src), _dtype_bits(packed)
+  ub, pb = types.dtype_bits(src), types.dtype_bits(packed)
   out_t = int_type(ub)
   floats = types.is_float(src)
   if floats:
@@ -434,7 +354,7 @@ def _pack_elementwise(ctx, *xs, packed_dtype):
 @register(tpu_primitives.unpack_elementwise_p)
 def _unpack_elementwise(ctx, x, *, index, packed_dtype, unpacked_dtype):
   packed, unpacked = np.dtype(packed_dtype), np.dtype(unpacked_dtype)
-  ub, pb = _dtype_bits(unpacked), _dtype_bits(packed)
+  ub, pb = types.dtype_bits(unpacked), types.dtype_bits(packed)
   out_t = types.element_type(unpacked)
   if types.is_float(packed) != types.is_float(unpacked):
     raise NotImplementedError(

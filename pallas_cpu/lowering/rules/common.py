@@ -1,13 +1,14 @@
-"""Helpers shared by rule families."""
+"""Helpers shared by rule families: pointwise application of a scalar
+builder, and operands as memrefs with lazy loads of their views."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import numpy as np
 from mlir import ir
-from mlir.dialects import arith
+from mlir.dialects import memref
 
-from pallas_cpu.lowering import fp8, values
+from pallas_cpu.lowering import fp8, values, views
 from pallas_cpu.lowering.context import RuleContext, scalar_of
 
 
@@ -40,20 +41,24 @@ def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
   return values.Array(values.Op(build, tuple(nodes)), shape, dtype)
 
 
-def const(t: ir.Type, value) -> ir.Value:
-  """An arith constant of element type ``t``; integers are taken modulo
-  2**width (so unsigned values and -1 both fit), i1 true is -1."""
-  if isinstance(t, ir.IntegerType):
-    bits = ir.IntegerType(t).width
-    v = int(value) % (2 ** bits)
-    if bits > 1 and v >= 2 ** (bits - 1):
-      v -= 2 ** bits
-    if bits == 1:
-      v = -1 if v else 0
-    return arith.constant(t, ir.IntegerAttr.get(t, v))
-  return arith.constant(t, ir.FloatAttr.get(t, float(value)))
+def in_memory(ctx, x: values.Array) -> tuple[ir.Value, object]:
+  """``x`` as a strided memref of its shape, and the storage root its lazy
+  loads must name: the memref ``x`` already reads when it is a plain load
+  (no copy), else a fresh immutable temporary (root None)."""
+  node = x.node
+  if (isinstance(node, values.Load) and node.converted is None
+      and node.index_map == values.identity_map(len(x.shape))
+      and tuple(ir.MemRefType(node.memref.type).shape) == tuple(x.shape)):
+    return views.with_layout(node.memref), node.root
+  return views.with_layout(ctx.kernel.materialize(x)), None
 
 
-def const_like(v: ir.Value, value) -> ir.Value:
-  """A constant of ``v``'s type."""
-  return const(v.type, value)
+def load_view(view: ir.Value, root, dtype) -> values.Value:
+  """A lazy load of ``view`` (a scalar load now when it has rank 0).  Its
+  key is None: never the view a store writes through, so a store into the
+  same root is not done in place (rules/memory.py)."""
+  shape = tuple(ir.MemRefType(view.type).shape)
+  if not shape:
+    return values.Scalar(memref.load(view, []), np.dtype(dtype))
+  return values.Array(values.Load(view, values.identity_map(len(shape)),
+                                  root), shape, np.dtype(dtype))

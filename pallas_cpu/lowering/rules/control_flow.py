@@ -8,8 +8,6 @@ them and copies the next carries back at the end of each iteration.
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from jax._src import core as jax_core
 from jax._src import custom_derivatives
@@ -18,48 +16,35 @@ from jax._src.lax import control_flow as lax_cf
 from mlir import ir
 from mlir.dialects import arith, linalg, scf
 
-from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import types, values, views
-from pallas_cpu.lowering.context import Ref, scalar_of
+from pallas_cpu.lowering.context import scalar_of
+from pallas_cpu.lowering.jaxpr import lower_closed_jaxpr
 from pallas_cpu.lowering.registry import register
-
-_carry_ids = itertools.count()
 
 
 def _is_array_aval(aval) -> bool:
   return isinstance(aval, jax_core.ShapedArray) and aval.shape != ()
 
 
-def _lower_closed(ctx, closed: jax_core.ClosedJaxpr, args):
-  kctx = ctx.kernel
-  if any(np.ndim(c) for c in closed.consts):
-    raise NotImplementedError(
-        "pallas_cpu: array constants captured by a kernel sub-computation are "
-        "not supported yet")
-  consts = [kctx.constant(c, np.asarray(c).dtype) for c in closed.consts]
-  return jaxpr_lowering.lower_jaxpr(kctx, closed.jaxpr, args, consts=consts,
-                                    parent=ctx.source)
-
-
 # -- calls ----------------------------------------------------------------------
 @register(pjit.jit_p, pure=False)
 def _jit(ctx, *args, jaxpr, **_):
-  return _lower_closed(ctx, jaxpr, args)
+  return lower_closed_jaxpr(ctx, jaxpr, args)
 
 
 @register(jax_core.closed_call_p, pure=False)
 def _closed_call(ctx, *args, call_jaxpr, **_):
-  return _lower_closed(ctx, call_jaxpr, args)
+  return lower_closed_jaxpr(ctx, call_jaxpr, args)
 
 
 @register(custom_derivatives.custom_jvp_call_p, pure=False)
 def _custom_jvp_call(ctx, *args, call_jaxpr, **_):
-  return _lower_closed(ctx, call_jaxpr, args)
+  return lower_closed_jaxpr(ctx, call_jaxpr, args)
 
 
 @register(custom_derivatives.custom_vjp_call_p, pure=False)
 def _custom_vjp_call(ctx, *args, call_jaxpr, **_):
-  return _lower_closed(ctx, call_jaxpr, args)
+  return lower_closed_jaxpr(ctx, call_jaxpr, args)
 
 
 # -- carried values ----------------------------------------------------------------
@@ -74,7 +59,10 @@ class _Carry:
     self.dtype = None if self.is_ref else np.dtype(aval.dtype)
     if self.is_buffer:
       self.buf = kctx.alloc(aval.shape, aval.dtype)
-      self.root = values.PrivateRoot(f"carry {next(_carry_ids)}")
+      # Told apart by identity; numbered per kernel for readers.
+      n = kctx.rule_state.get("carries", 0)
+      kctx.rule_state["carries"] = n + 1
+      self.root = values.PrivateRoot(f"carry {n}")
 
   @property
   def ssa_type(self):
@@ -156,13 +144,14 @@ def _cond(ctx, index, *ops, branches, **_):
   def emit(k):
     """Branches k.. as nested ifs (the index is clamped, as lax.cond does)."""
     if k == len(branches) - 1:
-      res = _lower_closed(ctx, branches[k], ops)
+      res = lower_closed_jaxpr(ctx, branches[k], ops)
       return _store_carries(kctx, outs, res)
     pred = arith.cmpi(arith.CmpIPredicate.sle, idx,
                       arith.constant(idx.type, k))
     if_op = scf.IfOp(pred, scalar_types, has_else=True)
     with ir.InsertionPoint(if_op.then_block):
-      scf.YieldOp(_store_carries(kctx, outs, _lower_closed(ctx, branches[k], ops)))
+      scf.YieldOp(_store_carries(
+          kctx, outs, lower_closed_jaxpr(ctx, branches[k], ops)))
     with ir.InsertionPoint(if_op.else_block):
       scf.YieldOp(emit(k + 1))
     return list(if_op.results)
@@ -194,7 +183,7 @@ def _scan(ctx, *args, jaxpr, length, reverse, num_consts, num_carry, **_):
       i = arith.subi(views.as_index(length - 1), i)
     xs_vals = [_slice_leading(b, i, x.dtype) for b, x in zip(xs_bufs, xs)]
     body_args = [*consts, *_bind(carries, loop.inner_iter_args, init), *xs_vals]
-    res = _lower_closed(ctx, jaxpr, body_args)
+    res = lower_closed_jaxpr(ctx, jaxpr, body_args)
     new_carry, ys = res[:num_carry], res[num_carry:]
     for y, buf, a in zip(ys, ys_bufs, ys_avals):
       dst = views.subview(buf, [i] + [0] * (len(a.shape) - 1),
@@ -230,10 +219,10 @@ def _while(ctx, *args, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
   after = op.after.blocks.append(*ssa_types)
   with ir.InsertionPoint(before):
     state = _bind(carries, before.arguments, init)
-    (pred,) = _lower_closed(ctx, cond_jaxpr, [*cconsts, *state])
+    (pred,) = lower_closed_jaxpr(ctx, cond_jaxpr, [*cconsts, *state])
     scf.ConditionOp(scalar_of(kctx, pred).value, list(before.arguments))
   with ir.InsertionPoint(after):
     state = _bind(carries, after.arguments, init)
-    new = _lower_closed(ctx, body_jaxpr, [*bconsts, *state])
+    new = lower_closed_jaxpr(ctx, body_jaxpr, [*bconsts, *state])
     scf.YieldOp(_store_carries(kctx, carries, new))
   return _bind(carries, op.results, init)

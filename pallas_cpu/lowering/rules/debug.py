@@ -19,10 +19,7 @@ from pallas_cpu import abi
 from pallas_cpu.lowering import types, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
-
-
-def _i64(v: int) -> ir.Value:
-  return arith.constant(ir.IntegerType.get_signless(64), v)
+from pallas_cpu.lowering.scalars import i64
 
 
 def _raw_bits(v: ir.Value, dtype) -> ir.Value:
@@ -65,7 +62,7 @@ def _debug_print(ctx, *dyn_args, fmt, ordered, in_tree, static_args,
                               ir.IntegerType.get_signless(64),
                               layout=ir.MemRefType(window.type).layout)
   kctx.call_runtime(abi.RT_DEBUG_PRINT, [
-      kctx.runtime_ctx, _i64(print_id), memref.CastOp(dynamic, window).result])
+      kctx.runtime_ctx, i64(print_id), memref.CastOp(dynamic, window).result])
   return []
 
 
@@ -89,7 +86,7 @@ def _check(ctx, *err_args, err_tree, debug):
   if_op = scf.IfOp(failed)
   with ir.InsertionPoint(if_op.then_block):
     kctx.call_runtime(abi.RT_CHECK_FAILED, [
-        kctx.runtime_ctx, _i64(check_id), kctx.grid_index()])
+        kctx.runtime_ctx, i64(check_id), kctx.grid_index()])
     scf.YieldOp([])
   return []
 

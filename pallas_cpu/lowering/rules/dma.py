@@ -12,17 +12,16 @@ import numpy as np
 from jax._src.pallas import primitives as pallas_primitives
 from jax._src.pallas.mosaic import core as tpu_core
 from jax._src.pallas.mosaic import primitives as tpu_primitives
+from jax._src.state import types as state_types
 from mlir import ir
 from mlir.dialects import arith, memref
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import values, views
+from pallas_cpu.lowering import buffers, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.memory import view_of
-
-def _i64(v: int) -> ir.Value:
-  return arith.constant(ir.IntegerType.get_signless(64), v)
+from pallas_cpu.lowering.scalars import i64 as _i64
 
 
 def _semaphore(ctx, sem):
@@ -140,7 +139,6 @@ def _semaphore_read(ctx, *args, args_tree):
 
 
 def _transformed(sem, transforms):
-  from jax._src.state import types as state_types
   if not transforms:
     return sem
   return state_types.TransformedRef(sem, tuple(transforms))
@@ -155,7 +153,8 @@ def _get_barrier_semaphore(ctx):
   """The kernel's barrier semaphore (pltpu.get_barrier_semaphore): one per
   kernel invocation, zero at entry.  Devices signal each other's through it;
   on one device only local signals and waits reach it."""
-  kctx = ctx.kernel
-  if getattr(kctx, "_barrier_semaphore", None) is None:
-    kctx._barrier_semaphore = kctx.new_semaphores((), "barrier semaphore")
-  return kctx._barrier_semaphore
+  state = ctx.kernel.rule_state
+  if "barrier_semaphore" not in state:
+    state["barrier_semaphore"] = buffers.new_semaphores(
+        ctx.kernel, (), "barrier semaphore")
+  return state["barrier_semaphore"]

@@ -27,9 +27,10 @@ from mlir.dialects import arith, memref, scf
 from pallas_cpu import abi
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.elementwise import convert
+from pallas_cpu.lowering.rules.memory import apply_transforms
 from pallas_cpu.lowering.rules.reductions import (
     accumulator_dtype, emit_generic, fill, result)
+from pallas_cpu.lowering.scalars import convert
 
 
 @register(lax.dot_general_p)
@@ -210,10 +211,9 @@ def _accumulator_view(ctx, target, lhs, rhs) -> ir.Value | None:
   lowering/fusion.py) when the microkernel can accumulate into it in place:
   f32 in memory, operands not reading it.  Accepting flushes lazy reads of
   the ref, since it is now written before the add's position."""
-  from pallas_cpu.lowering.rules import memory  # rules import rules lazily
   try:
-    view, _ = memory.apply_transforms(ctx, target.ref, target.tree,
-                                      target.index_args)
+    view, _ = apply_transforms(ctx, target.ref, target.tree,
+                               target.index_args)
   except NotImplementedError:
     return None  # not a memref view (a width-changing ref bitcast)
   if view.dtype != np.float32 or view.sem_id is not None:

@@ -9,12 +9,12 @@ from jax._src.lax import special
 from mlir import ir
 from mlir.dialects import arith, math
 
-from pallas_cpu.lowering import fp8, types
+from pallas_cpu.lowering import types
 from pallas_cpu.lowering.context import call_external
-from pallas_cpu.lowering.rules import approx
-from pallas_cpu.lowering.rules import bits as bits_rules
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.common import const_like, elementwise
+from pallas_cpu.lowering.rules import approx
+from pallas_cpu.lowering.rules.common import elementwise
+from pallas_cpu.lowering.scalars import cmpf, cmpi, const_like, convert
 
 
 def _in_dtype(ctx, i=0):
@@ -25,16 +25,11 @@ def _select(c, a, b):
   return arith.select(c, a, b)
 
 
-def _cmpi(pred, a, b):
-  return arith.cmpi(getattr(arith.CmpIPredicate, pred), a, b)
-
-
-def _cmpf(pred, a, b):
-  return arith.cmpf(getattr(arith.CmpFPredicate, pred.upper()), a, b)
-
-
 # -- arithmetic ---------------------------------------------------------------
-def _binary(float_op, int_op, uint_op=None):
+def binary(float_op, int_op, uint_op=None):
+  """The rule of a binary primitive: ``float_op``, ``int_op`` or
+  ``uint_op`` (bool and unsigned; default ``int_op``) by the operands'
+  dtype, applied pointwise."""
   def rule(ctx, x, y, **_):
     dt = _in_dtype(ctx)
     if types.is_float(dt):
@@ -51,11 +46,11 @@ def _binary(float_op, int_op, uint_op=None):
 # once, as IEEE says.  XLA's CPU backend does contract a*b+c into an FMA in
 # some fusions and not in others (interpret mode and plain jnp disagree in
 # the last bit), so strict rounding is the one reproducible choice.
-register(lax.add_p)(_binary(arith.addf, arith.addi))
-register(lax.sub_p)(_binary(arith.subf, arith.subi))
-register(lax.mul_p)(_binary(arith.mulf, arith.muli))
-register(lax.max_p)(_binary(arith.maximumf, arith.maxsi, arith.maxui))
-register(lax.min_p)(_binary(arith.minimumf, arith.minsi, arith.minui))
+register(lax.add_p)(binary(arith.addf, arith.addi))
+register(lax.sub_p)(binary(arith.subf, arith.subi))
+register(lax.mul_p)(binary(arith.mulf, arith.muli))
+register(lax.max_p)(binary(arith.maximumf, arith.maxsi, arith.maxui))
+register(lax.min_p)(binary(arith.minimumf, arith.minsi, arith.minui))
 
 
 def _sdiv(x, y):
@@ -63,8 +58,8 @@ def _sdiv(x, y):
   bits = ir.IntegerType(x.type).width
   zero, one, m1 = const_like(x, 0), const_like(x, 1), const_like(x, -1)
   int_min = const_like(x, -(2 ** (bits - 1)))
-  by_zero = _cmpi("eq", y, zero)
-  overflow = arith.andi(_cmpi("eq", x, int_min), _cmpi("eq", y, m1))
+  by_zero = cmpi("eq", y, zero)
+  overflow = arith.andi(cmpi("eq", x, int_min), cmpi("eq", y, m1))
   safe = _select(arith.ori(by_zero, overflow), one, y)
   q = arith.divsi(x, safe)
   q = _select(overflow, int_min, q)
@@ -73,7 +68,7 @@ def _sdiv(x, y):
 
 def _udiv(x, y):
   zero, one = const_like(x, 0), const_like(x, 1)
-  by_zero = _cmpi("eq", y, zero)
+  by_zero = cmpi("eq", y, zero)
   q = arith.divui(x, _select(by_zero, one, y))
   return _select(by_zero, const_like(x, -1), q)
 
@@ -83,8 +78,8 @@ def _srem(x, y):
   bits = ir.IntegerType(x.type).width
   zero, one, m1 = const_like(x, 0), const_like(x, 1), const_like(x, -1)
   int_min = const_like(x, -(2 ** (bits - 1)))
-  by_zero = _cmpi("eq", y, zero)
-  overflow = arith.andi(_cmpi("eq", x, int_min), _cmpi("eq", y, m1))
+  by_zero = cmpi("eq", y, zero)
+  overflow = arith.andi(cmpi("eq", x, int_min), cmpi("eq", y, m1))
   r = arith.remsi(x, _select(arith.ori(by_zero, overflow), one, y))
   r = _select(overflow, zero, r)
   return _select(by_zero, x, r)
@@ -92,13 +87,13 @@ def _srem(x, y):
 
 def _urem(x, y):
   zero, one = const_like(x, 0), const_like(x, 1)
-  by_zero = _cmpi("eq", y, zero)
+  by_zero = cmpi("eq", y, zero)
   r = arith.remui(x, _select(by_zero, one, y))
   return _select(by_zero, x, r)
 
 
-register(lax.div_p)(_binary(arith.divf, _sdiv, _udiv))
-register(lax.rem_p)(_binary(arith.remf, _srem, _urem))
+register(lax.div_p)(binary(arith.divf, _sdiv, _udiv))
+register(lax.rem_p)(binary(arith.remf, _srem, _urem))
 
 
 @register(lax.neg_p)
@@ -115,7 +110,7 @@ def _abs(ctx, x, **_):
   def build(a):  # math.absi has no LLVM lowering here; INT_MIN stays INT_MIN
     v = a[0]
     zero = const_like(v, 0)
-    return _select(_cmpi("slt", v, zero), arith.subi(zero, v), v)
+    return _select(cmpi("slt", v, zero), arith.subi(zero, v), v)
   return elementwise(ctx, build, [x])
 
 
@@ -128,12 +123,12 @@ def _sign(ctx, x, **_):
     zero, one, m1 = const_like(v, 0), const_like(v, 1), const_like(v, -1)
     if types.is_float(dt):
       # +-0 and NaN map to themselves.
-      r = _select(_cmpf("ogt", v, zero), one, v)
-      return _select(_cmpf("olt", v, zero), m1, r)
+      r = _select(cmpf("ogt", v, zero), one, v)
+      return _select(cmpf("olt", v, zero), m1, r)
     if types.is_unsigned(dt):
-      return _select(_cmpi("eq", v, zero), zero, one)
-    r = _select(_cmpi("sgt", v, zero), one, zero)
-    return _select(_cmpi("slt", v, zero), m1, r)
+      return _select(cmpi("eq", v, zero), zero, one)
+    r = _select(cmpi("sgt", v, zero), one, zero)
+    return _select(cmpi("slt", v, zero), m1, r)
   return elementwise(ctx, build, [x])
 
 
@@ -249,7 +244,7 @@ def _is_finite(ctx, x, **_):
   def build(a):
     v = a[0]
     inf = const_like(v, float("inf"))
-    return _cmpf("olt", math.absf(v), inf)  # false for NaN and +-inf
+    return cmpf("olt", math.absf(v), inf)  # false for NaN and +-inf
   return elementwise(ctx, build, [x])
 
 
@@ -258,11 +253,11 @@ def _compare(fpred, spred, upred):
   def rule(ctx, x, y, **_):
     dt = _in_dtype(ctx)
     if types.is_float(dt):
-      build = lambda a: _cmpf(fpred, a[0], a[1])
+      build = lambda a: cmpf(fpred, a[0], a[1])
     elif types.is_unsigned(dt) or types.is_bool(dt):
-      build = lambda a: _cmpi(upred, a[0], a[1])
+      build = lambda a: cmpi(upred, a[0], a[1])
     else:
-      build = lambda a: _cmpi(spred, a[0], a[1])
+      build = lambda a: cmpi(spred, a[0], a[1])
     return elementwise(ctx, build, [x, y])
   return rule
 
@@ -276,9 +271,9 @@ register(lax.ge_p)(_compare("oge", "sge", "uge"))
 
 
 # -- logical and bitwise ----------------------------------------------------------
-register(lax.and_p)(_binary(None, arith.andi))
-register(lax.or_p)(_binary(None, arith.ori))
-register(lax.xor_p)(_binary(None, arith.xori))
+register(lax.and_p)(binary(None, arith.andi))
+register(lax.or_p)(binary(None, arith.ori))
+register(lax.xor_p)(binary(None, arith.xori))
 
 
 @register(lax.not_p)
@@ -290,7 +285,7 @@ def _shift(kind):
   def build(a):
     x, s = a
     bits = ir.IntegerType(x.type).width
-    too_far = _cmpi("uge", s, const_like(s, bits))  # unsigned: s < 0 too
+    too_far = cmpi("uge", s, const_like(s, bits))  # unsigned: s < 0 too
     if kind == "left":
       return _select(too_far, const_like(x, 0), arith.shli(x, s))
     if kind == "logical":
@@ -316,7 +311,7 @@ def _select_n(ctx, which, *cases):
       return _select(w, cs[1], cs[0]) if len(cs) == 2 else cs[0]
     out = cs[0]
     for i, c in enumerate(cs[1:], start=1):
-      out = _select(_cmpi("eq", w, const_like(w, i)), c, out)
+      out = _select(cmpi("eq", w, const_like(w, i)), c, out)
     return out
   return elementwise(ctx, build, [which, *cases])
 
@@ -331,66 +326,6 @@ def _clamp(ctx, lo, x, hi):
   else:
     mx, mn = arith.maxsi, arith.minsi
   return elementwise(ctx, lambda a: mn(mx(a[1], a[0]), a[2]), [lo, x, hi])
-
-
-def convert(v: ir.Value, src, dst) -> ir.Value:
-  """Converts one scalar from JAX dtype ``src`` to ``dst`` as XLA does."""
-  src, dst = np.dtype(src), np.dtype(dst)
-  if src == dst:
-    return v
-  f32 = np.dtype(np.float32)
-  if fp8.is_fp8(src):  # its register already holds the exact f32 value
-    return convert(v, f32, dst)
-  if fp8.is_fp8(dst):
-    return fp8.round_to(convert(v, src, f32), dst)
-  out_t = types.element_type(dst)
-  if types.is_bool(dst):
-    if types.is_float(src) and types.bitwidth(src) == 16:
-      # XLA tests the bits of a 16-bit float, so a bf16 denormal is true;
-      # a float compare would see it flushed to zero (denormals are flushed).
-      bits = arith.bitcast(ir.IntegerType.get_signless(16), v)
-      return _cmpi("ne", arith.andi(bits, const_like(bits, 0x7FFF)),
-                   const_like(bits, 0))
-    zero = const_like(v, 0)
-    return _cmpf("une", v, zero) if types.is_float(src) else _cmpi("ne", v, zero)
-  if types.is_float(src) and types.is_float(dst):
-    if types.bitwidth(src) < types.bitwidth(dst):
-      return arith.extf(out_t, v)
-    if types.bitwidth(src) == 64 and out_t == ir.BF16Type.get():
-      # XLA narrows f64 to bf16 through f32 (rounding twice, f32 denormals
-      # flushed); LLVM's direct route needs __truncdfbf2, which no library
-      # here has.
-      return convert(arith.truncf(ir.F32Type.get(), v), f32, dst)
-    if out_t == ir.BF16Type.get():  # from f32, or exactly from f16
-      if src != f32:
-        v = arith.extf(ir.F32Type.get(), v)
-      return bits_rules.f32_to_bf16(v)
-    if types.bitwidth(src) > types.bitwidth(dst):
-      return arith.truncf(out_t, v)
-    return arith.truncf(out_t, arith.extf(ir.F32Type.get(), v))  # bf16->f16
-  if not types.is_float(src) and not types.is_float(dst):
-    sb, db = types.bitwidth(src), types.bitwidth(dst)
-    if sb < db:
-      unsigned = types.is_unsigned(src) or types.is_bool(src)
-      return arith.extui(out_t, v) if unsigned else arith.extsi(out_t, v)
-    if sb > db:
-      return arith.trunci(out_t, v)
-    return v
-  if not types.is_float(src):  # int -> float
-    unsigned = types.is_unsigned(src) or types.is_bool(src)
-    return arith.uitofp(out_t, v) if unsigned else arith.sitofp(out_t, v)
-  # float -> int saturates, NaN -> 0 (XLA's semantics; fptosi alone is UB).
-  bits = types.bitwidth(dst)
-  info = np.iinfo(dst)
-  if types.bitwidth(src) < 32:
-    v = arith.extf(ir.F32Type.get(), v)
-  r = arith.fptoui(out_t, v) if types.is_unsigned(dst) else arith.fptosi(out_t, v)
-  hi = const_like(v, float(2.0 ** (bits if types.is_unsigned(dst) else bits - 1)))
-  lo = const_like(v, float(info.min))
-  r = _select(_cmpf("oge", v, hi), const_like(r, int(info.max)), r)
-  r = _select(_cmpf("olt", v, lo) if not types.is_unsigned(dst)
-              else _cmpf("ole", v, lo), const_like(r, int(info.min)), r)
-  return _select(_cmpf("uno", v, v), const_like(r, 0), r)
 
 
 @register(lax.convert_element_type_p)

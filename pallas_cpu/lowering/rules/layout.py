@@ -41,6 +41,7 @@ from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules import memory as memory_rules
 from pallas_cpu.lowering.rules import shape as shape_rules
 from pallas_cpu.lowering.rules.common import elementwise
+from pallas_cpu.lowering.scalars import const
 
 _PARALLEL = "#linalg.iterator_type<parallel>"
 
@@ -118,28 +119,12 @@ def _linalg_index(d: int) -> ir.Value:
                                            d)).result
 
 
-def _index_const(v: int) -> ir.Value:
-  return arith.constant(ir.IndexType.get(), v)
-
-
 def _to_index(v: ir.Value, unsigned: bool) -> ir.Value:
   if isinstance(v.type, ir.IndexType):
     return v
   if unsigned:
     return arith.index_castui(ir.IndexType.get(), v)
   return arith.index_cast(ir.IndexType.get(), v)
-
-
-def _const(t: ir.Type, value) -> ir.Value:
-  if isinstance(t, ir.IntegerType):
-    bits = ir.IntegerType(t).width
-    v = int(value)
-    if bits == 1:
-      v = -1 if v else 0
-    elif v >= 2 ** (bits - 1):
-      v -= 2 ** bits
-    return arith.constant(t, ir.IntegerAttr.get(t, v))
-  return arith.constant(t, ir.FloatAttr.get(t, float(value)))
 
 
 # -- identities -------------------------------------------------------------------
@@ -310,12 +295,12 @@ def _shift_mod(ctx, shift, n: int):
   s = scalar_of(ctx.kernel, shift)
   v = s.value
   unsigned = types.is_unsigned(s.dtype)
-  nn = _const(v.type, n)
+  nn = const(v.type, n)
   if unsigned:
     r = arith.remui(v, nn)
   else:  # floor modulo, as jnp.roll takes it
     r = arith.remsi(v, nn)
-    zero = _const(v.type, 0)
+    zero = const(v.type, 0)
     r = arith.select(arith.cmpi(arith.CmpIPredicate.slt, r, zero),
                      arith.addi(r, nn), r)
   return _to_index(r, unsigned)
@@ -349,7 +334,7 @@ def _roll(ctx, x, shift, *, axis, stride, stride_axis):
     if isinstance(s, int):
       rest = n - s
     else:
-      rest = arith.subi(_index_const(n), s)
+      rest = arith.subi(views.as_index(n), s)
     # out[s:] = x[:n-s] and out[:s] = x[n-s:]
     linalg.copy(win(buf, 0, rest), outs=[win(outv, s, rest)])
     linalg.copy(win(buf, rest, s), outs=[win(outv, 0, s)])
@@ -358,14 +343,14 @@ def _roll(ctx, x, shift, *, axis, stride, stride_axis):
   buf = _read_now(ctx, x)
   out = kctx.alloc(shape, x.dtype)
   step = int(stride) % n
-  base = _index_const(s) if isinstance(s, int) else s
+  base = views.as_index(s) if isinstance(s, int) else s
 
   def body(_):
     idx = [_linalg_index(d) for d in range(rank)]
-    nn = _index_const(n)
-    extra = arith.remui(arith.muli(idx[stride_axis], _index_const(step)), nn)
+    nn = views.as_index(n)
+    extra = arith.remui(arith.muli(idx[stride_axis], views.as_index(step)), nn)
     # (j - base - i * stride) mod n, kept non-negative
-    j = arith.addi(idx[axis], _index_const(2 * n))
+    j = arith.addi(idx[axis], views.as_index(2 * n))
     j = arith.subi(arith.subi(j, base), extra)
     idx[axis] = arith.remui(j, nn)
     return memref_d.load(buf, idx)
@@ -441,17 +426,17 @@ def _gather(ctx, x, indices, *, dimension_numbers, slice_sizes, unique_indices,
   def build(args):
     i = _to_index(args[0], unsigned)
     coords = [_to_index(a, False) for a in args[1:]]
-    nn = _index_const(n)
+    nn = views.as_index(n)
     if fill:
       inb = arith.cmpi(arith.CmpIPredicate.ult, i, nn)  # negative: huge
-      i = arith.select(inb, i, _index_const(0))
+      i = arith.select(inb, i, views.as_index(0))
     else:  # clamp into [0, n)
-      i = arith.maxsi(arith.minsi(i, _index_const(n - 1)), _index_const(0))
+      i = arith.maxsi(arith.minsi(i, views.as_index(n - 1)), views.as_index(0))
     idx = list(coords)
     idx.insert(axis, i)
     v = values.from_memory(memref_d.load(buf, idx), dtype)
     if fill:
-      v = arith.select(inb, v, _const(v.type, fill_v))
+      v = arith.select(inb, v, const(v.type, fill_v))
     return v
 
   return values.Array(values.Op(build, (idx_node, *pos)), out_shape, dtype)
@@ -477,7 +462,7 @@ def _select_build(a):
 def _masked_load(ctx, *args, args_tree, **_):
   (_, ref), (tr_tree, tr), (_, mask), (_, other) = _split_args(args_tree,
                                                                 args)
-  out = memory_rules._get(ctx, ref[0], *tr, tree=tr_tree)
+  out = memory_rules.get(ctx, ref[0], *tr, tree=tr_tree)
   # As in interpret mode: masked-off elements are read too (their value is
   # unspecified), and replaced by ``other`` when it is given.
   if not mask or not other:
@@ -492,7 +477,7 @@ def _masked_swap(ctx, *args, args_tree, **_):
   (_, ref), (tr_tree, tr), (_, val), (_, mask) = _split_args(args_tree, args)
   ref, val = ref[0], val[0]
   if not mask:
-    return memory_rules._swap(ctx, ref, val, *tr, tree=tr_tree)
+    return memory_rules.swap(ctx, ref, val, *tr, tree=tr_tree)
   kctx = ctx.kernel
   view, key = memory_rules.apply_transforms(ctx, ref, tr_tree, tr)
   shape = tuple(view.shape)
@@ -501,18 +486,18 @@ def _masked_swap(ctx, *args, args_tree, **_):
   if ctx.outs_used[0]:
     # The old value, and everything the returned value needs, is read
     # before the store.
-    old = kctx.as_temp(memory_rules._load(view, key))
+    old = kctx.as_temp(memory_rules.load(view, key))
     val, mask = kctx.as_temp(val), kctx.as_temp(mask)
     current = old
   else:
     fixed = []
     for v in (val, mask):
-      if isinstance(v, values.Array) and memory_rules._reads_differently(
+      if isinstance(v, values.Array) and memory_rules.reads_differently(
           v.node, view.root, key):
         v = kctx.as_temp(v)
       fixed.append(v)
     val, mask = fixed
-    current = memory_rules._load(view, key)  # read at the point written
+    current = memory_rules.load(view, key)  # read at the point written
   # Only mask-true elements change: select(mask, new, old), written in place.
   kctx.store(elementwise(ctx, _select_build, [mask, val, current]),
              view.memref)

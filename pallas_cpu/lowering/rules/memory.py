@@ -16,7 +16,8 @@ from mlir import ir
 from mlir.dialects import arith, builtin, scf
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import bit_views, types, values, views
+from pallas_cpu.lowering import bit_views, buffers, types, values, views
+from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering.context import Ref, scalar_of
 from pallas_cpu.lowering.registry import register
 
@@ -126,8 +127,7 @@ def _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
   if ref is None:
     desc = f"a ref of shape {tuple(shape)}"
   else:
-    from pallas_cpu.lowering import grid
-    name = grid.describe_ref(ctx.kernel, ref)
+    name = buffers.describe_ref(ctx.kernel, ref)
     desc = f"{name} of shape {tuple(ref.shape)}"
     if transformed:
       desc = f"a view of shape {tuple(shape)} of {desc}"
@@ -145,7 +145,7 @@ def _bitcast_ref(view: Ref, dtype) -> Ref | None:
   descriptor (reconcile-unrealized-casts drops it)."""
   if types.is_bool(view.dtype) or types.is_bool(dtype):
     raise NotImplementedError("pallas_cpu: ref.bitcast from or to bool")
-  if bit_views.dtype_bits(view.dtype) != bit_views.dtype_bits(dtype):
+  if types.dtype_bits(view.dtype) != types.dtype_bits(dtype):
     return None
   t = ir.MemRefType(view.memref.type)
   elem = types.memory_element_type(dtype)
@@ -217,7 +217,8 @@ def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
   return view, key
 
 
-def _load(view: Ref, key) -> values.Value:
+def load(view: Ref, key) -> values.Value:
+  """The value of a memref view (lazy; a scalar load now at rank 0)."""
   if not view.shape:
     return values.load_scalar(view.memref, view.dtype)
   return values.load_array(view.memref, view.dtype, root=view.root, key=key)
@@ -226,16 +227,17 @@ def _load(view: Ref, key) -> values.Value:
 def _load_any(ctx, view, key) -> values.Value:
   if isinstance(view, bit_views.BitView):
     return bit_views.load(ctx, view)
-  return _load(view, key)
+  return load(view, key)
 
 
 @register(state_primitives.get_p)
-def _get(ctx, ref, *idx, tree):
+def get(ctx, ref, *idx, tree):
+  """``ref[idx]`` (also the unmasked part of masked loads, rules/layout.py)."""
   view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
   return _load_any(ctx, view, key)
 
 
-def _reads_differently(node, root, key) -> bool:
+def reads_differently(node, root, key) -> bool:
   """Whether evaluating ``node`` reads ``root`` anywhere but exactly at the
   point it would write through ``key`` -- then writing in place is unsafe."""
   if isinstance(node, values.Load):
@@ -243,22 +245,24 @@ def _reads_differently(node, root, key) -> bool:
         node.key != key or node.index_map != values.identity_map(
             len(node.index_map)))
   if isinstance(node, values.Op):
-    return any(_reads_differently(a, root, key) for a in node.args)
+    return any(reads_differently(a, root, key) for a in node.args)
   return False
 
 
 @register(state_primitives.swap_p, pure=False, takes_lazy_operands=True)
-def _swap(ctx, ref, val, *idx, tree):
+def swap(ctx, ref, val, *idx, tree):
+  """``ref[idx] = val``, returning the old value when it is used (also
+  unmasked stores, rules/layout.py)."""
   kctx = ctx.kernel
   view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
   old = None
   if ctx.outs_used[0]:
     old = kctx.as_temp(_load_any(ctx, view, key))
   if isinstance(view, bit_views.BitView):
-    bit_views.store(ctx, view, val, _reads_differently)
+    bit_views.store(ctx, view, val, reads_differently)
     return old
-  if isinstance(val, values.Array) and _reads_differently(val.node, view.root,
-                                                          key):
+  if isinstance(val, values.Array) and reads_differently(val.node, view.root,
+                                                         key):
     val = kctx.as_temp(val)
   kctx.store(val, view.memref)
   return old
@@ -269,8 +273,6 @@ def _run_scoped(ctx, *consts, jaxpr, collective_axes, ref_transforms=None,
                 **_):
   """Scoped scratch: buffers refilled with the uninitialized value and
   semaphores zero on every entry (storage itself is hoisted)."""
-  from pallas_cpu.lowering import jaxpr as jaxpr_lowering
-  from pallas_cpu.lowering import kernel as kernel_lowering
   if collective_axes:
     raise NotImplementedError("pallas_cpu: run_scoped with collective_axes")
   if ref_transforms and any(ref_transforms):
@@ -279,7 +281,7 @@ def _run_scoped(ctx, *consts, jaxpr, collective_axes, ref_transforms=None,
   refs = []
   for i, v in enumerate(jaxpr.invars):
     name = f"run_scoped ref {i} at {ctx.source}"
-    ref = kernel_lowering.allocate_ref(kctx, v.aval, ("scoped", id(v)), name)
+    ref = buffers.allocate_ref(kctx, v.aval, ("scoped", id(v)), name)
     if ref.sem_id is not None:  # zero again on each entry
       kctx.store(kctx.constant(0, "int32"), ref.memref)
       # Checked when the scope ends, not at kernel exit.
@@ -294,9 +296,9 @@ def _run_scoped(ctx, *consts, jaxpr, collective_axes, ref_transforms=None,
   grid_index = kctx.grid_index()
   for ref, owner in refs:
     if ref.sem_id is None:
-      kernel_lowering.buffer_exit(kctx, ref, owner, grid_index)
+      buffers.buffer_exit(kctx, ref, owner, grid_index)
   for ref, owner in refs:
     if ref.sem_id is not None:
-      kernel_lowering.semaphore_exit(kctx, owner, ref.sem_id, scoped=True,
-                                     grid_index=grid_index)
+      buffers.semaphore_exit(kctx, owner, ref.sem_id, scoped=True,
+                             grid_index=grid_index)
   return outs

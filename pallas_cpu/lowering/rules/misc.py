@@ -13,12 +13,14 @@ from jax._src.pallas import primitives as pallas_primitives
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from jax._src.state import types as state_types
 
-from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.elementwise import _binary
 from mlir.dialects import arith
 
+from pallas_cpu.lowering import buffers
+from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.elementwise import binary
+
 # add_any (gradient accumulation inside custom VJP bodies) is an add.
-register(ad_util.add_any_p)(_binary(arith.addf, arith.addi))
+register(ad_util.add_any_p)(binary(arith.addf, arith.addi))
 
 
 @register(jax_core.stage_p)
@@ -65,12 +67,11 @@ def _touch(ctx, x):
 def _empty_ref(ctx, *args, **params):
   """A fresh ref (jax.empty_ref inside a kernel): scratch memory filled with
   the uninitialized-memory value."""
-  from pallas_cpu.lowering import kernel as kernel_lowering
   (aval,) = ctx.avals_out
   ref_aval = aval if isinstance(aval, state_types.AbstractRef) else (
       state_types.AbstractRef(aval))
-  return kernel_lowering.allocate_ref(ctx.kernel, ref_aval, ("empty_ref", id(ctx.eqn)),
-                                      f"empty_ref at {ctx.source}")
+  return buffers.allocate_ref(ctx.kernel, ref_aval, ("empty_ref", id(ctx.eqn)),
+                              f"empty_ref at {ctx.source}")
 
 
 @register(shape_poly.dim_as_value_p)

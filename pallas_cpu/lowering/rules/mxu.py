@@ -58,9 +58,10 @@ from mlir.dialects import arith, linalg, memref, scf
 from pallas_cpu import abi
 from pallas_cpu.lowering import fusion, registry, types, values, views
 from pallas_cpu.lowering.context import Ref
-from pallas_cpu.lowering.jaxpr import _sub_jaxprs, source_line
+from pallas_cpu.lowering.jaxpr import source_line, sub_jaxprs
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.reductions import fill
+from pallas_cpu.lowering.scalars import cmpi, i32, i64
 
 _PUSH = tpu_primitives.matmul_push_rhs_p
 _ACC = tpu_primitives.matmul_acc_lhs_p
@@ -121,7 +122,7 @@ def _acc_dtype_of(*dtypes) -> np.dtype:
 def _eqns(jaxpr: jax_core.Jaxpr):
   for eqn in jaxpr.eqns:
     yield eqn
-    for sub in _sub_jaxprs(eqn):
+    for sub in sub_jaxprs(eqn):
       yield from _eqns(sub)
 
 
@@ -245,7 +246,7 @@ def _named_alloc(kctx, shape, dtype, name: str) -> ir.Value:
 def _flag(kctx, name: str) -> ir.Value:
   buf = _named_alloc(kctx, (), np.int32, name)
   with kctx.init_ip:
-    memref.store(arith.constant(ir.IntegerType.get_signless(32), 0), buf, [])
+    memref.store(i32(0), buf, [])
   return buf
 
 
@@ -282,23 +283,17 @@ def _state(ctx, m: int) -> _Mxu:
   return mxus[m]
 
 
-def _i32(v: int) -> ir.Value:
-  return arith.constant(ir.IntegerType.get_signless(32), v)
-
-
 def _fail_unless(ctx, flag: ir.Value, want: int, message: str) -> None:
   """Fails the kernel call (the runtime's check failure, with ``message``
   and the grid point) when ``flag`` does not hold ``want``."""
   kctx = ctx.kernel
   check_id = len(kctx.check_messages)
   kctx.check_messages.append(f"{message} (at {ctx.source})")
-  bad = arith.cmpi(arith.CmpIPredicate.ne, memref.load(flag, []), _i32(want))
+  bad = cmpi("ne", memref.load(flag, []), i32(want))
   if_op = scf.IfOp(bad)
   with ir.InsertionPoint(if_op.then_block):
     kctx.call_runtime(abi.RT_CHECK_FAILED, [
-        kctx.runtime_ctx,
-        arith.constant(ir.IntegerType.get_signless(64), check_id),
-        kctx.grid_index()])
+        kctx.runtime_ctx, i64(check_id), kctx.grid_index()])
     scf.YieldOp([])
 
 
@@ -316,7 +311,7 @@ def _push_rhs(ctx, rhs, *, staging_register, mxu_index, transpose):
     rhs = values.Array(values.reindex(rhs.node, [1, 0], shape), shape,
                        rhs.dtype)
   ctx.kernel.store(rhs, mxu.staging[r])
-  memref.store(_i32(1), mxu.full[r], [])
+  memref.store(i32(1), mxu.full[r], [])
   return []
 
 
@@ -331,8 +326,8 @@ def _acc_lhs(ctx, lhs, *, acc_addr, mxu_index, load_staged_rhs):
                  f"{r} of MXU {mxu_index} is empty (push an RHS with "
                  "matmul_push_rhs first)")
     linalg.copy(mxu.staging[r], outs=[mxu.weights])
-    memref.store(_i32(0), mxu.full[r], [])
-    memref.store(_i32(1), mxu.loaded, [])
+    memref.store(i32(0), mxu.full[r], [])
+    memref.store(i32(1), mxu.loaded, [])
   else:
     _fail_unless(ctx, mxu.loaded, 1,
                  f"matmul_acc_lhs: MXU {mxu_index} has no RHS loaded (pass "

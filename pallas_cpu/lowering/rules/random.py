@@ -31,7 +31,7 @@ Interpret mode cannot run these (``interpret=True`` has no rule for
 with threefry:
 
 * state: ``(k1, k2, n)``, three uint32 in an SMEM buffer of the kernel
-  (``KernelContext._pallas_cpu_prng_state``, allocated and zeroed at entry on
+  (``KernelContext.rule_state["prng"]``, allocated and zeroed at entry on
   first use -- one per thread, like one per TPU core; it persists across
   grid steps, as the hardware's does).
 * ``prng_seed(s0, s1, ...)``: ``key = fold_in(...fold_in(key(s0), s1)...)``
@@ -46,13 +46,13 @@ from __future__ import annotations
 import dataclasses
 import math as pymath
 
-import jax
 import numpy as np
 from jax._src import config as jax_config
 from jax._src import core as jax_core
 from jax._src.lax import lax
 from jax._src.lax import slicing
 from jax._src.pallas.mosaic import primitives as tpu_primitives
+from jax._src.pallas.mosaic import random as pallas_random
 from jax._src.random import prng
 from jax._src.random import threefry2x32 as threefry_mod
 from mlir import ir
@@ -60,9 +60,10 @@ from mlir.dialects import arith, memref
 
 from pallas_cpu.lowering import memory_spaces, types, values, views
 from pallas_cpu.lowering.context import scalar_of
+from pallas_cpu.lowering.jaxpr import lower_fun
 from pallas_cpu.lowering.registry import register, register_key_rule
-from pallas_cpu.lowering.rules.bits import cmpi, in_memory, int_type, load_view
-from pallas_cpu.lowering.rules.common import const, elementwise
+from pallas_cpu.lowering.rules.common import elementwise, in_memory, load_view
+from pallas_cpu.lowering.scalars import cmpi, const, convert, int_type
 
 U32 = np.dtype(np.uint32)
 U64 = np.dtype(np.uint64)  # a (hi, lo) pair of uint32 inside an expression
@@ -230,28 +231,6 @@ def _threefry_lazy(k1, k2, x1_node, x2_node, out_shape, batch_rank):
 
 
 # -- generic impls: trace the impl function on key data (as Mosaic does) -------
-def _lower_traced(ctx, fn, args, in_avals, out_avals):
-  from pallas_cpu.lowering import jaxpr as jaxpr_lowering
-  specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals]
-  closed = jax.make_jaxpr(fn)(*specs)
-  if any(np.ndim(c) for c in closed.consts):
-    raise NotImplementedError(
-        "PRNG implementation captures array constants")
-  consts = [ctx.kernel.constant(c, np.asarray(c).dtype) for c in closed.consts]
-  outs = jaxpr_lowering.lower_jaxpr(ctx.kernel, closed.jaxpr, list(args),
-                                    consts=consts, parent=ctx.source)
-  # Signless integers: retag a same-width result as the aval's dtype.
-  fixed = []
-  for o, a in zip(outs, out_avals):
-    dt = np.dtype(jax_core.physical_aval(a).dtype)
-    if isinstance(o, values.Scalar) and o.dtype != dt:
-      o = values.Scalar(o.value, dt)
-    elif isinstance(o, values.Array) and o.dtype != dt:
-      o = values.Array(o.node, o.shape, dt)
-    fixed.append(o)
-  return fixed
-
-
 def _physical(aval):
   return jax_core.physical_aval(aval)
 
@@ -260,7 +239,6 @@ def _traced_key_aval(aval):
   """The aval an impl function is traced on: Pallas TPU impls take typed
   keys (they split them with prng_split), the others key data (as Mosaic
   and JAX's own lowerings do)."""
-  from jax._src.pallas.mosaic import random as pallas_random
   if pallas_random.is_pallas_impl(_impl(aval)):
     return aval
   return _physical(aval)
@@ -273,7 +251,7 @@ def _random_seed(ctx, seeds, *, impl):
   shape = tuple(aval.shape)
   if not _is_threefry(impl):
     fn = prng.iterated_vmap_unary(len(shape), impl.seed)
-    return _lower_traced(ctx, fn, [seeds], [aval], ctx.avals_out)[0]
+    return lower_fun(ctx, fn, seeds)
   dt = np.dtype(aval.dtype)
   if not types.is_int(dt):
     raise NotImplementedError(f"PRNG seed of dtype {dt}")
@@ -316,10 +294,8 @@ def _random_fold_in(ctx, keys, msgs):
   if not _is_threefry(impl):
     fn = prng.iterated_vmap_binary_bcast(keys_aval.shape, msgs_aval.shape,
                                          impl.fold_in)
-    return _lower_traced(ctx, fn, [keys, msgs],
-                         [_traced_key_aval(keys_aval), msgs_aval],
-                         ctx.avals_out)[0]
-  from pallas_cpu.lowering.rules.elementwise import convert
+    return lower_fun(ctx, fn, keys, msgs,
+                     avals_in=[_traced_key_aval(keys_aval), msgs_aval])
   k1, k2 = key_parts(ctx, keys, keys_aval.shape)
   mdt = np.dtype(msgs_aval.dtype)
   out_shape = tuple(ctx.avals_out[0].shape)
@@ -342,8 +318,7 @@ def _random_split(ctx, keys, *, shape):
   batch, shape = tuple(aval.shape), tuple(shape)
   if not _is_threefry(impl):
     fn = prng.iterated_vmap_unary(len(batch), lambda k: impl.split(k, shape))
-    return _lower_traced(ctx, fn, [keys], [_traced_key_aval(aval)],
-                         ctx.avals_out)[0]
+    return lower_fun(ctx, fn, keys, avals_in=[_traced_key_aval(aval)])
   k1, k2 = key_parts(ctx, keys, batch)
   out_shape = (*batch, *shape)
   if not shape:
@@ -385,8 +360,7 @@ def _random_bits(ctx, keys, *, bit_width, shape):
   if not _is_threefry(impl):
     fn = prng.iterated_vmap_unary(
         len(batch), lambda k: impl.random_bits(k, bit_width, shape))
-    return _lower_traced(ctx, fn, [keys], [_traced_key_aval(aval)],
-                         ctx.avals_out)[0]
+    return lower_fun(ctx, fn, keys, avals_in=[_traced_key_aval(aval)])
   out_shape = (*batch, *shape)
   out_dtype = np.dtype(f"uint{bit_width}")
   k1, k2 = key_parts(ctx, keys, batch)
@@ -473,20 +447,19 @@ def _join_key(ctx, *scalars, impl):
 def _prng_state(kctx) -> ir.Value:
   """The kernel's PRNG state (k1, k2, n): uint32[3] in SMEM, zeroed at
   entry, created on first use."""
-  state = getattr(kctx, "_pallas_cpu_prng_state", None)
+  state = kctx.rule_state.get("prng")
   if state is None:
     state = kctx.alloc((3,), U32, memory_spaces.SMEM)
     with kctx.init_ip:
       zero = const(int_type(32), 0)
       for i in range(3):
         memref.store(zero, state, [arith.constant(ir.IndexType.get(), i)])
-    kctx._pallas_cpu_prng_state = state
+    kctx.rule_state["prng"] = state
   return state
 
 
 def _seed_scalars(ctx, v: values.Value, aval) -> list[ir.Value]:
   """Every element of a seed operand, as i32 (row-major)."""
-  from pallas_cpu.lowering.rules.elementwise import convert
   dt = np.dtype(_physical(aval).dtype)
   if not types.is_int(dt):
     raise NotImplementedError(f"prng_seed with a seed of dtype {dt}")

@@ -24,8 +24,7 @@ from mlir.dialects import arith, linalg, scf
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.common import const
-from pallas_cpu.lowering.rules.elementwise import convert
+from pallas_cpu.lowering.scalars import cmpf, cmpi, const, convert
 
 PARALLEL = "#linalg.iterator_type<parallel>"
 REDUCTION = "#linalg.iterator_type<reduction>"
@@ -303,14 +302,12 @@ def _arg_reduce(ctx, x, axes, index_dtype, is_max: bool) -> values.Value:
     if is_float:
       # Strictly better, or the first NaN (XLA: NaN beats every number, the
       # first of several NaNs wins); ties keep the earlier index.
-      pred = arith.CmpFPredicate.OGT if is_max else arith.CmpFPredicate.OLT
-      better = arith.cmpf(pred, v, acc)
-      first_nan = arith.andi(arith.cmpf(arith.CmpFPredicate.UNO, v, v),
-                             arith.cmpf(arith.CmpFPredicate.ORD, acc, acc))
+      better = cmpf("ogt" if is_max else "olt", v, acc)
+      first_nan = arith.andi(cmpf("uno", v, v), cmpf("ord", acc, acc))
       take = arith.ori(better, first_nan)
     else:
       name = ("u" if unsigned else "s") + ("gt" if is_max else "lt")
-      take = arith.cmpi(getattr(arith.CmpIPredicate, name), v, acc)
+      take = cmpi(name, v, acc)
     i = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64),
                                           axis)).result
     i = values.index_to_element(i, types.element_type(index_dtype))

@@ -16,7 +16,8 @@ from mlir.dialects import memref
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.context import scalar_of
-from pallas_cpu.lowering.registry import lower_fun, register
+from pallas_cpu.lowering.jaxpr import lower_fun
+from pallas_cpu.lowering.registry import register
 
 
 def _reindexed(v: values.Array, dim_map, shape) -> values.Array:

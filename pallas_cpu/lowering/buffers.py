@@ -1,0 +1,139 @@
+"""Kernel buffers: scratch and scoped refs, semaphore arrays, the fill of
+memory the kernel never wrote, the checks when a buffer's life ends, and
+what each ref is called in messages.
+
+Below the rules (run_scoped, empty_ref, barrier semaphores allocate here)
+and the grid (scratch operands, edge-block padding); storage itself comes
+from ``KernelContext.alloc``, hoisted to the kernel's entry.
+"""
+from __future__ import annotations
+
+import numpy as np
+from jax._src import core as jax_core
+from jax._src import state
+from jax._src.pallas import core as pallas_core
+from mlir import ir
+from mlir.dialects import arith, linalg, memref
+
+from pallas_cpu import abi
+from pallas_cpu.lowering import memory_spaces, types, values, views
+from pallas_cpu.lowering.context import KernelContext, Ref
+from pallas_cpu.lowering.scalars import i64
+
+
+# -- allocation ----------------------------------------------------------------------
+def is_semaphore(aval) -> bool:
+  return isinstance(getattr(aval, "dtype", None),
+                    pallas_core.AbstractSemaphoreTy)
+
+
+def new_semaphores(kctx: KernelContext, shape, name: str) -> Ref:
+  """A zeroed array of semaphores (hoisted like every allocation), owned
+  by the kernel: checked at its exit (``semaphore_exit``)."""
+  buf = kctx.alloc(shape, np.int32, memory_spaces.SEMAPHORE, name=name)
+  with kctx.init_ip:
+    zero = arith.constant(ir.IntegerType.get_signless(32), 0)
+    linalg.fill(zero, outs=[buf]) if shape else memref.store(zero, buf, [])
+  sem_id = len(kctx.semaphore_names)
+  kctx.semaphore_names.append(name)
+  kctx.semaphore_arrays[sem_id] = buf
+  with kctx.alloc_ip:
+    view = views.with_layout(buf)
+  return Ref(view, ("semaphore", sem_id), np.dtype(np.int32), sem_id)
+
+
+def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
+  """The fill value of memory the kernel never wrote: under "nan", that of
+  ``interpret=True`` (``pallas.primitives.uninitialized_value``): NaN for
+  floats, the minimum for integers (INT_MIN signed, 0 unsigned), False for
+  bool -- and 0 for int16, which interpret mode treats as its semaphore
+  dtype.  (TPU interpret mode fills integers with their maximum and bool
+  with True instead.)"""
+  dtype = np.dtype(dtype)
+  if kctx.params.uninitialized_memory == "zero":
+    return kctx.constant(0, dtype)
+  if types.is_float(dtype):
+    return kctx.constant(float("nan"), dtype)
+  if types.is_bool(dtype):
+    return kctx.constant(False, dtype)
+  if dtype == np.int16:
+    return kctx.constant(0, dtype)
+  return kctx.constant(np.iinfo(dtype).min, dtype)
+
+
+def allocate_ref(kctx: KernelContext, aval, root, name: str) -> Ref:
+  """Memory for a scratch or run_scoped ref: semaphores zeroed, buffers
+  filled with the uninitialized-memory value (interpret mode's default)."""
+  if not isinstance(aval, state.AbstractRef):
+    raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
+                              "supported yet")
+  inner = aval.inner_aval
+  if is_semaphore(inner):
+    return new_semaphores(kctx, inner.shape, name)
+  if not isinstance(inner, jax_core.ShapedArray):
+    raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
+                              "supported yet")
+  space = memory_spaces.from_pallas(aval.memory_space)
+  if space in (memory_spaces.ANY, memory_spaces.HBM):
+    space = memory_spaces.VMEM  # scratch in HBM is still host memory here
+  buf = kctx.alloc(inner.shape, inner.dtype, space, name=name)
+  kctx.store(uninitialized_scalar(kctx, inner.dtype), buf)
+  return Ref(views.with_layout(buf), root, np.dtype(inner.dtype))
+
+
+# -- end-of-life checks (runtime/abi.h) -------------------------------------------------
+def semaphore_exit(kctx: KernelContext, buf: ir.Value, sem_id: int, *,
+                   scoped: bool, grid_index: ir.Value) -> None:
+  """Reports a semaphore array's leftover counts and unwaited DMAs."""
+  mode = abi.EXIT_CHECK_MODES[kctx.params.exit_checks]
+  if mode == abi.EXIT_CHECK_MODES["off"]:
+    return
+  count = int(np.prod(ir.MemRefType(buf.type).shape, dtype=np.int64))
+  kctx.call_runtime(abi.RT_SEM_EXIT, [
+      kctx.runtime_ctx, _address(buf), i64(count), i64(sem_id),
+      i64(int(scoped)), i64(mode), grid_index])
+
+
+def buffer_exit(kctx: KernelContext, ref: Ref, site: int,
+                grid_index: ir.Value) -> None:
+  """A scoped buffer ends: a DMA still reading or writing it is an error."""
+  t = ir.MemRefType(ref.memref.type)
+  nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(ref.dtype).itemsize
+  kctx.call_runtime(abi.RT_BUFFER_EXIT, [
+      kctx.runtime_ctx, _address(ref.memref, np.dtype(ref.dtype).itemsize),
+      i64(nbytes), i64(site), grid_index])
+
+
+def _address(buf: ir.Value, elem_bytes: int = 4) -> ir.Value:
+  """The address of a view's first element, as an i64."""
+  i64_t = ir.IntegerType.get_signless(64)
+  flat = views.space_cast(buf, None)
+  base = arith.index_cast(i64_t, memref.extract_aligned_pointer_as_index(flat))
+  offset = memref.ExtractStridedMetadataOp(flat).offset
+  if views.constant_int(offset) == 0:
+    return base
+  return arith.addi(base, arith.muli(arith.index_cast(i64_t, offset),
+                                     i64(elem_bytes)))
+
+
+# -- names for messages ------------------------------------------------------------------
+def name_ref(kctx: KernelContext, ref: Ref, name: str) -> None:
+  """Records what a kernel argument is (``input 0 'x_ref'``...), by its
+  memref, and by its root for views made from it."""
+  kctx.rule_state.setdefault("ref_names", {})[ref.memref] = name
+  kctx.rule_state.setdefault("root_names", {}).setdefault(ref.root, name)
+
+
+def describe_ref(kctx: KernelContext, ref) -> str:
+  """What ``ref`` is, in the user's terms: ``input 0 'x_ref'``, ``scratch
+  operand 1 'acc_ref'``, a semaphore's name..."""
+  memref_value = getattr(ref, "memref", None)
+  name = kctx.rule_state.get("ref_names", {}).get(memref_value)
+  if name is None:
+    name = kctx.rule_state.get("root_names", {}).get(ref.root)
+  if name is None and getattr(ref, "sem_id", None) is not None:
+    name = kctx.semaphore_names[ref.sem_id]
+  if name is None:
+    kind = ref.root[0] if isinstance(ref.root, tuple) and ref.root else None
+    name = {"scoped": "a run_scoped ref"}.get(kind, f"a kernel ref ({ref.root})")
+  return name
