@@ -6,6 +6,7 @@ as one XLA FFI custom call into a C++ runtime.
 """
 from pallas_cpu.api import force_cpu_backend, lower, pallas_call
 from pallas_cpu.compiler import CompilationError
+from pallas_cpu.lowering.errors import LoweringError, UnsupportedError
 from pallas_cpu.params import CompilerParams
 from pallas_cpu.runtime_lib import KernelExitWarning
 from pallas_cpu import registration as _registration
@@ -13,4 +14,5 @@ from pallas_cpu import registration as _registration
 _registration.install()
 
 __all__ = ["pallas_call", "force_cpu_backend", "lower", "CompilerParams",
-           "CompilationError", "KernelExitWarning"]
+           "CompilationError", "LoweringError", "UnsupportedError",
+           "KernelExitWarning"]

@@ -17,12 +17,8 @@ from jax._src import source_info_util
 from jax._src.state import types as state_types
 from mlir import ir
 
-from pallas_cpu.lowering import fusion, registry, values
+from pallas_cpu.lowering import errors, fusion, registry, values
 from pallas_cpu.lowering.context import KernelContext, RuleContext
-
-
-class LoweringError(Exception):
-  """A rule failed for a reason other than unsupported input."""
 
 
 def source_line(eqn: jax_core.JaxprEqn, parent: str = "") -> str:
@@ -135,13 +131,23 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
           [read(a) for a in swap.invars[2:]],
           flush=lambda root, i=i, dead=match.acc_var: _materialize_reads_of(
               kctx, env, last_use, i, root, dead))
-    with _location(eqn):
+    # While the rule runs, JAX's source context is the equation's: what the
+    # rule traces (lower_fun) is attributed to the user's line, and an error
+    # gets the user's traceback attached below it (JAX's user_context).
+    with (_location(eqn),
+          source_info_util.user_context(eqn.source_info.traceback)):
       try:
         out = rule.fn(ctx, *args_in, **eqn.params)
-      except Exception as e:  # noqa: BLE001 - rewrapped with the source line
-        if getattr(e, "_pallas_cpu_wrapped", False):
-          raise  # wrapped at the innermost equation already
-        raise _wrap(e, eqn, line) from e
+      except Exception as e:  # noqa: BLE001 - wrapped with the source line
+        if isinstance(e, errors.LoweringError):
+          # Wrapped at the innermost equation already; one nested in a
+          # library's jit has no user frame of its own: its caller's is it.
+          if e.user_frame is None:
+            e.user_frame = _user_frame(eqn)
+          raise
+        raise errors.from_rule(e, primitive=eqn.primitive.name,
+                               source_line=line,
+                               user_frame=_user_frame(eqn)) from e
     if match is not None and ctx.accumulate_into.accepted:
       fused_away.update(match.fused)  # the add and the swap: done
     outs = out if eqn.primitive.multiple_results else [out]
@@ -179,16 +185,6 @@ def _materialize_reads_of(kctx, env, last_use, i, root, dead) -> None:
       continue
     if root in values.roots_read(val.node):
       env[var] = kctx.as_temp(val)
-
-
-def _wrap(e: Exception, eqn, line: str) -> Exception:
-  msg = f"{e}\n  while lowering primitive '{eqn.primitive.name}' at {line}"
-  if isinstance(e, (NotImplementedError, ValueError, TypeError, IndexError)):
-    new = type(e)(msg)
-  else:
-    new = LoweringError(msg)
-  new._pallas_cpu_wrapped = True
-  return new
 
 
 # -- sub-computations and reference implementations ---------------------------------

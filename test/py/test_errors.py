@@ -1,5 +1,7 @@
 """Bad input gets a clear error: unsupported primitives (all of them, with
 source lines), out-of-bounds block indices, invalid options."""
+import traceback
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -83,6 +85,52 @@ def test_error_in_a_nested_jaxpr_is_reported_once():
                            out_specs=SPEC)(X)
   assert e.value.__cause__ is not e.value
   assert str(e.value).count("while lowering primitive") == 1
+
+
+def test_a_rule_error_is_a_lowering_error_carrying_the_user_frame():
+  """The walker wraps a rule's exception once, keeping its kind (still a
+  NotImplementedError), naming the primitive and the user's line, with the
+  rule's exception as the cause and the user's traceback attached below."""
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[jnp.arange(8), :]  # gather by an index array
+
+  with pytest.raises(pallas_cpu.UnsupportedError) as e:
+    pallas_cpu.pallas_call(kernel, out_shape=X, grid=(2,), in_specs=[SPEC],
+                           out_specs=SPEC)(X)
+  err = e.value
+  assert isinstance(err, pallas_cpu.LoweringError)
+  assert isinstance(err, NotImplementedError)
+  assert err.primitive == "get"
+  assert "test_errors.py" in err.source_line
+  frame = err.user_frame
+  assert frame.file_name == __file__ and frame.function_name.endswith("kernel")
+  assert "gather by an index array" in open(__file__).read().splitlines()[
+      frame.start_line - 1]
+  # The cause chain: the user's traceback (JAX's marker), then the rule's
+  # own exception -- a plain NotImplementedError raised by a rule module.
+  chain = []
+  c = err.__cause__
+  while c is not None:
+    chain.append(c)
+    c = c.__cause__
+  user = [c for c in chain if type(c).__name__ ==
+          "JaxStackTraceBeforeTransformation"]
+  assert user and any(f.f_code.co_filename == __file__
+                      for f, _ in traceback.walk_tb(user[0].__traceback__))
+  assert type(chain[-1]) is NotImplementedError
+  assert "rules" in chain[-1].__traceback__.tb_next.tb_frame.f_code.co_filename
+
+
+def test_a_static_index_error_keeps_its_kind():
+  def kernel(x_ref, o_ref):
+    o_ref[0] = x_ref[9]
+
+  x = jnp.ones((8, 128), jnp.float32)
+  with pytest.raises(IndexError) as e:
+    pallas_cpu.lower(lambda x: pallas_cpu.pallas_call(
+        kernel, out_shape=x, backend="cpu")(x), x)
+  assert isinstance(e.value, pallas_cpu.LoweringError)
+  assert e.value.primitive == "get"
 
 
 def test_zero_size_block_operand_is_a_clear_error():
