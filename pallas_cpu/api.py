@@ -141,7 +141,10 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
     if not isinstance(backend, CpuBackend):
       backend = CpuBackend(params)
     p = dict(eqn.params)
-    spec = registration.kernel_spec(p, [v.aval for v in eqn.invars],
+    avals_in = [v.aval for v in eqn.invars]
+    if eqn.primitive.name == "mpmd_map":
+      p = registration.mpmd_as_pallas_call(p, avals_in)
+    spec = registration.kernel_spec(p, avals_in,
                                     [v.aval for v in eqn.outvars], backend)
     stages = {"kernel": registration.kernel_ir(spec)[0]}
     with ir.Context(), ir.Location.unknown():
@@ -155,7 +158,7 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
 
 def _pallas_call_eqns(jaxpr: jax_core.Jaxpr):
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call":
+    if eqn.primitive.name in ("pallas_call", "mpmd_map"):
       yield eqn
     else:
       for sub in jax_core.jaxprs_in_params(eqn.params):

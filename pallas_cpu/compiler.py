@@ -369,9 +369,11 @@ def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
     work = tempfile.mkdtemp(prefix=f"pallas_cpu-{name}-")
     so = _build(module, name, opt_level, files, work)
   if entry is not None and disk_cache.store(so, entry):
-    shutil.rmtree(work, ignore_errors=True)
     so = entry
   library, address = native.load(so)
+  # Loaded code stays mapped after its file is gone: nothing of the build
+  # is left behind (with the disk cache off too).
+  shutil.rmtree(work, ignore_errors=True)
   return CompiledKernel(fp, name, address, library, from_disk=False)
 
 

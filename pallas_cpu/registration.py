@@ -25,9 +25,7 @@ from pallas_cpu.params import CpuBackend
 def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
                 ) -> kernel_lowering.KernelSpec:
   jaxpr = params["jaxpr"]
-  if params.get("mesh") is not None:
-    raise NotImplementedError(
-        "pallas_cpu: pallas_call over a mesh (core_map) is not supported yet")
+  mesh_cores(params.get("mesh"))  # a mesh we cannot run raises here
   name = params.get("name") or jaxpr.debug_info.func_name or "kernel"
   cpu = backend.params
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
@@ -38,9 +36,29 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
       out_avals=tuple(out_avals),
       input_output_aliases=tuple(params["input_output_aliases"]),
       params=cpu, opt_level=opt,
-      parallel_dim=None if grid_lowering.needs_one_thread(
-          jaxpr, gm, params["input_output_aliases"])
-      else _parallel_dim(gm, cpu, params.get("compiler_params")))
+      parallel_dim=(0 if params.get("mesh") is not None
+                    else None if grid_lowering.needs_one_thread(
+                        jaxpr, gm, params["input_output_aliases"])
+                    else _parallel_dim(gm, cpu, params.get("compiler_params"))))
+
+
+def mesh_cores(mesh) -> int:
+  """The cores of a TensorCore mesh (0 without a mesh): the kernel's grid
+  is the mesh (``grid=(("core", n),)``, dimension 0) and each core runs on
+  its own runtime thread, with its own scratch and semaphores."""
+  if mesh is None:
+    return 0
+  from jax._src.pallas.mosaic import core as tpu_core
+  if not isinstance(mesh, tpu_core.TensorCoreMesh):
+    raise NotImplementedError(
+        f"pallas_cpu: kernels over a {type(mesh).__name__} are not supported "
+        "(TensorCore meshes are: pltpu.create_tensorcore_mesh)")
+  if len(mesh.shape) != 1:
+    raise NotImplementedError(
+        f"pallas_cpu: a TensorCore mesh of shape {dict(mesh.shape)} (one core "
+        "axis is supported)")
+  (n,) = mesh.shape.values()
+  return int(n)
 
 
 def _parallel_dim(gm, cpu, compiler_params) -> int | None:
@@ -108,7 +126,8 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                   0 if spec.parallel_dim is None
                   else spec.grid_mapping.grid[spec.parallel_dim]),
               num_threads=np.int64(spec.params.num_threads
-                                   or knobs.read().num_threads))
+                                   or knobs.read().num_threads),
+              mesh_cores=np.int64(mesh_cores(params.get("mesh"))))
 
 
 @functools.cache
@@ -125,12 +144,82 @@ def _default_rule():
   return _default
 
 
+_default_mpmd = None
+
+
+def _mpmd_lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
+                        **params):
+  """``pl.core_map`` / ``pl.kernel`` over a mesh arrive as ``mpmd_map``.
+  JAX's CPU fallback turns one into a pallas_call whose grid is the mesh
+  (``grid=(("core", n),)``) and lowers it with interpret mode; for the
+  compiled backend the same pallas_call comes here instead, with its mesh
+  (each core of it then runs on its own runtime thread)."""
+  backend = _backend_for(interpret)
+  if backend is None:
+    return _default_mpmd(ctx, *in_nodes, interpret=interpret, **params)
+  return _lowering_rule(ctx, *in_nodes, interpret=backend,
+                        **mpmd_as_pallas_call(params, ctx.avals_in))
+
+
+def mpmd_as_pallas_call(params: dict, avals_in) -> dict:
+  """The pallas_call parameters of an ``mpmd_map`` over one TensorCore
+  mesh, as JAX's CPU fallback lowering builds them: the mesh is the grid,
+  every operand whole in its memory space (the mesh's default: ANY)."""
+  from jax._src import core as jax_core
+  from jax._src import state
+  from jax._src import tree_util
+  from jax._src.pallas import core as pallas_core
+  (jaxpr,), (mesh,) = params["jaxprs"], params["meshes"]
+  if len(params["jaxprs"]) != 1 or params.get("external_meshes"):
+    raise NotImplementedError(
+        "pallas_cpu: mpmd_map with several meshes or external meshes")
+  out_avals = params["out_avals"]
+  compiler_params = params["compiler_params"]
+  if compiler_params is not None and hasattr(mesh, "dimension_semantics"):
+    compiler_params = compiler_params.replace(
+        dimension_semantics=mesh.dimension_semantics)
+  n_in, n_out = len(avals_in), len(out_avals)
+  scratch = [v.aval for v in jaxpr.invars[n_in + n_out:]]
+
+  def spec(aval):
+    own = (isinstance(aval, jax_core.ShapedArray)
+           and not isinstance(aval.memory_space, jax_core.MemorySpace))
+    return pallas_core.BlockSpec(
+        memory_space=aval.memory_space if own else mesh.default_memory_space)
+
+  grid_spec = pallas_core.GridSpec(
+      grid=tuple(mesh.shape.items()),
+      in_specs=tuple(spec(a) for a in avals_in),
+      out_specs=tuple(spec(a) for a in out_avals),
+      scratch_shapes=tuple(pallas_core.MemoryRef(a.inner_aval, a.memory_space)
+                           for a in scratch))
+  inner = lambda vs: [v.aval.inner_aval if isinstance(v.aval, state.AbstractRef)
+                      else v.aval for v in vs]
+  _, grid_mapping = pallas_core.get_grid_mapping(
+      grid_spec, inner(jaxpr.invars[:n_in]),
+      tree_util.tree_structure(tuple(avals_in)),
+      [f"arg{i}" for i in range(n_in)],
+      inner(jaxpr.invars[n_in:n_in + n_out]),
+      tree_util.tree_structure(out_avals), [f"out{i}" for i in range(n_out)],
+      debug=params["debug"])
+  return dict(
+      jaxpr=jaxpr, grid_mapping=grid_mapping, mesh=mesh,
+      input_output_aliases=tuple(params["input_output_aliases"].items()),
+      debug=params["debug"], compiler_params=compiler_params,
+      cost_estimate=params["cost_estimate"], out_avals=out_avals,
+      metadata=params["metadata"], name=params["name"])
+
+
 @functools.cache
 def install() -> None:
-  """Registers the rule and the FFI target once per process."""
-  global _default
+  """Registers the rules and the FFI target once per process."""
+  global _default, _default_mpmd
+  from jax._src.pallas import mpmd
   _default = mlir._lowerings[pallas_call_mod.pallas_call_p].rule
   mlir.register_lowering(pallas_call_mod.pallas_call_p, _lowering_rule,
+                         platform="cpu")
+  _default_mpmd = mlir._lowerings[mpmd.mpmd_map_p].rule
+  mlir.register_lowering(mpmd.mpmd_map_p, _mpmd_lowering_rule,
                          platform="cpu")
   runtime_lib.ensure_registered()
   _register_cpu_tpu_info()

@@ -37,6 +37,10 @@ def new_semaphores(kctx: KernelContext, shape, name: str) -> Ref:
   sem_id = len(kctx.semaphore_names)
   kctx.semaphore_names.append(name)
   kctx.semaphore_arrays[sem_id] = buf
+  with kctx.init_ip:  # other cores find (and signal) it through the runtime
+    kctx.call_runtime(abi.RT_SEM_REGISTER, [
+        kctx.runtime_ctx, i64(sem_id), views.address(buf),
+        i64(int(np.prod(shape, dtype=np.int64)))])
   with kctx.alloc_ip:
     view = views.with_layout(buf)
   return Ref(view, ("semaphore", sem_id), np.dtype(np.int32), sem_id)
@@ -90,7 +94,7 @@ def semaphore_exit(kctx: KernelContext, buf: ir.Value, sem_id: int, *,
     return
   count = int(np.prod(ir.MemRefType(buf.type).shape, dtype=np.int64))
   kctx.call_runtime(abi.RT_SEM_EXIT, [
-      kctx.runtime_ctx, _address(buf), i64(count), i64(sem_id),
+      kctx.runtime_ctx, views.address(buf), i64(count), i64(sem_id),
       i64(int(scoped)), i64(mode), grid_index])
 
 
@@ -100,23 +104,10 @@ def buffer_exit(kctx: KernelContext, ref: Ref, site: int,
   t = ir.MemRefType(ref.memref.type)
   nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(ref.dtype).itemsize
   kctx.call_runtime(abi.RT_BUFFER_EXIT, [
-      kctx.runtime_ctx, _address(ref.memref, np.dtype(ref.dtype).itemsize),
+      kctx.runtime_ctx, views.address(ref.memref, np.dtype(ref.dtype).itemsize),
       i64(nbytes), i64(site), grid_index])
 
 
-def _address(buf: ir.Value, elem_bytes: int = 4) -> ir.Value:
-  """The address of a view's first element, as an i64."""
-  i64_t = ir.IntegerType.get_signless(64)
-  flat = views.space_cast(buf, None)
-  base = arith.index_cast(i64_t, memref.extract_aligned_pointer_as_index(flat))
-  offset = memref.ExtractStridedMetadataOp(flat).offset
-  if views.constant_int(offset) == 0:
-    return base
-  return arith.addi(base, arith.muli(arith.index_cast(i64_t, offset),
-                                     i64(elem_bytes)))
-
-
-# -- names for messages ------------------------------------------------------------------
 def name_ref(kctx: KernelContext, ref: Ref, name: str) -> None:
   """Records what a kernel argument is (``input 0 'x_ref'``...), by its
   memref, and by its root for views made from it."""

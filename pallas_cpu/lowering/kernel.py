@@ -129,6 +129,8 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                              scratch=scratch)
     _exit_checks(kctx)
     scf.YieldOp([])
+  with kctx.init_ip:  # after every initialization: the cores start together
+    kctx.call_runtime(abi.RT_ENTER, [kctx.runtime_ctx])
   with ir.InsertionPoint(block):
     for buf in kctx.allocs:
       memref.dealloc(buf)

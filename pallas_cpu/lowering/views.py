@@ -47,6 +47,25 @@ def space_cast(buf: ir.Value, space: ir.Attribute | None) -> ir.Value:
   return memref.MemorySpaceCastOp(new, buf).result
 
 
+def address(buf: ir.Value, elem_bytes: int = 4) -> ir.Value:
+  """The address of a view's first element, as an i64 (for the runtime)."""
+  i64 = ir.IntegerType.get_signless(64)
+  flat = space_cast(buf, None)
+  base = arith.index_cast(i64, memref.extract_aligned_pointer_as_index(flat))
+  offset = memref.ExtractStridedMetadataOp(flat).offset
+  if constant_int(offset) == 0:
+    return base
+  return arith.addi(base, arith.muli(arith.index_cast(i64, offset),
+                                     arith.constant(i64, elem_bytes)))
+
+
+def element_offset(view: ir.Value) -> ir.Value:
+  """A view's offset in elements from its buffer's start, as an i64."""
+  i64 = ir.IntegerType.get_signless(64)
+  offset = memref.ExtractStridedMetadataOp(space_cast(view, None)).offset
+  return arith.index_cast(i64, offset)
+
+
 def constant_int(v: ir.Value) -> int | None:
   """The value of ``v`` if an arith.constant integer defines it."""
   owner = v.owner

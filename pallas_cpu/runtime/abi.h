@@ -119,6 +119,10 @@ PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_sem_read(
 PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
                                                   int64_t sem_id, int64_t base,
                                                   int64_t count);
+// After the entry's allocations and initialization: returns once every
+// core of the launch got there (they start the kernel together, and each
+// has registered its semaphores).
+PALLAS_CPU_EXPORT void pallas_cpu_rt_enter(PallasCpuRuntimeContext* ctx);
 // semaphore_signal(..., core_index=core): signals semaphore `offset` of
 // array `sem_id` on that core of the launch (launch.h).
 PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal_core(

@@ -254,6 +254,10 @@ extern "C" void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
                         count);
 }
 
+extern "C" void pallas_cpu_rt_enter(PallasCpuRuntimeContext* ctx) {
+  ctx->launch->Enter(ctx->actor);
+}
+
 extern "C" void pallas_cpu_rt_sem_signal_core(PallasCpuRuntimeContext* ctx,
                                               int64_t sem_id, int64_t offset,
                                               int32_t inc, int64_t core,

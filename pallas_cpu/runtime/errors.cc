@@ -91,7 +91,7 @@ void PallasCpuRuntimeContext::Fail(std::string msg) {
     message = std::move(msg);
     failed.store(true, std::memory_order_release);
   }
-  if (launch != nullptr) launch->NoteFailure();
+  if (launch != nullptr) launch->NoteFailure(message);
 }
 
 std::string PallasCpuRuntimeContext::Site(int64_t site) const {

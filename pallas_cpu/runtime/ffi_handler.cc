@@ -78,7 +78,7 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          std::string_view debug_prints,
                          std::string_view check_messages,
                          std::string_view sites,
-                         std::string_view allocations) {
+                         std::string_view allocations, int64_t mesh_cores) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
@@ -97,10 +97,13 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
 
   // A kernel with a parallel grid dimension runs it in contiguous chunks,
   // one runtime context (errors, pending DMAs, visited blocks) per chunk:
-  // the chunks are independent, like TPU cores.
+  // the chunks are independent, like TPU cores.  The cores of a mesh are
+  // one actor each, all running at once on threads of their own, whatever
+  // the machine's core count: they may wait for each other.
   int64_t threads = num_threads > 0 ? num_threads : DefaultNumThreads();
   int64_t chunks = std::max<int64_t>(
       1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1, threads));
+  if (mesh_cores > 0) chunks = mesh_cores;
   int64_t extent = parallel_extent > 0 ? parallel_extent : 1;
   std::vector<PallasCpuRuntimeContext> contexts(chunks);
   const KernelInfo info = KernelInfo::Decode(
@@ -111,8 +114,8 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
     ctx.kernel = &info;
     actors.push_back(&ctx);
   }
-  Launch launch(actors, /*mesh=*/false);
-  ParallelFor(chunks, [&](int64_t c) {
+  Launch launch(actors, /*mesh=*/mesh_cores > 0);
+  auto run = [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
     int64_t lo = extent * c / chunks;
     int64_t hi = extent * (c + 1) / chunks;
@@ -128,16 +131,20 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
       ctx.dmas.clear();
     }
     launch.Finish(launch.actor(c));
-  });
+  };
+  if (mesh_cores > 0) {
+    RunOnThreads(chunks, run);
+  } else {
+    ParallelFor(chunks, run);
+  }
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
   for (auto& ctx : contexts) Warn(kernel_name, ctx.warnings);
-  for (auto& ctx : contexts) {
-    if (ctx.failed.load()) {
-      return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
-                                         std::string(kernel_name) +
-                                         "': " + ctx.message);
-    }
+  error = launch.FirstError();
+  if (!error.empty()) {
+    return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
+                                       std::string(kernel_name) + "': " +
+                                       error);
   }
   return ffi::Error::Success();
 }
@@ -162,7 +169,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<std::string_view>("debug_prints")
                                   .Attr<std::string_view>("check_messages")
                                   .Attr<std::string_view>("sites")
-                                  .Attr<std::string_view>("allocations"));
+                                  .Attr<std::string_view>("allocations")
+                                  .Attr<int64_t>("mesh_cores"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

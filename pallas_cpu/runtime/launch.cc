@@ -25,7 +25,12 @@ void Launch::Register(Actor* self, int64_t sem_id, int32_t* base,
 int32_t* Launch::Find(Actor* self, int64_t core, int64_t sem_id,
                       int64_t offset, int64_t grid_index) {
   std::ostringstream os;
-  if (core < 0 || core >= num_actors()) {
+  if (!mesh_) {
+    os << "semaphore_signal(core_index=" << core << ") at "
+       << self->ctx->GridPoint(grid_index)
+       << " outside a TensorCore mesh kernel (pl.kernel/pl.core_map over "
+          "pltpu.create_tensorcore_mesh) is not supported";
+  } else if (core < 0 || core >= num_actors()) {
     os << "semaphore_signal at " << self->ctx->GridPoint(grid_index)
        << " targets core " << core << " but the kernel runs on "
        << num_actors() << (num_actors() == 1 ? " core" : " cores");
@@ -44,11 +49,29 @@ int32_t* Launch::Find(Actor* self, int64_t core, int64_t sem_id,
   return nullptr;
 }
 
+void Launch::Enter(Actor* self) {
+  // Only the cores of a mesh run at once; chunks of a parallel grid share
+  // a pool and may run one after another, so they must not wait for each
+  // other.
+  if (!mesh_) return;
+  auto lock = Lock();
+  self->entered = true;
+  ++entered_;
+  Notify();
+  while (entered_ < num_actors() && !Failed()) {
+    cv_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+}
+
 void Launch::Finish(Actor* self) {
   auto lock = Lock();
+  if (!self->entered) {  // failed before entry: no one waits for it
+    self->entered = true;
+    ++entered_;
+  }
   self->done = true;
   --live_;
-  DetectDeadlock();
+  DetectDeadlock(nullptr);
   Notify();
 }
 
@@ -61,7 +84,25 @@ std::string Launch::Describe(const Actor& a) const {
   return os.str();
 }
 
-bool Launch::DetectDeadlock() {
+bool Launch::DetectDeadlock(Actor* self) {
+  if (!mesh_) {
+    // Independent actors (chunks of a parallel grid): only the waiting
+    // actor itself could satisfy its wait, and it is waiting.
+    if (self == nullptr || !self->blocked ||
+        *self->waiting.sem >= self->waiting.value) {
+      return false;
+    }
+    std::ostringstream os;
+    os << "deadlock: wait on "
+       << self->ctx->SemaphoreName(self->waiting.sem_id, self->waiting.offset)
+       << " for " << self->waiting.value << " at "
+       << self->ctx->GridPoint(self->waiting.grid_index)
+       << " can never complete: it holds " << *self->waiting.sem
+       << " and no pending DMA or other core can signal it";
+    self->ctx->Fail(os.str());
+    Notify();
+    return true;
+  }
   if (live_ == 0 || blocked_ < live_) return false;
   for (const Actor& a : actors_) {
     if (a.done) continue;

@@ -42,6 +42,7 @@ struct Actor {
   // sem_id -> (first semaphore, count) of each array the actor owns.
   std::unordered_map<int64_t, std::pair<int32_t*, int64_t>> semaphores;
   bool blocked = false;
+  bool entered = false;
   bool done = false;
   WaitState waiting;
 };
@@ -73,13 +74,27 @@ class Launch {
   bool Wait(std::unique_lock<std::mutex>& lock, Actor* self,
             const WaitState& wait, RunPending&& run_pending);
 
+  // Kernel entry: the actor has allocated and registered its semaphores;
+  // returns once every actor has (or one failed) -- the cores of a TPU
+  // start a kernel together.
+  void Enter(Actor* self);
+
   // The actor's kernel returned: it will signal nothing any more.
   void Finish(Actor* self);
 
   // Any actor failed: the others stop waiting.  Callable without the lock.
-  void NoteFailure() {
+  // Keeps the first message of the launch (the call's error).
+  void NoteFailure(const std::string& message) {
+    {
+      std::lock_guard<std::mutex> lock(first_mu_);
+      if (first_error_.empty()) first_error_ = message;
+    }
     failed_.store(true, std::memory_order_release);
     cv_.notify_all();
+  }
+  std::string FirstError() {
+    std::lock_guard<std::mutex> lock(first_mu_);
+    return first_error_;
   }
 
   Actor* actor(int64_t i) { return &actors_[i]; }
@@ -88,7 +103,7 @@ class Launch {
   bool Failed() const { return failed_.load(std::memory_order_acquire); }
   // With the lock held: if every live actor is blocked on a wait nothing
   // can satisfy, fails every actor with a message naming each wait.
-  bool DetectDeadlock();
+  bool DetectDeadlock(Actor* self);
   std::string Describe(const Actor& a) const;
 
   std::mutex mu_;
@@ -97,7 +112,10 @@ class Launch {
   bool mesh_;
   int64_t live_;
   int64_t blocked_ = 0;
+  int64_t entered_ = 0;
   std::atomic<bool> failed_{false};
+  std::mutex first_mu_;
+  std::string first_error_;
 };
 
 template <typename RunPending>
@@ -109,7 +127,7 @@ bool Launch::Wait(std::unique_lock<std::mutex>& lock, Actor* self,
     self->blocked = true;
     self->waiting = wait;
     ++blocked_;
-    if (DetectDeadlock()) {
+    if (DetectDeadlock(self)) {
       self->blocked = false;
       --blocked_;
       return false;

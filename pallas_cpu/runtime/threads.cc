@@ -93,6 +93,14 @@ int64_t DefaultNumThreads() {
   return n == 0 ? 1 : static_cast<int64_t>(n);
 }
 
+void RunOnThreads(int64_t n, const std::function<void(int64_t)>& fn) {
+  std::vector<std::thread> threads;
+  threads.reserve(n > 1 ? n - 1 : 0);
+  for (int64_t i = 1; i < n; ++i) threads.emplace_back([&fn, i] { fn(i); });
+  if (n > 0) fn(0);
+  for (auto& t : threads) t.join();
+}
+
 void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
   if (n == 1) {

@@ -11,6 +11,11 @@ namespace pallas_cpu {
 // returns when all are done.  Calls from several threads at once are safe.
 void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn);
 
+// Runs fn(0) .. fn(n - 1) each on its own thread (the caller runs fn(0)),
+// all at once: for actors that wait for each other (the cores of a mesh),
+// which a pool with fewer workers could not all run.
+void RunOnThreads(int64_t n, const std::function<void(int64_t)>& fn);
+
 // Workers in the pool (plus the caller): PALLAS_CPU_NUM_THREADS-independent;
 // the Python side passes the requested count per call.
 int64_t DefaultNumThreads();

@@ -107,10 +107,20 @@ def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
 def _semaphore_signal(ctx, *args, args_tree, device_id_type):
   sem, transforms, value, device_id, core_index = args_tree.unflatten(args)
   _no_remote(device_id)
-  if core_index is not None:
-    raise NotImplementedError("pallas_cpu: semaphore_signal to another core")
   kctx = ctx.kernel
   sem_view = _semaphore(ctx, _transformed(sem, transforms))
+  if core_index is not None:
+    # The same semaphore of core `core_index` (its own copy, as every
+    # kernel-owned semaphore is per core); without core_index, the
+    # signalling core's own (Mosaic: no core id; interpret mode: core 0).
+    i64 = ir.IntegerType.get_signless(64)
+    core = scalar_of(kctx, core_index).value
+    kctx.call_runtime(abi.RT_SEM_SIGNAL_CORE, [
+        kctx.runtime_ctx, _i64(sem_view.sem_id),
+        views.element_offset(sem_view.memref), scalar_of(kctx, value).value,
+        arith.extsi(i64, core) if core.type != i64 else core,
+        kctx.grid_index()])
+    return []
   kctx.call_runtime(abi.RT_SEM_SIGNAL, [
       kctx.runtime_ctx, sem_view.memref, scalar_of(kctx, value).value,
       _i64(sem_view.sem_id), kctx.grid_index()])

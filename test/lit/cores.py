@@ -1,0 +1,52 @@
+# RUN: %PYTHON %s | FileCheck %s
+"""A kernel over a TensorCore mesh: the mesh is the grid (one dimension,
+"core"), each core runs the entry on its own thread over its own index
+[lo, hi) of that dimension, with its own scratch and semaphores (allocated
+by the entry it runs), registered with the runtime so other cores can
+signal them; the HBM operands are the device's, shared by every core."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from lit_helpers import lower_text, run_test
+
+X = jnp.ones((16, 128), jnp.float32)
+MESH = pltpu.create_tensorcore_mesh("core", num_cores=2)
+
+
+def _mesh_kernel(x):
+  @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=MESH,
+             scratch_types=[pltpu.VMEM((8, 128), jnp.float32),
+                            pltpu.SemaphoreType.REGULAR])
+  def kernel(x_hbm, o_hbm, buf, sem):
+    c = jax.lax.axis_index("core")
+    pltpu.sync_copy(x_hbm.at[pl.ds(c * 8, 8)], buf)
+    pl.semaphore_signal(sem, 1, core_index=1 - c)
+    pl.semaphore_wait(sem, 1)
+    pltpu.sync_copy(buf, o_hbm.at[pl.ds(c * 8, 8)])
+  return kernel(x)
+
+
+# CHECK-LABEL: TEST: test_mesh_kernel
+# The operands are HBM, the scratch VMEM and the semaphore per core: each
+# core's entry allocates its own.
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]*]]: !llvm.ptr, %[[LO:[^:]*]]: i64, %[[HI:[^:]*]]: i64, %{{.*}}: memref<16x128xf32, "hbm"> {{.*}}, %{{.*}}: memref<16x128xf32, "hbm">
+# CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
+# CHECK-DAG: %[[SEM:.*]] = memref.alloc() {{.*}} : memref<i32, "semaphore">
+# After initialization, the semaphore is registered and the cores meet.
+# CHECK: call @pallas_cpu_rt_sem_register(%[[RT]], %c0_i64, %{{.*}}, %c1_i64)
+# CHECK: call @pallas_cpu_rt_enter(%[[RT]])
+# The core's part of the grid: the "core" dimension from lo to hi.
+# CHECK: scf.for %[[CORE:.*]] = %{{.*}} to %{{.*}} step
+# The signal names the semaphore (id 0, offset 0) and the target core.
+# CHECK: call @pallas_cpu_rt_sem_signal_core(%[[RT]], %c0_i64{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i32, i64, i64) -> ()
+# CHECK: call @pallas_cpu_rt_sem_wait(
+@run_test
+def test_mesh_kernel():
+  print(lower_text(_mesh_kernel, X))

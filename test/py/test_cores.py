@@ -1,0 +1,243 @@
+"""TensorCore meshes: ``pl.kernel`` / ``pl.core_map`` over
+``pltpu.create_tensorcore_mesh``, each core on its own runtime thread, with
+per-core scratch and semaphores, signals across cores, and deadlocks and
+errors that end the call instead of hanging it -- checked against TPU
+interpret mode and plain jnp."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+import pallas_cpu
+from conftest import assert_same
+
+ROWS = 8
+
+
+def _x(cores: int) -> jax.Array:
+  return jnp.asarray(
+      np.random.default_rng(cores).standard_normal((cores * ROWS, 128)),
+      jnp.float32)
+
+
+def _both(build, x, **interpret_kw):
+  """``build(x)`` compiled and under TPU interpret mode."""
+  with pallas_cpu.force_cpu_backend():
+    got = jax.block_until_ready(jax.jit(build)(x))
+  with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams(**interpret_kw)):
+    want = jax.block_until_ready(jax.jit(build)(x))
+  return got, want
+
+
+def _compiled(build, x):
+  with pallas_cpu.force_cpu_backend():
+    return jax.block_until_ready(jax.jit(build)(x))
+
+
+def _per_core_rows(cores: int):
+  """Each core copies its rows of x through a VMEM scratch, adding
+  1000 * its core index."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=cores)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.VMEM((ROWS, 128), jnp.float32)])
+    def kernel(x_hbm, o_hbm, buf):
+      c = jax.lax.axis_index("core")
+      rows = pl.ds(c * ROWS, ROWS)
+      pltpu.sync_copy(x_hbm.at[rows], buf)
+      buf[...] = buf[...] + (c * 1000).astype(jnp.float32)
+      pltpu.sync_copy(buf, o_hbm.at[rows])
+    return kernel(x)
+  return build
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 8])
+def test_each_core_runs_its_own_part(cores):
+  x = _x(cores)
+  got, want = _both(_per_core_rows(cores), x)
+  ref = x + jnp.repeat(jnp.arange(cores, dtype=jnp.float32) * 1000,
+                       ROWS)[:, None]
+  assert_same(got, ref)
+  assert_same(want, ref)
+
+
+def test_core_map_form():
+  """``pl.core_map`` over refs created with ``pl.run_state``-free code:
+  the decorator form inside a function that allocates its output."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+  x = _x(2)
+
+  def build(x):
+    def stateful(refs):
+      x_ref, o_ref = refs
+
+      @pl.core_map(mesh)
+      def _():
+        c = jax.lax.axis_index("core")
+        rows = pl.ds(c * ROWS, ROWS)
+        pltpu.sync_copy(x_ref.at[rows], o_ref.at[rows])
+    _, out = pl.run_state(stateful)((x, jnp.zeros_like(x)))
+    return out
+  got, want = _both(build, x)
+  assert_same(got, x)
+  assert_same(want, x)
+
+
+def _ring_barrier_scratch(cores: int):
+  """Every core writes its index into its own VMEM scratch, signals every
+  other core's barrier semaphore and waits for all of them; it then reads
+  its scratch back: with per-core scratch each core sees its own index."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=cores)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.VMEM((ROWS, 128), jnp.float32),
+                              pltpu.SemaphoreType.REGULAR])
+    def kernel(x_hbm, o_hbm, buf, sem):
+      c = jax.lax.axis_index("core")
+      buf[...] = jnp.full((ROWS, 128), c, jnp.float32)
+      for other in range(cores):
+        @pl.when(other != c)
+        def _():
+          pl.semaphore_signal(sem, 1, core_index=other)
+      pl.semaphore_wait(sem, cores - 1)
+      pltpu.sync_copy(buf, o_hbm.at[pl.ds(c * ROWS, ROWS)])
+    return kernel(x)
+  return build
+
+
+@pytest.mark.parametrize("cores", [2, 4, 8])
+def test_scratch_is_per_core_and_signals_cross_cores(cores):
+  """(TPU interpret mode runs its cores as Python threads that wait inside
+  XLA callbacks; past 2 cores on this 2-CPU machine it can starve XLA's
+  callback threads and hang, so it is the reference for 2 cores only.)"""
+  x = _x(cores)
+  ref = jnp.repeat(jnp.arange(cores, dtype=jnp.float32), ROWS)[:, None] * \
+      jnp.ones((1, 128), jnp.float32)
+  if cores == 2:
+    got, want = _both(_ring_barrier_scratch(cores), x)
+    assert_same(want, ref)
+  else:
+    got = _compiled(_ring_barrier_scratch(cores), x)
+  assert_same(got, ref)
+
+
+def test_cores_share_hbm_ordered_by_a_regular_semaphore():
+  """Core 0 writes rows 0:8 of the HBM output and then signals core 1,
+  which waits, reads them back from HBM and writes twice them to rows
+  8:16: the result depends on the order the semaphore imposes."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+  x = _x(2)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.VMEM((ROWS, 128), jnp.float32),
+                              pltpu.SemaphoreType.REGULAR])
+    def kernel(x_hbm, o_hbm, buf, sem):
+      c = jax.lax.axis_index("core")
+
+      @pl.when(c == 0)
+      def _():
+        pltpu.sync_copy(x_hbm.at[pl.ds(0, ROWS)], o_hbm.at[pl.ds(0, ROWS)])
+        pl.semaphore_signal(sem, 1, core_index=1)
+
+      @pl.when(c == 1)
+      def _():
+        pl.semaphore_wait(sem, 1)
+        pltpu.sync_copy(o_hbm.at[pl.ds(0, ROWS)], buf)
+        buf[...] = buf[...] * 2
+        pltpu.sync_copy(buf, o_hbm.at[pl.ds(ROWS, ROWS)])
+    return kernel(x)
+  got, want = _both(build, x)
+  ref = jnp.concatenate([x[:ROWS], x[:ROWS] * 2])
+  assert_same(got, ref)
+  assert_same(want, ref)
+
+
+def test_cross_core_deadlock_is_reported_not_a_hang():
+  """Both cores wait for a signal nobody sends: a proof, at once."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.SemaphoreType.REGULAR])
+    def kernel(x_hbm, o_hbm, sem):
+      pl.semaphore_wait(sem, 1)
+      pltpu.sync_copy(x_hbm, o_hbm)
+    return kernel(x)
+  with pytest.raises(Exception, match=r"deadlock: every running core waits "
+                     r"and none can be signalled: core 0 waits on semaphore "
+                     r"'scratch operand 0'\[0\] for 1 .*; core 1 waits on "):
+    _compiled(build, _x(2))
+
+
+def test_wait_for_a_core_that_finished_is_a_deadlock():
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.SemaphoreType.REGULAR])
+    def kernel(x_hbm, o_hbm, sem):
+      c = jax.lax.axis_index("core")
+
+      @pl.when(c == 0)
+      def _():
+        pl.semaphore_wait(sem, 2)     # core 1 signals only once
+
+      @pl.when(c == 1)
+      def _():
+        pl.semaphore_signal(sem, 1, core_index=0)
+        pltpu.sync_copy(x_hbm, o_hbm)
+    return kernel(x)
+  with pytest.raises(Exception, match=r"core 0 waits on semaphore 'scratch "
+                     r"operand 0'\[0\] for 2 .*holds 1.*1 other core\(s\) "
+                     r"finished"):
+    _compiled(build, _x(2))
+
+
+def test_an_error_on_one_core_releases_the_others():
+  """Core 1 fails a debug check before it signals core 0, which waits:
+  the call fails with core 1's error, and core 0 does not hang."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.SemaphoreType.REGULAR])
+    def kernel(x_hbm, o_hbm, sem):
+      c = jax.lax.axis_index("core")
+
+      @pl.when(c == 0)
+      def _():
+        pl.semaphore_wait(sem, 1)
+        pltpu.sync_copy(x_hbm, o_hbm)
+
+      @pl.when(c == 1)
+      def _():
+        pl.debug_check(c == 0, "core 1 refuses")
+        pl.semaphore_signal(sem, 1, core_index=0)
+    return kernel(x)
+  with pl.enable_debug_checks(True), pytest.raises(
+      Exception, match=r"core 1: debug check failed .*core 1 refuses"):
+    _compiled(build, _x(2))
+
+
+def test_signal_to_a_core_outside_the_mesh_is_an_error():
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+
+  def build(x):
+    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
+               scratch_types=[pltpu.SemaphoreType.REGULAR])
+    def kernel(x_hbm, o_hbm, sem):
+      pltpu.sync_copy(x_hbm, o_hbm)
+      pl.semaphore_signal(sem, 1, core_index=jax.lax.axis_index("core") + 2)
+    return kernel(x)
+  with pytest.raises(Exception, match=r"targets core [23] but the kernel "
+                     r"runs on 2 cores"):
+    _compiled(build, _x(2))
