@@ -161,83 +161,70 @@ def test_cores_share_hbm_ordered_by_a_regular_semaphore():
   assert_same(want, ref)
 
 
-def test_cross_core_deadlock_is_reported_not_a_hang():
-  """Both cores wait for a signal nobody sends: a proof, at once."""
-  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+def _on_cores(body, cores=2, scratch=(pltpu.SemaphoreType.REGULAR,)):
+  """``body(x_hbm, o_hbm, *scratch)`` as a pl.kernel over a mesh of
+  ``cores`` TensorCores: a function of x."""
+  mesh = pltpu.create_tensorcore_mesh("core", num_cores=cores)
 
   def build(x):
-    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
-               scratch_types=[pltpu.SemaphoreType.REGULAR])
-    def kernel(x_hbm, o_hbm, sem):
-      pl.semaphore_wait(sem, 1)
-      pltpu.sync_copy(x_hbm, o_hbm)
-    return kernel(x)
+    return pl.kernel(body, out_type=jax.ShapeDtypeStruct(x.shape, x.dtype),
+                     mesh=mesh, scratch_types=list(scratch))(x)
+  return build
+
+
+def test_cross_core_deadlock_is_reported_not_a_hang():
+  """Both cores wait for a signal nobody sends: a proof, at once."""
+  def body(x_hbm, o_hbm, sem):
+    pl.semaphore_wait(sem, 1)
+    pltpu.sync_copy(x_hbm, o_hbm)
   with pytest.raises(Exception, match=r"deadlock: every running core waits "
                      r"and none can be signalled: core 0 waits on semaphore "
                      r"'scratch operand 0'\[0\] for 1 .*; core 1 waits on "):
-    _compiled(build, _x(2))
+    _compiled(_on_cores(body), _x(2))
 
 
 def test_wait_for_a_core_that_finished_is_a_deadlock():
-  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+  def body(x_hbm, o_hbm, sem):
+    c = jax.lax.axis_index("core")
 
-  def build(x):
-    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
-               scratch_types=[pltpu.SemaphoreType.REGULAR])
-    def kernel(x_hbm, o_hbm, sem):
-      c = jax.lax.axis_index("core")
+    @pl.when(c == 0)
+    def _():
+      pl.semaphore_wait(sem, 2)     # core 1 signals only once
 
-      @pl.when(c == 0)
-      def _():
-        pl.semaphore_wait(sem, 2)     # core 1 signals only once
-
-      @pl.when(c == 1)
-      def _():
-        pl.semaphore_signal(sem, 1, core_index=0)
-        pltpu.sync_copy(x_hbm, o_hbm)
-    return kernel(x)
+    @pl.when(c == 1)
+    def _():
+      pl.semaphore_signal(sem, 1, core_index=0)
+      pltpu.sync_copy(x_hbm, o_hbm)
   with pytest.raises(Exception, match=r"core 0 waits on semaphore 'scratch "
                      r"operand 0'\[0\] for 2 .*holds 1.*1 other core\(s\) "
                      r"finished"):
-    _compiled(build, _x(2))
+    _compiled(_on_cores(body), _x(2))
 
 
 def test_an_error_on_one_core_releases_the_others():
   """Core 1 fails a debug check before it signals core 0, which waits:
   the call fails with core 1's error, and core 0 does not hang."""
-  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
+  def body(x_hbm, o_hbm, sem):
+    c = jax.lax.axis_index("core")
 
-  def build(x):
-    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
-               scratch_types=[pltpu.SemaphoreType.REGULAR])
-    def kernel(x_hbm, o_hbm, sem):
-      c = jax.lax.axis_index("core")
+    @pl.when(c == 0)
+    def _():
+      pl.semaphore_wait(sem, 1)
+      pltpu.sync_copy(x_hbm, o_hbm)
 
-      @pl.when(c == 0)
-      def _():
-        pl.semaphore_wait(sem, 1)
-        pltpu.sync_copy(x_hbm, o_hbm)
-
-      @pl.when(c == 1)
-      def _():
-        pl.debug_check(c == 0, "core 1 refuses")
-        pl.semaphore_signal(sem, 1, core_index=0)
-    return kernel(x)
+    @pl.when(c == 1)
+    def _():
+      pl.debug_check(c == 0, "core 1 refuses")
+      pl.semaphore_signal(sem, 1, core_index=0)
   with pl.enable_debug_checks(True), pytest.raises(
       Exception, match=r"core 1: debug check failed .*core 1 refuses"):
-    _compiled(build, _x(2))
+    _compiled(_on_cores(body), _x(2))
 
 
 def test_signal_to_a_core_outside_the_mesh_is_an_error():
-  mesh = pltpu.create_tensorcore_mesh("core", num_cores=2)
-
-  def build(x):
-    @pl.kernel(out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), mesh=mesh,
-               scratch_types=[pltpu.SemaphoreType.REGULAR])
-    def kernel(x_hbm, o_hbm, sem):
-      pltpu.sync_copy(x_hbm, o_hbm)
-      pl.semaphore_signal(sem, 1, core_index=jax.lax.axis_index("core") + 2)
-    return kernel(x)
+  def body(x_hbm, o_hbm, sem):
+    pltpu.sync_copy(x_hbm, o_hbm)
+    pl.semaphore_signal(sem, 1, core_index=jax.lax.axis_index("core") + 2)
   with pytest.raises(Exception, match=r"targets core [23] but the kernel "
                      r"runs on 2 cores"):
-    _compiled(build, _x(2))
+    _compiled(_on_cores(body), _x(2))
