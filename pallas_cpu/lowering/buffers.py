@@ -108,6 +108,7 @@ def buffer_exit(kctx: KernelContext, ref: Ref, site: int,
       i64(nbytes), i64(site), grid_index])
 
 
+# -- names for messages ------------------------------------------------------------------
 def name_ref(kctx: KernelContext, ref: Ref, name: str) -> None:
   """Records what a kernel argument is (``input 0 'x_ref'``...), by its
   memref, and by its root for views made from it."""
