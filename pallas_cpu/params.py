@@ -29,6 +29,13 @@ class CompilerParams:
     num_threads: threads for that dimension; None takes PALLAS_CPU_NUM_THREADS
       or the machine's cores.
     opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL (3).
+    grid_order: "sequential" (row-major, as TPU runs one core's grid) or
+      "random": the iterations of every parallel dimension run in an order
+      drawn from ``seed`` -- a kernel whose results depend on that order
+      shows it, as it may on a megacore chip (TPU interpret mode permutes
+      parallel dimensions the same way, InterpretParams(random_seed=...)).
+      An order-independent kernel gives the same results either way.
+    seed: the seed of "random" grid order.
     exit_checks: what a semaphore left with a non-zero count, or a DMA
       started and never waited for, at kernel exit (or at the end of the
       run_scoped scope that owns its semaphore) is: "error" (the call
@@ -43,6 +50,8 @@ class CompilerParams:
   num_threads: int | None = None
   opt_level: int | None = None
   exit_checks: Literal["error", "warn", "off"] = "error"
+  grid_order: Literal["sequential", "random"] = "sequential"
+  seed: int = 0
 
   def __post_init__(self):
     if self.uninitialized_memory not in ("nan", "zero"):
@@ -58,6 +67,9 @@ class CompilerParams:
       object.__setattr__(self, "dimension_semantics",
                          tuple(str(getattr(d, "value", d))
                                for d in self.dimension_semantics))
+    if self.grid_order not in ("sequential", "random"):
+      raise ValueError("grid_order must be 'sequential' or 'random', got "
+                       f"{self.grid_order!r}")
     if self.exit_checks not in ("error", "warn", "off"):
       raise ValueError("exit_checks must be 'error', 'warn' or 'off', got "
                        f"{self.exit_checks!r}")

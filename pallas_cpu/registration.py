@@ -39,7 +39,22 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
       parallel_dim=(0 if params.get("mesh") is not None
                     else None if grid_lowering.needs_one_thread(
                         jaxpr, gm, params["input_output_aliases"])
-                    else _parallel_dim(gm, cpu, params.get("compiler_params"))))
+                    else _parallel_dim(gm, cpu, params.get("compiler_params"))),
+      permuted_dims=_permuted_dims(gm, cpu, params))
+
+
+def _permuted_dims(gm, cpu, params) -> tuple:
+  """grid_order="random": a seeded permutation of each parallel dimension
+  (static size > 1; a mesh's cores keep their fixed division, as in TPU
+  interpret mode)."""
+  if cpu.grid_order != "random" or params.get("mesh") is not None:
+    return ()
+  rng = np.random.default_rng(cpu.seed)
+  grid = tuple(gm.grid)
+  return tuple(
+      (d, tuple(int(i) for i in rng.permutation(grid[d])))
+      for d in sorted(_parallel_dims(gm, cpu, params.get("compiler_params")))
+      if isinstance(grid[d], int) and grid[d] > 1)
 
 
 def mesh_cores(mesh) -> int:
@@ -65,6 +80,16 @@ def _parallel_dim(gm, cpu, compiler_params) -> int | None:
   """The grid dimension split across threads: the first one that is
   vmapped or declared parallel (pallas_cpu's or pltpu's
   dimension_semantics) with more than one step."""
+  grid = tuple(gm.grid)
+  for d in range(len(grid)):
+    if (d in _parallel_dims(gm, cpu, compiler_params)
+        and isinstance(grid[d], int) and grid[d] > 1):
+      return d
+  return None
+
+
+def _parallel_dims(gm, cpu, compiler_params) -> set[int]:
+  """The vmapped grid dimensions and those declared parallel."""
   semantics = cpu.dimension_semantics
   if semantics is None:
     semantics = getattr(compiler_params, "dimension_semantics", None)
@@ -75,10 +100,7 @@ def _parallel_dim(gm, cpu, compiler_params) -> int | None:
   for d, s in zip(own, semantics):
     if s in ("parallel", "core_parallel"):
       parallel.add(d)
-  for d in range(len(grid)):
-    if d in parallel and isinstance(grid[d], int) and grid[d] > 1:
-      return d
-  return None
+  return parallel
 
 
 def kernel_ir(spec: kernel_lowering.KernelSpec

@@ -262,6 +262,7 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       last_block[w.operand_index] = buf
 
   def body(ivs: list[ir.Value]):
+    ivs = [_permuted(kctx, d, iv) for d, iv in enumerate(ivs)]
     kctx.grid_ivs = list(ivs)
     kctx.program_ids = [iv for d, iv in enumerate(ivs)
                         if d not in kctx.vmapped_dims]
@@ -312,6 +313,26 @@ def _name_refs(kctx, jaxpr, index_refs, block_refs, scratch, n_in) -> None:
     if isinstance(name, str) and name.isidentifier():
       kind = f"{kind} '{name}'"
     buffers.name_ref(kctx, ref, kind)
+
+
+def _permuted(kctx: KernelContext, dim: int, iv: ir.Value) -> ir.Value:
+  """The grid index the loop's ``iv``-th iteration of ``dim`` runs: itself,
+  or its image under the dimension's permutation (grid_order="random"), read
+  from a constant table in the kernel."""
+  perm = getattr(kctx, "permuted_dims", {}).get(dim)
+  if perm is None:
+    return iv
+  i32 = ir.IntegerType.get_signless(32)
+  t = ir.MemRefType.get([len(perm)], i32)
+  name = f"pallas_cpu_grid_order_{dim}"
+  with ir.InsertionPoint.at_block_begin(kctx.module.body):
+    memref.GlobalOp(sym_name=name, type_=ir.TypeAttr.get(t),
+                    sym_visibility="private",
+                    initial_value=ir.DenseElementsAttr.get(
+                        np.asarray(perm, np.int32)),
+                    constant=True)
+  table = memref.get_global(t, name)
+  return arith.index_cast(ir.IndexType.get(), memref.load(table, [iv]))
 
 
 def _loop_nest(bounds: list[tuple[ir.Value, ir.Value]], body, ivs=()):

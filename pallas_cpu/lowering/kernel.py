@@ -39,6 +39,9 @@ class KernelSpec:
   params: CompilerParams
   opt_level: int
   parallel_dim: int | None = None  # grid dimension split across threads
+  # Parallel grid dimensions whose iterations run in a seeded random order
+  # (CompilerParams(grid_order="random")), with their permutations.
+  permuted_dims: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 def lower_kernel(spec: KernelSpec) -> ir.Module:
@@ -114,6 +117,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
     kctx.init_ip = ir.InsertionPoint(init_anchor.owner)
     kctx.jaxpr = spec.jaxpr
+    kctx.permuted_dims = dict(spec.permuted_dims)
     if spec.parallel_dim is not None:
       kctx.parallel_range = (spec.parallel_dim,
                              views.as_index(block.arguments[1]),

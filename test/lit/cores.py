@@ -50,3 +50,28 @@ def _mesh_kernel(x):
 @run_test
 def test_mesh_kernel():
   print(lower_text(_mesh_kernel, X))
+
+
+# grid_order="random": the parallel dimension's iterations run in a seeded
+# order read from a constant table; the arbitrary one keeps its own.
+# CHECK-LABEL: TEST: test_random_grid_order
+# CHECK: memref.global "private" constant @pallas_cpu_grid_order_0 : memref<4xi32> = dense<[{{.*}}]>
+# CHECK-NOT: pallas_cpu_grid_order_1
+# CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step
+# CHECK: %[[TABLE:.*]] = memref.get_global @pallas_cpu_grid_order_0 : memref<4xi32>
+# CHECK: memref.load %[[TABLE]][%[[I]]] : memref<4xi32>
+@run_test
+def test_random_grid_order():
+  import pallas_cpu
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] + 1
+
+  spec = pl.BlockSpec((8, 128), lambda i, j: (i, j))
+  fn = lambda x: pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((32, 256), jnp.float32),
+      grid=(4, 2), in_specs=[spec], out_specs=spec,
+      compiler_params=pallas_cpu.CompilerParams(
+          dimension_semantics=("parallel", "arbitrary"), grid_order="random",
+          seed=7))(x)
+  print(lower_text(fn, jnp.ones((32, 256), jnp.float32)))

@@ -228,3 +228,53 @@ def test_signal_to_a_core_outside_the_mesh_is_an_error():
   with pytest.raises(Exception, match=r"targets core [23] but the kernel "
                      r"runs on 2 cores"):
     _compiled(_on_cores(body), _x(2))
+
+# -- the order of parallel iterations ------------------------------------------
+def _order_kernel(x_ref, o_ref, last):
+  """Order-dependent on purpose: each step writes the index of the step
+  that ran before it (a scratch carried across the parallel dimension)."""
+  i = pl.program_id(0)
+
+  @pl.when(i == 0)
+  def _():
+    last[0] = -1
+
+  o_ref[...] = x_ref[...] * 0 + last[0].astype(jnp.float32)
+  last[0] = i
+
+
+def _ordered(x, order, seed=0, kernel=_order_kernel, semantics="parallel"):
+  spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
+  return pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+      grid=(x.shape[0] // 8,), in_specs=[spec], out_specs=spec,
+      scratch_shapes=[pltpu.SMEM((1,), jnp.int32)],
+      compiler_params=pallas_cpu.CompilerParams(
+          dimension_semantics=(semantics,), num_threads=1,
+          grid_order=order, seed=seed))(x)
+
+
+def test_random_grid_order_shows_an_order_dependent_kernel():
+  x = _x(8)  # 64 rows: 8 steps
+  sequential = np.asarray(_ordered(x, "sequential"))[::8, 0]
+  np.testing.assert_array_equal(sequential, [-1, 0, 1, 2, 3, 4, 5, 6])
+  shuffled = np.asarray(_ordered(x, "random", seed=3))[::8, 0]
+  assert not np.array_equal(shuffled, sequential)
+  # Each step but step 0 (which resets the record to -1) and the first to
+  # run (which sees the scratch's fill) saw the step run before it: distinct
+  # steps, each recorded once.
+  seen = [int(v) for v in shuffled if v in range(8)]
+  assert len(seen) >= 6 and len(set(seen)) == len(seen)
+  # The same seed gives the same order; "arbitrary" dimensions keep theirs.
+  assert_same(_ordered(x, "random", seed=3)[::8, 0], jnp.asarray(shuffled))
+  assert_same(np.asarray(_ordered(x, "random", seed=3,
+                                  semantics="arbitrary"))[::8, 0], sequential)
+
+
+def test_random_grid_order_keeps_an_order_independent_kernel():
+  def kernel(x_ref, o_ref, _):
+    o_ref[...] = x_ref[...] * 2 + pl.program_id(0).astype(jnp.float32)
+  x = _x(8)
+  want = x * 2 + jnp.repeat(jnp.arange(8, dtype=jnp.float32), 8)[:, None]
+  for seed in (0, 1, 2):
+    assert_same(_ordered(x, "random", seed=seed, kernel=kernel), want)
