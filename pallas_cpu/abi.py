@@ -35,7 +35,10 @@ RT_SEM_WAIT = "pallas_cpu_rt_sem_wait"
 RT_SEM_READ = "pallas_cpu_rt_sem_read"
 RT_SEM_REGISTER = "pallas_cpu_rt_sem_register"
 RT_ENTER = "pallas_cpu_rt_enter"
-RT_SEM_SIGNAL_CORE = "pallas_cpu_rt_sem_signal_core"
+RT_SEM_SIGNAL_REMOTE = "pallas_cpu_rt_sem_signal_remote"
+RT_DEVICE_ID = "pallas_cpu_rt_device_id"
+RT_BUFFER_REGISTER = "pallas_cpu_rt_buffer_register"
+RT_EXIT_BARRIER = "pallas_cpu_rt_exit_barrier"
 RT_BUFFER_EXIT = "pallas_cpu_rt_buffer_exit"
 RT_SEM_EXIT = "pallas_cpu_rt_sem_exit"
 RT_KERNEL_EXIT = "pallas_cpu_rt_kernel_exit"
@@ -76,6 +79,14 @@ class RuntimeInfo:
   check_messages: list[str] = dataclasses.field(default_factory=list)
   sites: list[str] = dataclasses.field(default_factory=list)
   allocations: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+  # The kernel talks to other devices (remote DMAs or signals, a barrier
+  # semaphore): its instances on the devices of a shard_map run as one
+  # launch (FFI attribute `collective`).
+  collective: bool = False
+  # Byte sizes of the buffers the cores of a mesh kernel share (HBM scratch
+  # and run_scoped buffers): the entry's last arguments, allocated by the
+  # runtime once per device (FFI attribute `shared_buffers`).
+  shared_buffers: list[int] = dataclasses.field(default_factory=list)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -136,7 +136,7 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
 
   closed = jax.make_jaxpr(fn)(*args, **kwargs)
   kernels = []
-  for eqn in _pallas_call_eqns(closed.jaxpr):
+  for eqn, mesh_axes in _pallas_call_eqns(closed.jaxpr):
     backend = eqn.params["interpret"]
     if not isinstance(backend, CpuBackend):
       backend = CpuBackend(params)
@@ -145,7 +145,8 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
     if eqn.primitive.name == "mpmd_map":
       p = registration.mpmd_as_pallas_call(p, avals_in)
     spec = registration.kernel_spec(p, avals_in,
-                                    [v.aval for v in eqn.outvars], backend)
+                                    [v.aval for v in eqn.outvars], backend,
+                                    mesh_axes)
     stages = {"kernel": registration.kernel_ir(spec)[0]}
     with ir.Context(), ir.Location.unknown():
       module = ir.Module.parse(stages["kernel"])
@@ -156,10 +157,16 @@ def lower(fn: Callable, *args, params: CompilerParams = CompilerParams(),
   return Lowered(kernels)
 
 
-def _pallas_call_eqns(jaxpr: jax_core.Jaxpr):
+def _pallas_call_eqns(jaxpr: jax_core.Jaxpr, mesh_axes: tuple = ()):
+  """The kernels of ``jaxpr``, each with the shard_map mesh around it
+  (``registration.device_mesh``'s form)."""
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("pallas_call", "mpmd_map"):
-      yield eqn
+      yield eqn, mesh_axes
     else:
+      inner = mesh_axes
+      if eqn.primitive.name == "shard_map":
+        mesh = eqn.params["mesh"]
+        inner = tuple((a, int(mesh.shape[a])) for a in mesh.axis_names)
       for sub in jax_core.jaxprs_in_params(eqn.params):
-        yield from _pallas_call_eqns(sub)
+        yield from _pallas_call_eqns(sub, inner)

@@ -43,6 +43,10 @@ class CompilerParams:
       RuntimeWarning; pending DMAs then complete as the hardware would) or
       "off".  A DMA still reading or writing a run_scoped buffer when its
       scope ends is always an error.
+    device_timeout_s: a kernel that talks to other devices (remote DMAs
+      and signals, barrier semaphores, inside shard_map) starts on all of
+      them together; a device that has not arrived after this many seconds
+      fails the call on the others, naming the devices that did arrive.
   """
   uninitialized_memory: Literal["nan", "zero"] = "nan"
   dma_execution_mode: Literal["eager", "on_wait"] = "on_wait"
@@ -52,6 +56,7 @@ class CompilerParams:
   exit_checks: Literal["error", "warn", "off"] = "error"
   grid_order: Literal["sequential", "random"] = "sequential"
   seed: int = 0
+  device_timeout_s: float = 20.0
 
   def __post_init__(self):
     if self.uninitialized_memory not in ("nan", "zero"):
@@ -73,6 +78,9 @@ class CompilerParams:
     if self.exit_checks not in ("error", "warn", "off"):
       raise ValueError("exit_checks must be 'error', 'warn' or 'off', got "
                        f"{self.exit_checks!r}")
+    if not self.device_timeout_s > 0:
+      raise ValueError("device_timeout_s must be > 0, got "
+                       f"{self.device_timeout_s!r}")
     if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
       raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
 

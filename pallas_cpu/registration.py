@@ -22,10 +22,10 @@ from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu.params import CpuBackend
 
 
-def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
-                ) -> kernel_lowering.KernelSpec:
+def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
+                device_mesh: tuple = ()) -> kernel_lowering.KernelSpec:
   jaxpr = params["jaxpr"]
-  mesh_cores(params.get("mesh"))  # a mesh we cannot run raises here
+  cores = mesh_cores(params.get("mesh"))  # a mesh we cannot run raises here
   name = params.get("name") or jaxpr.debug_info.func_name or "kernel"
   cpu = backend.params
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
@@ -40,7 +40,40 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend
                     else None if grid_lowering.needs_one_thread(
                         jaxpr, gm, params["input_output_aliases"])
                     else _parallel_dim(gm, cpu, params.get("compiler_params"))),
-      permuted_dims=_permuted_dims(gm, cpu, params))
+      permuted_dims=_permuted_dims(gm, cpu, params),
+      device_mesh=device_mesh, mesh_cores=cores)
+
+
+def device_mesh(ctx: mlir.LoweringRuleContext) -> tuple:
+  """The shard_map mesh the kernel runs in, as ((axis name, size), ...):
+  () outside shard_map.  Device ids (MESH type)
+  are the row-major index of a device's coordinates over all its axes, as
+  in Mosaic."""
+  from jax._src import sharding_impls
+  axis_context = ctx.module_context.axis_context
+  if not isinstance(axis_context, sharding_impls.SPMDAxisContext):
+    return ()
+  mesh = axis_context.mesh
+  missing = [a for a in mesh.axis_names if a not in axis_context.manual_axes]
+  if missing:
+    raise NotImplementedError(
+        f"pallas_cpu: a kernel inside a shard_map that leaves mesh axes "
+        f"{missing} automatic (only kernels in a shard_map over every axis of "
+        "its mesh are supported)")
+  return tuple((name, int(mesh.shape[name])) for name in mesh.axis_names)
+
+
+def _device_id_operand(ctx: mlir.LoweringRuleContext, names) -> ir.Value:
+  """The logical id of the device running this instance (XLA computes it
+  from the shard_map coordinates): the custom call's last operand."""
+  import jax
+  from jax._src import core as jax_core
+  sub = ctx.replace(avals_in=[],
+                    avals_out=[jax_core.ShapedArray((), np.int32)])
+  (out,) = mlir.lower_fun(
+      lambda: jax.lax.axis_index(tuple(names)).astype(np.int32),
+      multiple_results=False)(sub)
+  return out
 
 
 def _permuted_dims(gm, cpu, params) -> tuple:
@@ -98,7 +131,7 @@ def _parallel_dims(gm, cpu, compiler_params) -> set[int]:
   own = [d for d in range(len(grid)) if d not in gm.vmapped_dims]
   parallel = set(gm.vmapped_dims)
   for d, s in zip(own, semantics):
-    if s in ("parallel", "core_parallel"):
+    if s in ("parallel", "core_parallel", "subcore_parallel"):
       parallel.add(d)
   return parallel
 
@@ -128,7 +161,8 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   backend = _backend_for(interpret)
   if backend is None:
     return _default_rule()(ctx, *in_nodes, interpret=interpret, **params)
-  spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend)
+  mesh_axes = device_mesh(ctx)
+  spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend, mesh_axes)
   text, info = kernel_ir(spec)
   if params.get("debug"):
     print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
@@ -139,6 +173,12 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   n_dyn = spec.grid_mapping.num_dynamic_grid_bounds
   call = mlir_ffi_lowering(tuple((n_dyn + i, o)
                                  for i, o in spec.input_output_aliases))
+  num_devices = int(np.prod([n for _, n in mesh_axes])) if mesh_axes else 0
+  if num_devices > 1:
+    from jax._src import core as jax_core
+    in_nodes = (*in_nodes, _device_id_operand(ctx, [a for a, _ in mesh_axes]))
+    ctx = ctx.replace(avals_in=[*ctx.avals_in,
+                                jax_core.ShapedArray((), np.int32)])
   return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
               kernel_name=spec.name, **info.ffi_attributes(),
               # (0 for a dynamic dimension: messages then count steps)
@@ -149,7 +189,12 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                   else spec.grid_mapping.grid[spec.parallel_dim]),
               num_threads=np.int64(spec.params.num_threads
                                    or knobs.read().num_threads),
-              mesh_cores=np.int64(mesh_cores(params.get("mesh"))))
+              mesh_cores=np.int64(spec.mesh_cores),
+              num_devices=np.int64(num_devices),
+              collective=np.int64(info.collective),
+              shared_buffers=np.asarray(info.shared_buffers, np.int64),
+              device_timeout_ms=np.int64(
+                  round(spec.params.device_timeout_s * 1000)))
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from jax._src import core as jax_core
 from jax._src import state
 from jax._src.pallas import core as pallas_core
 from mlir import ir
-from mlir.dialects import arith, linalg, memref
+from mlir.dialects import arith, linalg, memref, scf
 
 from pallas_cpu import abi
 from pallas_cpu.lowering import memory_spaces, types, values, views
@@ -65,9 +65,13 @@ def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
   return kctx.constant(np.iinfo(dtype).min, dtype)
 
 
-def allocate_ref(kctx: KernelContext, aval, root, name: str) -> Ref:
+def allocate_ref(kctx: KernelContext, aval, root, name: str, *,
+                 at_entry: bool = False) -> Ref:
   """Memory for a scratch or run_scoped ref: semaphores zeroed, buffers
-  filled with the uninitialized-memory value (interpret mode's default)."""
+  filled with the uninitialized-memory value (interpret mode's default):
+  ``at_entry``, before the kernel's actors start together (a kernel-level
+  scratch buffer another device may write as soon as they have), else
+  here."""
   if not isinstance(aval, state.AbstractRef):
     raise NotImplementedError(f"pallas_cpu: scratch operand {aval} is not "
                               "supported yet")
@@ -79,9 +83,31 @@ def allocate_ref(kctx: KernelContext, aval, root, name: str) -> Ref:
                               "supported yet")
   space = memory_spaces.from_pallas(aval.memory_space)
   if space in (memory_spaces.ANY, memory_spaces.HBM):
+    if kctx.mesh_cores > 0:
+      return _shared_ref(kctx, inner, root)
     space = memory_spaces.VMEM  # scratch in HBM is still host memory here
   buf = kctx.alloc(inner.shape, inner.dtype, space, name=name)
-  kctx.store(uninitialized_scalar(kctx, inner.dtype), buf)
+  if at_entry:
+    with kctx.init_ip:
+      kctx.store(uninitialized_scalar(kctx, inner.dtype), buf)
+  else:
+    kctx.store(uninitialized_scalar(kctx, inner.dtype), buf)
+  return Ref(views.with_layout(buf), root, np.dtype(inner.dtype))
+
+
+def _shared_ref(kctx: KernelContext, inner, root) -> Ref:
+  """An HBM buffer of a mesh kernel: one per device, shared by its cores
+  (as HBM is on TPU, and in TPU interpret mode), filled once by core 0
+  before the cores start -- not again when a run_scoped scope reopens,
+  since other cores may be using it."""
+  buf = kctx.shared(inner.shape, inner.dtype, memory_spaces.HBM)
+  lo = kctx.entry.arguments[1]  # a mesh kernel's core index (abi.h: lo)
+  with kctx.init_ip:
+    first = arith.cmpi(arith.CmpIPredicate.eq, lo, i64(0))
+    if_op = scf.IfOp(first)
+    with ir.InsertionPoint(if_op.then_block):
+      kctx.store(uninitialized_scalar(kctx, inner.dtype), buf)
+      scf.YieldOp([])
   return Ref(views.with_layout(buf), root, np.dtype(inner.dtype))
 
 

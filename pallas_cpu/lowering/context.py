@@ -69,6 +69,15 @@ class KernelContext:
     self.check_messages: list[str] = []    # by check id
     self.jaxpr: jax_core.Jaxpr | None = None  # the body, for pre-scans (mxu)
     self.rule_state: dict = {}  # per-kernel state of a rule family, by family
+    # The shard_map mesh ((axis, size), ...), () on one device; set by a
+    # rule that talks to another device (the instances then run as one
+    # launch, runtime/devices.h).
+    self.device_mesh: tuple = ()
+    self.collective = False
+    # The cores of the TensorCore mesh the kernel runs over (0: none), and
+    # the byte sizes of the buffers they share (``shared``).
+    self.mesh_cores = 0
+    self.shared_buffers: list[int] = []
     # (dim, lo, hi): the grid dimension this call runs only [lo, hi) of.
     self.parallel_range: tuple[int, ir.Value, ir.Value] | None = None
 
@@ -115,6 +124,29 @@ class KernelContext:
       nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
       self.allocation_names.append(
           (nbytes, f"{name} ({np.dtype(dtype).name}{list(shape)} in {space})"))
+    return buf
+
+  def shared(self, shape, dtype, space: str) -> ir.Value:
+    """A buffer the cores of a mesh kernel share on their device (an HBM
+    scratch or run_scoped buffer, as on TPU): one more entry argument, a
+    ``memref<N x i8>`` the runtime allocates once per device and passes to
+    every core (runtime/abi.h), viewed here with the buffer's type."""
+    t = types.memref_type(shape, dtype, memory_spaces.attr(space))
+    nbytes = max(int(np.prod(shape, dtype=np.int64))
+                 * np.dtype(dtype).itemsize, 1)
+    raw = ir.MemRefType.get([nbytes], ir.IntegerType.get_signless(8),
+                            memory_space=memory_spaces.attr(space))
+    arg = self.entry.entry_block.add_argument(raw, ir.Location.unknown())
+    ftype = ir.FunctionType(
+        ir.TypeAttr(self.entry.attributes["function_type"]).value)
+    self.entry.attributes["function_type"] = ir.TypeAttr.get(
+        ir.FunctionType.get([*ftype.inputs, raw], []))
+    self.entry.arg_attrs = ir.ArrayAttr.get(
+        [*self.entry.arg_attrs, ir.DictAttr.get({})])
+    with self.alloc_ip:
+      buf = memref.ViewOp(t, arg, arith.constant(ir.IndexType.get(), 0),
+                          []).result
+    self.shared_buffers.append(nbytes)
     return buf
 
   def site(self, text: str) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from jax._src import core as jax_core
 from mlir import ir
 from mlir.dialects import arith, func, llvm, memref, scf
@@ -23,6 +25,7 @@ from pallas_cpu.lowering import memory_spaces, types, views
 # mlir.register_lowering's table); the registry imports none of them.
 from pallas_cpu.lowering import rules  # noqa: F401
 from pallas_cpu.lowering.context import KernelContext, Ref
+from pallas_cpu.lowering import scalars
 from pallas_cpu.lowering.scalars import i64
 from pallas_cpu.params import CompilerParams
 
@@ -42,6 +45,12 @@ class KernelSpec:
   # Parallel grid dimensions whose iterations run in a seeded random order
   # (CompilerParams(grid_order="random")), with their permutations.
   permuted_dims: tuple[tuple[int, tuple[int, ...]], ...] = ()
+  # The shard_map mesh the kernel runs in, ((axis name, size), ...); () on
+  # one device.
+  device_mesh: tuple[tuple[str, int], ...] = ()
+  # The cores of the TensorCore mesh it runs over (pl.kernel/core_map); 0
+  # without one.
+  mesh_cores: int = 0
 
 
 def lower_kernel(spec: KernelSpec) -> ir.Module:
@@ -117,6 +126,8 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     kctx.alloc_ip = ir.InsertionPoint(anchor.owner)
     kctx.init_ip = ir.InsertionPoint(init_anchor.owner)
     kctx.jaxpr = spec.jaxpr
+    kctx.device_mesh = spec.device_mesh
+    kctx.mesh_cores = spec.mesh_cores
     kctx.permuted_dims = dict(spec.permuted_dims)
     if spec.parallel_dim is not None:
       kctx.parallel_range = (spec.parallel_dim,
@@ -131,11 +142,23 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                              index_operands=index_operands,
                              block_operands=block_operands, roots=roots,
                              scratch=scratch)
+    # Actors that may reach each other's memory (the cores of a mesh, the
+    # devices of a collective) end together: exit checks see final counts,
+    # and no signal or DMA reaches memory freed below.
+    coupled = kctx.collective or spec.mesh_cores > 0
+    if coupled:
+      kctx.call_runtime(abi.RT_EXIT_BARRIER, [kctx.runtime_ctx, i64(0)])
     _exit_checks(kctx)
     scf.YieldOp([])
   with kctx.init_ip:  # after every initialization: the cores start together
+    if kctx.collective:  # in one order on every device: remote DMAs name them
+      for buf in kctx.allocs:
+        kctx.call_runtime(abi.RT_BUFFER_REGISTER, [
+            kctx.runtime_ctx, views.address(buf), i64(_nbytes(buf))])
     kctx.call_runtime(abi.RT_ENTER, [kctx.runtime_ctx])
   with ir.InsertionPoint(block):
+    if coupled:
+      kctx.call_runtime(abi.RT_EXIT_BARRIER, [kctx.runtime_ctx, i64(1)])
     for buf in kctx.allocs:
       memref.dealloc(buf)
     func.ReturnOp([])
@@ -143,7 +166,9 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   attrs[abi.RUNTIME_INFO_ATTR] = ir.StringAttr.get(abi.RuntimeInfo(
       semaphore_names=kctx.semaphore_names, debug_prints=kctx.debug_prints,
       check_messages=kctx.check_messages, sites=kctx.sites,
-      allocations=kctx.allocation_names).to_json())
+      allocations=kctx.allocation_names,
+      collective=kctx.collective,
+      shared_buffers=kctx.shared_buffers).to_json())
   return module
 
 
@@ -159,6 +184,12 @@ def _exit_checks(kctx: KernelContext) -> None:
                            grid_index=grid_index)
   kctx.call_runtime(abi.RT_KERNEL_EXIT, [
       kctx.runtime_ctx, i64(mode), grid_index])
+
+
+def _nbytes(buf: ir.Value) -> int:
+  t = ir.MemRefType(buf.type)
+  bits = scalars.width(t.element_type)
+  return int(np.prod(t.shape, dtype=np.int64)) * ((bits + 7) // 8)
 
 
 def _last_grid_index(kctx: KernelContext) -> ir.Value:
@@ -189,4 +220,4 @@ def _roots(n_index: int, n_blocks: int, n_in: int, aliases) -> list:
 
 def _scratch_ref(kctx: KernelContext, i: int, aval) -> Ref:
   return buffers.allocate_ref(kctx, aval, ("scratch", i),
-                              f"scratch operand {i}")
+                              f"scratch operand {i}", at_entry=True)

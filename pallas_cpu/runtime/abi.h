@@ -22,7 +22,9 @@ extern "C" {
 // `PallasCpuRuntimeContext*`; args[1] and args[2] to int64 lo and hi, the
 // range of the parallel grid dimension to run (the whole grid when the kernel
 // has none); args[3 + i] points to a pointer to the MLIR memref descriptor of
-// XLA buffer i (inputs first, then outputs):
+// XLA buffer i (inputs first, then outputs), then of the buffers the cores of
+// a mesh kernel share (FFI attribute `shared_buffers`: one memref<N x i8>
+// each, allocated by the runtime once per device):
 //   { void* allocated; void* aligned; int64_t offset;
 //     int64_t sizes[rank]; int64_t strides[rank]; }
 // ---------------------------------------------------------------------------
@@ -123,11 +125,31 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
 // core of the launch got there (they start the kernel together, and each
 // has registered its semaphores).
 PALLAS_CPU_EXPORT void pallas_cpu_rt_enter(PallasCpuRuntimeContext* ctx);
-// semaphore_signal(..., core_index=core): signals semaphore `offset` of
-// array `sem_id` on that core of the launch (launch.h).
-PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal_core(
+// semaphore_signal(..., core_index=core, device_id=device): signals
+// semaphore `offset` of array `sem_id` on that core of that device of the
+// launch (launch.h); -1 for either means the signalling actor's own.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal_remote(
     PallasCpuRuntimeContext* ctx, int64_t sem_id, int64_t offset, int32_t inc,
-    int64_t core, int64_t grid_index);
+    int64_t device, int64_t core, int64_t grid_index);
+
+// ---------------------------------------------------------------------------
+// Kernels that run on several devices (inside shard_map) or on a TensorCore
+// mesh: their actors start and end together.
+// ---------------------------------------------------------------------------
+// The logical id of the device running this instance of the kernel (the
+// row-major index of its shard_map mesh coordinates; 0 on one device).
+PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_device_id(PallasCpuRuntimeContext* ctx);
+// A buffer of the kernel (scratch, scoped, temporaries), registered at
+// entry in allocation order -- the same on every device -- so that a remote
+// DMA can name the same buffer on another device.  The operands are
+// registered by the FFI handler, before them.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_buffer_register(
+    PallasCpuRuntimeContext* ctx, int64_t base, int64_t nbytes);
+// Phase 0, past the grid: returns once every actor finished its grid.
+// Phase 1, before the kernel's buffers are freed: returns once every actor
+// finished its exit checks.  (launch.h, Launch::ExitBarrier.)
+PALLAS_CPU_EXPORT void pallas_cpu_rt_exit_barrier(PallasCpuRuntimeContext* ctx,
+                                                  int64_t phase);
 
 // ---------------------------------------------------------------------------
 // DMAs.  Source and destination arrive as unranked memrefs (rank, pointer to
@@ -136,13 +158,19 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal_core(
 // 1 = on_wait (copy when a wait on the semaphore needs it), as in TPU
 // interpret mode.  Completion signals the semaphore by the bytes copied, or
 // by 1 when `regular` (a REGULAR semaphore: one completion, as on TPU v6+).
-// `site` names the start's source line (FFI attribute `sites`).
+// `device` >= 0 makes it a remote copy (make_async_remote_copy): the
+// destination window and `sem` are taken as the same buffer and semaphore
+// of the same core on that device, and the send semaphore (`send_sem_id`
+// >= 0) of the sender is signalled when the read is done.  `site` names the
+// start's source line (FFI attribute `sites`).
 // ---------------------------------------------------------------------------
 PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
     PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
-    int32_t* sem, int64_t sem_offset, int64_t sem_id, int64_t mode,
-    int64_t regular, int64_t site, int64_t grid_index);
+    int32_t* sem, int64_t sem_offset, int64_t sem_id, int32_t* send_alloc,
+    int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
+    int64_t device, int64_t mode, int64_t regular, int64_t site,
+    int64_t grid_index);
 
 // ---------------------------------------------------------------------------
 // Lifetime checks.  `mode` 0 = a finding fails the call, 1 = it is a

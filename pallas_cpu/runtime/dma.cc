@@ -16,7 +16,9 @@
 // scope ends before its wait), and semaphores or DMAs left over at kernel
 // exit, are reported with the DMA's source line instead of touching freed
 // memory or passing silently.
+#include <algorithm>
 #include <cstring>
+#include <deque>
 #include <new>
 #include <sstream>
 #include <utility>
@@ -101,35 +103,53 @@ void Execute(Dma& dma) {
     }
   }
   *dma.sem += dma.units;
+  if (dma.send_sem != nullptr) *dma.send_sem += dma.units;
   dma.landed = true;
 }
 
-// Runs the newest pending DMA signalling `sem`; false if there is none.
-bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem) {
-  auto& q = ctx->dmas;
-  for (size_t i = q.size(); i-- > 0;) {
-    if (q[i].sem == sem && !q[i].landed) {
-      Execute(q[i]);
-      return true;
-    }
+// Calls fn(queue) for the DMA queue of every actor of ctx's launch still in
+// the kernel (a wait may need a DMA another actor started: a remote copy
+// into this device, or one that signals this core's semaphore).
+template <typename Fn>
+void ForEachQueue(PallasCpuRuntimeContext* ctx, Fn&& fn) {
+  for (Actor& a : ctx->launch->actors()) {
+    if (a.ctx != nullptr) fn(a.ctx->dmas);
   }
-  return false;
+}
+
+// Runs the newest pending DMA signalling `sem` (its write's or, for a
+// remote one, its read's completion); false if there is none.
+bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem) {
+  bool ran = false;
+  ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+    for (size_t i = q.size(); !ran && i-- > 0;) {
+      if (!q[i].landed && (q[i].sem == sem || q[i].send_sem == sem)) {
+        Execute(q[i]);
+        ran = true;
+      }
+    }
+  });
+  return ran;
 }
 
 // A wait took `value` from `sem`: the oldest landed DMAs on it are waited
-// for (as far as the value goes) and forgotten.
+// for (as far as the value goes) and forgotten once both their halves are.
 void Consume(PallasCpuRuntimeContext* ctx, int32_t* sem, int32_t value) {
-  auto& q = ctx->dmas;
-  for (auto it = q.begin(); it != q.end() && value > 0;) {
-    if (it->sem != sem || !it->landed) {
-      ++it;
-      continue;
+  ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+    for (auto it = q.begin(); it != q.end() && value > 0;) {
+      int32_t* left = it->sem == sem        ? &it->unwaited
+                      : it->send_sem == sem ? &it->send_unwaited
+                                            : nullptr;
+      if (left == nullptr || !it->landed || *left == 0) {
+        ++it;
+        continue;
+      }
+      int32_t take = std::min(*left, value);
+      *left -= take;
+      value -= take;
+      it = it->unwaited == 0 && it->send_unwaited == 0 ? q.erase(it) : it + 1;
     }
-    int32_t take = std::min(it->unwaited, value);
-    it->unwaited -= take;
-    value -= take;
-    it = it->unwaited == 0 ? q.erase(it) : it + 1;
-  }
+  });
 }
 
 std::string DmaName(const PallasCpuRuntimeContext* ctx, const Dma& dma) {
@@ -169,25 +189,33 @@ int64_t StridedWindow::NumElements() const {
 
 }  // namespace pallas_cpu
 
+using pallas_cpu::Actor;
 using pallas_cpu::Dma;
 
 extern "C" void pallas_cpu_rt_dma_start(
     PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
-    int32_t* sem, int64_t sem_offset, int64_t sem_id, int64_t mode,
-    int64_t regular, int64_t site, int64_t grid_index) {
+    int32_t* sem, int64_t sem_offset, int64_t sem_id, int32_t* send_alloc,
+    int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
+    int64_t device, int64_t mode, int64_t regular, int64_t site,
+    int64_t grid_index) {
   (void)sem_alloc;
+  (void)send_alloc;
   auto lock = ctx->launch->Lock();
   pallas_cpu::Guarded(ctx, "a DMA start", [&] {
+    Actor* self = ctx->actor;
     Dma dma{pallas_cpu::FromDescriptor(src_rank, src_desc, elem_bytes),
             pallas_cpu::FromDescriptor(dst_rank, dst_desc, elem_bytes),
             elem_bytes,
             sem + sem_offset,
+            nullptr,
+            0,
             0,
             0,
             false,
             site,
-            grid_index};
+            grid_index,
+            self->index};
     if (dma.src.sizes != dma.dst.sizes) {
       std::ostringstream os;
       os << pallas_cpu::DmaName(ctx, dma) << " signalling "
@@ -196,10 +224,30 @@ extern "C" void pallas_cpu_rt_dma_start(
       ctx->Fail(os.str());
       return;
     }
+    if (device >= 0) {
+      // A remote copy: the destination and its semaphore are the same
+      // buffer and semaphore of the same core on device `device`.
+      Actor* target = ctx->launch->Target(self, device, -1, grid_index,
+                                          "remote DMA");
+      if (target == nullptr) return;
+      pallas_cpu::Extent e = pallas_cpu::ExtentOf(dma.dst, elem_bytes);
+      if (e.lo <= e.hi) {
+        char* there = ctx->launch->Translate(self, target, e.lo,
+                                             e.hi - e.lo + 1, grid_index);
+        if (there == nullptr) return;
+        dma.dst.base += there - e.lo;
+      }
+      dma.sem = ctx->launch->Find(self, target, sem_id, sem_offset,
+                                  grid_index);
+      if (dma.sem == nullptr) return;
+      dma.dst_actor = target->index;
+      if (send_sem_id >= 0) dma.send_sem = send_sem + send_offset;
+    }
     dma.units = regular ? 1
                         : static_cast<int32_t>(dma.src.NumElements() *
                                                elem_bytes);
     dma.unwaited = dma.units;
+    dma.send_unwaited = dma.send_sem != nullptr ? dma.units : 0;
     ctx->dmas.push_back(std::move(dma));
     if (mode == 0) pallas_cpu::Execute(ctx->dmas.back());
   });
@@ -254,16 +302,35 @@ extern "C" void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
                         count);
 }
 
+extern "C" void pallas_cpu_rt_buffer_register(PallasCpuRuntimeContext* ctx,
+                                              int64_t base, int64_t nbytes) {
+  auto lock = ctx->launch->Lock();
+  ctx->actor->regions.push_back({reinterpret_cast<char*>(base), nbytes});
+}
+
 extern "C" void pallas_cpu_rt_enter(PallasCpuRuntimeContext* ctx) {
   ctx->launch->Enter(ctx->actor);
 }
 
-extern "C" void pallas_cpu_rt_sem_signal_core(PallasCpuRuntimeContext* ctx,
-                                              int64_t sem_id, int64_t offset,
-                                              int32_t inc, int64_t core,
-                                              int64_t grid_index) {
+extern "C" void pallas_cpu_rt_exit_barrier(PallasCpuRuntimeContext* ctx,
+                                           int64_t phase) {
+  ctx->launch->ExitBarrier(ctx->actor, static_cast<int>(phase));
+}
+
+extern "C" int32_t pallas_cpu_rt_device_id(PallasCpuRuntimeContext* ctx) {
+  return static_cast<int32_t>(ctx->device);
+}
+
+extern "C" void pallas_cpu_rt_sem_signal_remote(PallasCpuRuntimeContext* ctx,
+                                                int64_t sem_id, int64_t offset,
+                                                int32_t inc, int64_t device,
+                                                int64_t core,
+                                                int64_t grid_index) {
   auto lock = ctx->launch->Lock();
-  int32_t* sem = ctx->launch->Find(ctx->actor, core, sem_id, offset,
+  Actor* target = ctx->launch->Target(ctx->actor, device, core, grid_index,
+                                      "semaphore_signal");
+  if (target == nullptr) return;
+  int32_t* sem = ctx->launch->Find(ctx->actor, target, sem_id, offset,
                                    grid_index);
   if (sem == nullptr) return;
   *sem += inc;
@@ -275,26 +342,32 @@ extern "C" void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
                                           int64_t site, int64_t grid_index) {
   auto lock = ctx->launch->Lock();
   const char* lo = reinterpret_cast<const char*>(base);
-  auto& q = ctx->dmas;
-  for (auto it = q.begin(); it != q.end();) {
-    bool reads = pallas_cpu::ExtentOf(it->src, it->elem_bytes)
-                     .Overlaps(lo, nbytes);
-    bool writes = pallas_cpu::ExtentOf(it->dst, it->elem_bytes)
-                      .Overlaps(lo, nbytes);
-    if (!reads && !writes) {
-      ++it;
-      continue;
+  const int64_t me = ctx->actor->index;
+  pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+    for (auto it = q.begin(); it != q.end();) {
+      // A remote DMA from this actor writes elsewhere; one from another
+      // actor reads elsewhere.
+      bool mine = &q == &ctx->dmas;
+      bool reads = mine && pallas_cpu::ExtentOf(it->src, it->elem_bytes)
+                               .Overlaps(lo, nbytes);
+      bool writes = it->dst_actor == me &&
+                    pallas_cpu::ExtentOf(it->dst, it->elem_bytes)
+                        .Overlaps(lo, nbytes);
+      if (!reads && !writes) {
+        ++it;
+        continue;
+      }
+      std::ostringstream os;
+      os << pallas_cpu::DmaName(ctx, *it) << " "
+         << (writes ? "writes to " : "reads from ") << ctx->Site(site)
+         << ", which is freed when its scope ends at "
+         << ctx->GridPoint(grid_index) << ", before the DMA was waited for"
+         << (it->landed ? "" : " (the copy has not even started: on a TPU it "
+                               "would read or write freed memory)");
+      ctx->Fail(os.str());
+      it = q.erase(it);  // never executed: its memory is gone
     }
-    std::ostringstream os;
-    os << pallas_cpu::DmaName(ctx, *it) << " "
-       << (writes ? "writes to " : "reads from ") << ctx->Site(site)
-       << ", which is freed when its scope ends at "
-       << ctx->GridPoint(grid_index) << ", before the DMA was waited for"
-       << (it->landed ? "" : " (the copy has not even started: on a TPU it "
-                             "would read or write freed memory)");
-    ctx->Fail(os.str());
-    it = q.erase(it);  // never executed: its memory is gone
-  }
+  });
 }
 
 extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
@@ -304,14 +377,19 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
   auto lock = ctx->launch->Lock();
   auto* sems = reinterpret_cast<int32_t*>(base);
   const char* when = scoped ? "the end of its run_scoped scope" : "kernel exit";
-  auto& q = ctx->dmas;
   for (int64_t i = 0; i < count; ++i) {
     int32_t* sem = sems + i;
-    auto first = q.begin();
-    while (first != q.end() && first->sem != sem) ++first;
-    if (*sem == 0 && first == q.end()) continue;
+    const Dma* first = nullptr;
+    pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+      for (const Dma& d : q) {
+        if (first == nullptr && (d.sem == sem || d.send_sem == sem)) {
+          first = &d;
+        }
+      }
+    });
+    if (*sem == 0 && first == nullptr) continue;
     std::ostringstream os;
-    if (first != q.end()) {
+    if (first != nullptr) {
       os << pallas_cpu::DmaName(ctx, *first) << " was never waited for: at "
          << when << " (" << ctx->GridPoint(grid_index) << ") its "
          << ctx->SemaphoreName(sem_id, i) << " holds " << *sem
@@ -324,17 +402,19 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
     pallas_cpu::Report(ctx, mode, os.str());
     // The DMAs complete (as the hardware would) unless that is an error
     // anyway; either way they are forgotten with their semaphore.
-    for (auto it = q.begin(); it != q.end();) {
-      if (it->sem != sem) {
-        ++it;
-        continue;
+    pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+      for (auto it = q.begin(); it != q.end();) {
+        if (it->sem != sem && it->send_sem != sem) {
+          ++it;
+          continue;
+        }
+        if (!it->landed && mode != 0) {
+          pallas_cpu::Guarded(ctx, "a DMA at exit",
+                              [&] { pallas_cpu::Execute(*it); });
+        }
+        it = q.erase(it);
       }
-      if (!it->landed && mode != 0) {
-        pallas_cpu::Guarded(ctx, "a DMA at exit",
-                            [&] { pallas_cpu::Execute(*it); });
-      }
-      it = q.erase(it);
-    }
+    });
   }
 }
 
@@ -346,10 +426,13 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
       PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,         \
       int64_t dst_rank, void* dst_desc, int64_t elem_bytes,                   \
       int32_t* sem_alloc, int32_t* sem, int64_t sem_offset, int64_t sem_id,   \
-      int64_t mode, int64_t regular, int64_t site, int64_t grid_index) {      \
+      int32_t* send_alloc, int32_t* send_sem, int64_t send_offset,            \
+      int64_t send_sem_id, int64_t device, int64_t mode, int64_t regular,     \
+      int64_t site, int64_t grid_index) {                                     \
     pallas_cpu_rt_dma_start(ctx, src_rank, src_desc, dst_rank, dst_desc,      \
                             elem_bytes, sem_alloc, sem, sem_offset, sem_id,   \
-                            mode, regular, site, grid_index);                 \
+                            send_alloc, send_sem, send_offset, send_sem_id,   \
+                            device, mode, regular, site, grid_index);         \
   }
 PALLAS_CPU_DMA_START_FOR(f16)
 PALLAS_CPU_DMA_START_FOR(bf16)

@@ -85,8 +85,9 @@ void PallasCpuRuntimeContext::Fail(std::string msg) {
   {
     std::lock_guard<std::mutex> lock(mu);
     if (failed.load(std::memory_order_relaxed)) return;
-    if (launch != nullptr && launch->mesh() && actor != nullptr) {
-      msg = "core " + std::to_string(actor->core) + ": " + msg;
+    if (launch != nullptr && actor != nullptr) {
+      std::string who = launch->ActorName(*actor);
+      if (!who.empty()) msg = who + ": " + msg;
     }
     message = std::move(msg);
     failed.store(true, std::memory_order_release);

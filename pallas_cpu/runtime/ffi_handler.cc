@@ -7,12 +7,15 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "abi.h"
+#include "devices.h"
 #include "kernel_info.h"
 #include "kernel_registry.h"
 #include "launch.h"
@@ -31,7 +34,12 @@ using pallas_cpu::DefaultNumThreads;
 // for row-major XLA buffers in one flat int64 array.
 class DescriptorTable {
  public:
-  void Add(void* data, ffi::AnyBuffer::Dimensions dims) {
+  void Add(void* data, ffi::AnyBuffer::Dimensions dims, size_t nbytes) {
+    Add(data, std::vector<int64_t>(dims.begin(), dims.end()), nbytes);
+  }
+  void Add(void* data, const std::vector<int64_t>& dims, size_t nbytes) {
+    regions_.push_back({static_cast<char*>(data),
+                        static_cast<int64_t>(nbytes)});
     starts_.push_back(words_.size());
     words_.push_back(reinterpret_cast<int64_t>(data));
     words_.push_back(reinterpret_cast<int64_t>(data));
@@ -45,6 +53,9 @@ class DescriptorTable {
     }
     for (int64_t s : strides) words_.push_back(s);
   }
+
+  // The buffers, as regions another device's remote DMA may address.
+  const std::vector<Region>& regions() const { return regions_; }
 
   // Fills `packed` as the MLIR packed C-interface wrapper expects: each slot
   // points at the argument value, and a memref argument's value is a pointer
@@ -66,9 +77,11 @@ class DescriptorTable {
  private:
   std::vector<int64_t> words_;
   std::vector<size_t> starts_;
+  std::vector<Region> regions_;
 };
 
-ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
+ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets,
                          std::string_view kernel_id,
                          std::string_view kernel_ir,
                          std::string_view kernel_name,
@@ -78,31 +91,72 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
                          std::string_view debug_prints,
                          std::string_view check_messages,
                          std::string_view sites,
-                         std::string_view allocations, int64_t mesh_cores) {
+                         std::string_view allocations, int64_t mesh_cores,
+                         int64_t num_devices, int64_t collective,
+                         int64_t device_timeout_ms,
+                         ffi::Span<const int64_t> shared_buffers) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
 
+  // A kernel inside shard_map over several devices gets its logical device
+  // id (computed by XLA from the mesh coordinates) as a last operand; one
+  // that talks to other devices runs as one launch with their instances.
+  int64_t device = 0;
+  size_t n_args = args.size();
+  if (num_devices > 1) {
+    auto id = args.get<ffi::AnyBuffer>(--n_args);
+    if (id.has_error()) return id.error();
+    device = *static_cast<const int32_t*>(id->untyped_data());
+    if (device < 0 || device >= num_devices) {
+      return ffi::Error::InvalidArgument(
+          "pallas_cpu kernel '" + std::string(kernel_name) + "': device id " +
+          std::to_string(device) + " outside the mesh of " +
+          std::to_string(num_devices) + " devices");
+    }
+  }
   DescriptorTable table;
-  for (size_t i = 0; i < args.size(); ++i) {
+  for (size_t i = 0; i < n_args; ++i) {
     auto buf = args.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
-    table.Add(buf->untyped_data(), buf->dimensions());
+    table.Add(buf->untyped_data(), buf->dimensions(), buf->size_bytes());
   }
   for (size_t i = 0; i < rets.size(); ++i) {
     auto buf = rets.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
-    table.Add((*buf)->untyped_data(), (*buf)->dimensions());
+    table.Add((*buf)->untyped_data(), (*buf)->dimensions(),
+              (*buf)->size_bytes());
+  }
+
+  // HBM buffers the cores of a mesh kernel share: allocated once for this
+  // device, passed to every core after the outputs.
+  std::vector<std::unique_ptr<char, decltype(&std::free)>> shared;
+  for (int64_t nbytes : shared_buffers) {
+    size_t rounded = (static_cast<size_t>(nbytes) + 63) / 64 * 64;
+    shared.emplace_back(static_cast<char*>(std::aligned_alloc(64, rounded)),
+                        &std::free);
+    if (shared.back() == nullptr) {
+      return ffi::Error::InvalidArgument(
+          "pallas_cpu kernel '" + std::string(kernel_name) +
+          "': failed to allocate a shared HBM buffer of " +
+          std::to_string(nbytes) + " bytes");
+    }
+    table.Add(shared.back().get(), std::vector<int64_t>{nbytes},
+              static_cast<size_t>(nbytes));
   }
 
   // A kernel with a parallel grid dimension runs it in contiguous chunks,
   // one runtime context (errors, pending DMAs, visited blocks) per chunk:
   // the chunks are independent, like TPU cores.  The cores of a mesh are
   // one actor each, all running at once on threads of their own, whatever
-  // the machine's core count: they may wait for each other.
+  // the machine's core count: they may wait for each other.  So may the
+  // devices of a collective kernel, which run their grids in order, as a
+  // one-core TPU does.
   int64_t threads = num_threads > 0 ? num_threads : DefaultNumThreads();
   int64_t chunks = std::max<int64_t>(
       1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1, threads));
+  const bool devices = num_devices > 1 && collective != 0;
+  if (devices) chunks = 1;
   if (mesh_cores > 0) chunks = mesh_cores;
   int64_t extent = parallel_extent > 0 ? parallel_extent : 1;
   std::vector<PallasCpuRuntimeContext> contexts(chunks);
@@ -112,9 +166,19 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   std::vector<PallasCpuRuntimeContext*> actors;
   for (auto& ctx : contexts) {
     ctx.kernel = &info;
+    ctx.device = device;
     actors.push_back(&ctx);
   }
-  Launch launch(actors, /*mesh=*/mesh_cores > 0);
+  std::shared_ptr<Launch> launch =
+      devices ? JoinLaunch(run_id.run_id, kernel_id, device, num_devices,
+                           chunks, mesh_cores > 0)
+              : std::make_shared<Launch>(1, chunks, mesh_cores > 0);
+  launch->set_timeout_ms(device_timeout_ms);
+  const int64_t slot = devices ? device : 0;  // the device in the launch
+  launch->Attach(slot, actors);
+  for (int64_t c = 0; c < chunks; ++c) {
+    launch->actor(slot, c)->regions = table.regions();
+  }
   auto run = [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
     int64_t lo = extent * c / chunks;
@@ -127,10 +191,10 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
     // The kernel's exit checks handled every DMA; one left here belongs to
     // a run that failed part-way, and its buffers are gone: drop it.
     {
-      auto lock = launch.Lock();
+      auto lock = launch->Lock();
       ctx.dmas.clear();
     }
-    launch.Finish(launch.actor(c));
+    launch->Finish(launch->actor(slot, c));
   };
   if (mesh_cores > 0) {
     RunOnThreads(chunks, run);
@@ -140,7 +204,8 @@ ffi::Error PallasCpuCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
   for (auto& ctx : contexts) Warn(kernel_name, ctx.warnings);
-  error = launch.FirstError();
+  error = launch->FirstError();
+  if (devices) LeaveLaunch(run_id.run_id, kernel_id, launch);
   if (!error.empty()) {
     return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
                                        std::string(kernel_name) + "': " +
@@ -157,6 +222,7 @@ extern "C" PALLAS_CPU_EXPORT XLA_FFI_Error* PallasCpuCall(XLA_FFI_CallFrame*);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::RunId>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<std::string_view>("kernel_id")
@@ -170,7 +236,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<std::string_view>("check_messages")
                                   .Attr<std::string_view>("sites")
                                   .Attr<std::string_view>("allocations")
-                                  .Attr<int64_t>("mesh_cores"));
+                                  .Attr<int64_t>("mesh_cores")
+                                  .Attr<int64_t>("num_devices")
+                                  .Attr<int64_t>("collective")
+                                  .Attr<int64_t>("device_timeout_ms")
+                                  .Attr<ffi::Span<const int64_t>>(
+                                      "shared_buffers"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

@@ -6,15 +6,32 @@
 
 namespace pallas_cpu {
 
-Launch::Launch(std::vector<PallasCpuRuntimeContext*> contexts, bool mesh)
-    : actors_(contexts.size()), mesh_(mesh),
-      live_(static_cast<int64_t>(contexts.size())) {
-  for (size_t i = 0; i < contexts.size(); ++i) {
-    actors_[i].core = static_cast<int64_t>(i);
-    actors_[i].ctx = contexts[i];
-    contexts[i]->launch = this;
-    contexts[i]->actor = &actors_[i];
+Launch::Launch(int64_t devices, int64_t cores, bool mesh)
+    : actors_(devices * cores), devices_(devices), cores_(cores), mesh_(mesh),
+      live_(devices * cores) {
+  for (int64_t i = 0; i < num_actors(); ++i) {
+    actors_[i].index = i;
+    actors_[i].device = i / cores;
+    actors_[i].core = i % cores;
   }
+}
+
+void Launch::Attach(int64_t device,
+                    const std::vector<PallasCpuRuntimeContext*>& contexts) {
+  auto lock = Lock();
+  for (int64_t c = 0; c < cores_; ++c) {
+    Actor* a = actor(device, c);
+    a->ctx = contexts[c];
+    contexts[c]->launch = this;
+    contexts[c]->actor = a;
+  }
+}
+
+std::string Launch::ActorName(const Actor& a) const {
+  std::ostringstream os;
+  if (devices_ > 1) os << "device " << a.device;
+  if (mesh_) os << (devices_ > 1 ? " " : "") << "core " << a.core;
+  return os.str();
 }
 
 void Launch::Register(Actor* self, int64_t sem_id, int32_t* base,
@@ -22,45 +39,141 @@ void Launch::Register(Actor* self, int64_t sem_id, int32_t* base,
   self->semaphores[sem_id] = {base, count};
 }
 
-int32_t* Launch::Find(Actor* self, int64_t core, int64_t sem_id,
-                      int64_t offset, int64_t grid_index) {
+Actor* Launch::Target(Actor* self, int64_t device, int64_t core,
+                      int64_t grid_index, const char* what) {
   std::ostringstream os;
-  if (!mesh_) {
-    os << "semaphore_signal(core_index=" << core << ") at "
+  if (device < 0) device = self->device;
+  if (core < 0) core = self->core;
+  if (core != self->core && !mesh_) {
+    os << what << "(core_index=" << core << ") at "
        << self->ctx->GridPoint(grid_index)
        << " outside a TensorCore mesh kernel (pl.kernel/pl.core_map over "
           "pltpu.create_tensorcore_mesh) is not supported";
-  } else if (core < 0 || core >= num_actors()) {
-    os << "semaphore_signal at " << self->ctx->GridPoint(grid_index)
-       << " targets core " << core << " but the kernel runs on "
-       << num_actors() << (num_actors() == 1 ? " core" : " cores");
+  } else if (device >= devices_) {
+    os << what << " at " << self->ctx->GridPoint(grid_index)
+       << " targets device " << device << " but the kernel runs on "
+       << devices_ << (devices_ == 1 ? " device" : " devices");
+  } else if (core >= cores_) {
+    os << what << " at " << self->ctx->GridPoint(grid_index)
+       << " targets core " << core << " but the kernel runs on " << cores_
+       << (cores_ == 1 ? " core" : " cores");
   } else {
-    const Actor& target = actors_[core];
-    auto it = target.semaphores.find(sem_id);
-    if (it != target.semaphores.end() && offset >= 0 &&
-        offset < it->second.second) {
-      return it->second.first + offset;
-    }
-    os << "semaphore_signal at " << self->ctx->GridPoint(grid_index)
-       << ": core " << core << " has no "
-       << self->ctx->SemaphoreName(sem_id, offset);
+    Actor* target = actor(device, core);
+    if (!target->left && target->ctx != nullptr) return target;
+    os << what << " at " << self->ctx->GridPoint(grid_index) << " targets "
+       << ActorName(*target) << ", which has already left the kernel";
   }
   self->ctx->Fail(os.str());
   return nullptr;
 }
 
+int32_t* Launch::Find(Actor* self, Actor* target, int64_t sem_id,
+                      int64_t offset, int64_t grid_index) {
+  auto it = target->semaphores.find(sem_id);
+  if (it != target->semaphores.end() && offset >= 0 &&
+      offset < it->second.second) {
+    return it->second.first + offset;
+  }
+  std::ostringstream os;
+  os << "semaphore_signal at " << self->ctx->GridPoint(grid_index) << ": "
+     << ActorName(*target) << " has no "
+     << self->ctx->SemaphoreName(sem_id, offset);
+  self->ctx->Fail(os.str());
+  return nullptr;
+}
+
+char* Launch::Translate(Actor* self, Actor* target, const char* addr,
+                        int64_t nbytes, int64_t grid_index) {
+  const auto& mine = self->regions;
+  for (size_t r = 0; r < mine.size(); ++r) {
+    const Region& m = mine[r];
+    if (addr >= m.base && addr + nbytes <= m.base + m.nbytes) {
+      if (r < target->regions.size() &&
+          target->regions[r].nbytes == m.nbytes) {
+        return target->regions[r].base + (addr - m.base);
+      }
+      break;
+    }
+  }
+  std::ostringstream os;
+  os << "remote DMA at " << self->ctx->GridPoint(grid_index)
+     << ": its destination is not a kernel operand or buffer that "
+     << ActorName(*target) << " has too";
+  self->ctx->Fail(os.str());
+  return nullptr;
+}
+
+template <typename Ready>
+bool Launch::Await(std::unique_lock<std::mutex>& lock, Ready&& ready,
+                   int64_t timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::milliseconds(timeout_ms);
+  while (!ready() && !Failed()) {
+    if (timeout_ms > 0 && std::chrono::steady_clock::now() >= deadline) {
+      return false;
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+std::string Launch::MissingDevices() const {
+  std::ostringstream arrived, missing;
+  int64_t n_arrived = 0;
+  for (int64_t d = 0; d < devices_; ++d) {
+    bool in = true;
+    for (int64_t c = 0; c < cores_; ++c) {
+      in = in && actors_[d * cores_ + c].entered;
+    }
+    std::ostringstream& os = in ? arrived : missing;
+    os << (os.tellp() > 0 ? ", " : "") << d;
+    n_arrived += in;
+  }
+  std::ostringstream os;
+  os << "device(s) " << missing.str() << " of " << devices_
+     << " never started the kernel (arrived: "
+     << (n_arrived ? arrived.str() : "none") << ")";
+  return os.str();
+}
+
 void Launch::Enter(Actor* self) {
-  // Only the cores of a mesh run at once; chunks of a parallel grid share
-  // a pool and may run one after another, so they must not wait for each
+  // Only coupled actors run at once; chunks of a parallel grid share a
+  // pool and may run one after another, so they must not wait for each
   // other.
-  if (!mesh_) return;
+  if (!coupled()) return;
   auto lock = Lock();
   self->entered = true;
   ++entered_;
   Notify();
-  while (entered_ < num_actors() && !Failed()) {
-    cv_.wait_for(lock, std::chrono::milliseconds(50));
+  // The cores of one device start together (their threads are spawned
+  // here); other devices arrive when XLA runs their part of the program.
+  int64_t timeout = devices_ > 1 ? timeout_ms_ : 0;
+  if (!Await(lock, [&] { return entered_ == num_actors(); }, timeout)) {
+    std::ostringstream os;
+    os << "timed out after " << timeout_ms_ / 1000.0
+       << " s waiting for every device to enter the kernel: "
+       << MissingDevices()
+       << "; every device of the shard_map must run it (the timeout is "
+          "CompilerParams(device_timeout_s=...))";
+    self->ctx->Fail(os.str());
   }
+}
+
+void Launch::ExitBarrier(Actor* self, int phase) {
+  if (!coupled()) return;
+  auto lock = Lock();
+  if (phase == 0) {
+    if (!self->exiting) {
+      self->exiting = true;
+      --live_;
+      DetectDeadlock(nullptr);  // the others may now wait on nothing
+    }
+  } else {
+    self->left = true;
+  }
+  ++exited_[phase];
+  Notify();
+  Await(lock, [&] { return exited_[phase] == num_actors(); }, 0);
 }
 
 void Launch::Finish(Actor* self) {
@@ -69,27 +182,44 @@ void Launch::Finish(Actor* self) {
     self->entered = true;
     ++entered_;
   }
+  if (!self->exiting) {
+    self->exiting = true;
+    --live_;
+  }
+  self->left = true;
   self->done = true;
-  --live_;
+  self->ctx = nullptr;
   DetectDeadlock(nullptr);
   Notify();
 }
 
 std::string Launch::Describe(const Actor& a) const {
   std::ostringstream os;
-  if (mesh_) os << "core " << a.core << " waits on ";
+  std::string name = ActorName(a);
+  if (!name.empty()) os << name << " waits on ";
   os << a.ctx->SemaphoreName(a.waiting.sem_id, a.waiting.offset) << " for "
      << a.waiting.value << " at " << a.ctx->GridPoint(a.waiting.grid_index)
      << " (it holds " << *a.waiting.sem << ")";
   return os.str();
 }
 
+bool Launch::PendingFor(const int32_t* sem) const {
+  for (const Actor& a : actors_) {
+    if (a.ctx == nullptr) continue;
+    for (const Dma& dma : a.ctx->dmas) {
+      if (!dma.landed && (dma.sem == sem || dma.send_sem == sem)) return true;
+    }
+  }
+  return false;
+}
+
 bool Launch::DetectDeadlock(Actor* self) {
-  if (!mesh_) {
+  if (!coupled()) {
     // Independent actors (chunks of a parallel grid): only the waiting
     // actor itself could satisfy its wait, and it is waiting.
     if (self == nullptr || !self->blocked ||
-        *self->waiting.sem >= self->waiting.value) {
+        *self->waiting.sem >= self->waiting.value ||
+        PendingFor(self->waiting.sem)) {
       return false;
     }
     std::ostringstream os;
@@ -104,9 +234,14 @@ bool Launch::DetectDeadlock(Actor* self) {
     return true;
   }
   if (live_ == 0 || blocked_ < live_) return false;
+  int64_t waiting = 0;
   for (const Actor& a : actors_) {
-    if (a.done) continue;
-    if (!a.blocked || *a.waiting.sem >= a.waiting.value) return false;
+    if (a.exiting) continue;
+    if (a.ctx == nullptr || !a.blocked || *a.waiting.sem >= a.waiting.value ||
+        PendingFor(a.waiting.sem)) {
+      return false;
+    }
+    ++waiting;
   }
   std::ostringstream os;
   if (num_actors() == 1) {
@@ -117,20 +252,24 @@ bool Launch::DetectDeadlock(Actor* self) {
        << " can never complete: it holds " << *a.waiting.sem
        << " and no pending DMA or other core can signal it";
   } else {
-    os << "deadlock: every running core waits and none can be signalled:";
+    const char* who = devices_ > 1 ? "device" : "core";
+    os << "deadlock: every running " << who << " waits and none can be "
+       << "signalled:";
     const char* sep = " ";
     for (const Actor& a : actors_) {
-      if (a.done) continue;
+      if (a.exiting) continue;
       os << sep << Describe(a);
       sep = "; ";
     }
-    int64_t finished = num_actors() - live_;
-    if (finished > 0) os << " (" << finished << " other core(s) finished)";
+    int64_t finished = num_actors() - waiting;
+    if (finished > 0) {
+      os << " (" << finished << " other " << who << "(s) finished the kernel)";
+    }
   }
   // Every waiting actor reports the same proof; the first error wins.
   std::string msg = os.str();
   for (Actor& a : actors_) {
-    if (!a.done) a.ctx->Fail(msg);
+    if (!a.exiting && a.ctx != nullptr) a.ctx->Fail(msg);
   }
   Notify();
   return true;

@@ -1,13 +1,15 @@
 // One kernel invocation across all its actors.
 //
-// An actor is one TPU core running the kernel entry on its own thread (a
-// core of a TensorCore mesh, or a chunk of a parallel grid dimension); the
-// devices of a shard_map will be actors of the same launch.  Every actor's
-// semaphores live in its own memory (generated code registers them at
-// entry), and every semaphore operation goes through the launch, under one
-// lock: signals from other actors, blocking waits that sleep (never spin),
-// and the deadlock proof -- every live actor waits and no wait can be
-// satisfied by a pending DMA -- all see one consistent state.
+// An actor is one TPU core of one device running the kernel entry on a
+// thread: a core of a TensorCore mesh, a chunk of a parallel grid dimension,
+// or the kernel instance of one device of a shard_map (devices.h finds the
+// instances of one launch across the devices' FFI calls).  Every actor's
+// semaphores and buffers live in its own memory (generated code registers
+// them at entry), and every semaphore operation and DMA goes through the
+// launch, under one lock: signals from other actors, remote DMAs, blocking
+// waits that sleep (never spin), and the deadlock proof -- every live actor
+// waits and nothing in flight can satisfy any wait -- all see one
+// consistent state.
 #ifndef PALLAS_CPU_LAUNCH_H_
 #define PALLAS_CPU_LAUNCH_H_
 
@@ -36,24 +38,43 @@ struct WaitState {
   int64_t grid_index = 0;
 };
 
+// A buffer of an actor that other devices may address (remote DMAs):
+// operands first, then the kernel's own allocations, in an order every
+// instance of the kernel shares.
+struct Region {
+  char* base = nullptr;
+  int64_t nbytes = 0;
+};
+
 struct Actor {
-  int64_t core = 0;
-  PallasCpuRuntimeContext* ctx = nullptr;
+  int64_t index = 0;   // in the launch
+  int64_t device = 0;  // logical device id (0 on one device)
+  int64_t core = 0;    // core (or parallel chunk) on its device
+  PallasCpuRuntimeContext* ctx = nullptr;  // null before it joins, after it left
   // sem_id -> (first semaphore, count) of each array the actor owns.
   std::unordered_map<int64_t, std::pair<int32_t*, int64_t>> semaphores;
+  std::vector<Region> regions;
   bool blocked = false;
   bool entered = false;
+  bool exiting = false;  // past its grid: it signals nothing any more
+  bool left = false;     // its memory is going away
   bool done = false;
   WaitState waiting;
 };
 
 class Launch {
  public:
-  // `mesh`: the actors are the cores of a mesh (messages name the core).
-  Launch(std::vector<PallasCpuRuntimeContext*> contexts, bool mesh);
+  // `devices` x `cores` actors; `mesh`: the cores are the cores of a
+  // TensorCore mesh (messages name them).  Actors join with Attach.
+  Launch(int64_t devices, int64_t cores, bool mesh);
 
   int64_t num_actors() const { return static_cast<int64_t>(actors_.size()); }
+  int64_t num_devices() const { return devices_; }
+  int64_t cores_per_device() const { return cores_; }
   bool mesh() const { return mesh_; }
+  // Whether actors may wait for each other (a mesh, several devices): they
+  // then start and end the kernel together and a deadlock needs all of them.
+  bool coupled() const { return mesh_ || devices_ > 1; }
 
   // The lock every semaphore operation of the launch holds.
   std::unique_lock<std::mutex> Lock() { return std::unique_lock<std::mutex>(mu_); }
@@ -61,11 +82,27 @@ class Launch {
   // Call with the lock held: wakes waiters (a count changed, an error).
   void Notify() { cv_.notify_all(); }
 
+  // Device `device`'s FFI call brings its cores' contexts (one per core).
+  void Attach(int64_t device,
+              const std::vector<PallasCpuRuntimeContext*>& contexts);
+
   void Register(Actor* self, int64_t sem_id, int32_t* base, int64_t count);
-  // The semaphore `offset` of array `sem_id` on core `core`; nullptr (and
-  // the call fails) when that core or array does not exist.
-  int32_t* Find(Actor* self, int64_t core, int64_t sem_id, int64_t offset,
+
+  // The actor `core` of `device` (-1: the caller's own device/core), or
+  // nullptr after failing the caller with a message saying why (no such
+  // device or core, or it has already left the kernel).  `what` names the
+  // operation for the message.
+  Actor* Target(Actor* self, int64_t device, int64_t core,
+                int64_t grid_index, const char* what);
+  // The semaphore `offset` of array `sem_id` on `target`; nullptr (and the
+  // call fails) when it has no such semaphore.
+  int32_t* Find(Actor* self, Actor* target, int64_t sem_id, int64_t offset,
                 int64_t grid_index);
+  // The address in `target`'s memory of `nbytes` at `addr` in `self`'s
+  // (same region, same offset); nullptr (and the call fails) when `addr`
+  // is not in one of self's regions.
+  char* Translate(Actor* self, Actor* target, const char* addr,
+                  int64_t nbytes, int64_t grid_index);
 
   // Blocks (the lock held by `lock`) until `*sem >= value`.  `run_pending`
   // runs one pending DMA that would signal `sem` and returns whether it
@@ -74,10 +111,20 @@ class Launch {
   bool Wait(std::unique_lock<std::mutex>& lock, Actor* self,
             const WaitState& wait, RunPending&& run_pending);
 
-  // Kernel entry: the actor has allocated and registered its semaphores;
-  // returns once every actor has (or one failed) -- the cores of a TPU
-  // start a kernel together.
+  // Kernel entry: the actor has allocated and registered its semaphores
+  // and buffers; in a coupled launch, returns once every actor has (or one
+  // failed) -- the cores of a TPU, and the devices of a collective, start a
+  // kernel together.  Devices that do not arrive within `timeout_ms` fail
+  // the launch with a message naming the ones that did.
   void Enter(Actor* self);
+  void set_timeout_ms(int64_t ms) { timeout_ms_ = ms; }
+
+  // The end of a coupled kernel, in two steps.  Phase 0, past the grid:
+  // the actor signals nothing any more; returns once every actor got there
+  // (so exit checks see final counts).  Phase 1, before its memory is
+  // freed: returns once every actor has finished its exit checks (no DMA or
+  // signal can reach freed memory).  After any failure neither waits.
+  void ExitBarrier(Actor* self, int phase);
 
   // The actor's kernel returned: it will signal nothing any more.
   void Finish(Actor* self);
@@ -96,23 +143,41 @@ class Launch {
     std::lock_guard<std::mutex> lock(first_mu_);
     return first_error_;
   }
+  bool Failed() const { return failed_.load(std::memory_order_acquire); }
 
   Actor* actor(int64_t i) { return &actors_[i]; }
+  Actor* actor(int64_t device, int64_t core) {
+    return &actors_[device * cores_ + core];
+  }
+  std::vector<Actor>& actors() { return actors_; }
+
+  // "core 1", "device 2", "device 2 core 1", or "" (one actor, one device).
+  std::string ActorName(const Actor& a) const;
 
  private:
-  bool Failed() const { return failed_.load(std::memory_order_acquire); }
   // With the lock held: if every live actor is blocked on a wait nothing
   // can satisfy, fails every actor with a message naming each wait.
   bool DetectDeadlock(Actor* self);
+  // With the lock held: a DMA not yet copied would signal `sem`.
+  bool PendingFor(const int32_t* sem) const;
   std::string Describe(const Actor& a) const;
+  // Waits (the lock held) until `ready()` or a failure; false on timeout.
+  template <typename Ready>
+  bool Await(std::unique_lock<std::mutex>& lock, Ready&& ready,
+             int64_t timeout_ms);
+  std::string MissingDevices() const;
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Actor> actors_;
+  int64_t devices_;
+  int64_t cores_;
   bool mesh_;
   int64_t live_;
   int64_t blocked_ = 0;
   int64_t entered_ = 0;
+  int64_t exited_[2] = {0, 0};
+  int64_t timeout_ms_ = 20000;
   std::atomic<bool> failed_{false};
   std::mutex first_mu_;
   std::string first_error_;

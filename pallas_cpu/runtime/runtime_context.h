@@ -34,17 +34,24 @@ struct Extent {
 };
 
 // A DMA from its start until waits have consumed its completion: pending
-// (not yet copied, "on_wait" mode) or landed and not fully waited for.
+// (not yet copied, "on_wait" mode) or landed and not fully waited for.  It
+// lives in the queue of the actor that started it; a remote DMA's `dst`
+// and `sem` are in the memory of another device's actor (`dst_actor`).
 struct Dma {
   StridedWindow src, dst;
   int64_t elem_bytes;
-  int32_t* sem;
-  int32_t units;      // what completion adds to `sem`: bytes (DMA
-                      // semaphores) or 1 (regular semaphores, as on TPU v6+)
-  int32_t unwaited;   // units of the completion no wait has consumed yet
+  int32_t* sem;       // signalled when the write lands (the receiver's)
+  int32_t* send_sem;  // remote DMAs: signalled when the read is done (the
+                      // sender's); nullptr for local ones
+  int32_t units;      // what completion adds to `sem` (and `send_sem`):
+                      // bytes (DMA semaphores) or 1 (regular semaphores, as
+                      // on TPU v6+)
+  int32_t unwaited;       // units of the write's completion not yet waited
+  int32_t send_unwaited;  // units of the read's completion not yet waited
   bool landed = false;
   int64_t site;       // FFI attribute `sites`: the kernel's source line
   int64_t grid_index;
+  int64_t dst_actor;  // the launch's index of the actor owning `dst`
 };
 
 class Launch;
@@ -77,6 +84,8 @@ struct PallasCpuRuntimeContext {
   // updated under its lock.
   pallas_cpu::Launch* launch = nullptr;
   pallas_cpu::Actor* actor = nullptr;
+  // The logical id of the device this instance runs on (shard_map).
+  int64_t device = 0;
 
   // DMAs started and not yet waited for, in start order.
   std::deque<pallas_cpu::Dma> dmas;

@@ -40,13 +40,19 @@ def _mesh_kernel(x):
 # CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
 # CHECK-DAG: %[[SEM:.*]] = memref.alloc() {{.*}} : memref<i32, "semaphore">
 # After initialization, the semaphore is registered and the cores meet.
-# CHECK: call @pallas_cpu_rt_sem_register(%[[RT]], %c0_i64, %{{.*}}, %c1_i64)
+# CHECK: call @pallas_cpu_rt_sem_register(%[[RT]], %c0_i64, %{{.*}}, %c1_i64{{.*}})
 # CHECK: call @pallas_cpu_rt_enter(%[[RT]])
 # The core's part of the grid: the "core" dimension from lo to hi.
 # CHECK: scf.for %[[CORE:.*]] = %{{.*}} to %{{.*}} step
-# The signal names the semaphore (id 0, offset 0) and the target core.
-# CHECK: call @pallas_cpu_rt_sem_signal_core(%[[RT]], %c0_i64{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i32, i64, i64) -> ()
+# The signal names the semaphore (id 0, offset 0), the own device (-1) and
+# the target core.
+# CHECK: call @pallas_cpu_rt_sem_signal_remote(%[[RT]], %c0_i64{{.*}}, %{{.*}}, %{{.*}}, %c-1_i64{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i32, i64, i64, i64) -> ()
 # CHECK: call @pallas_cpu_rt_sem_wait(
+# The cores end together: past the grid, and before their buffers go.
+# CHECK: call @pallas_cpu_rt_exit_barrier(%[[RT]], %c0_i64
+# CHECK: call @pallas_cpu_rt_kernel_exit(
+# CHECK: call @pallas_cpu_rt_exit_barrier(%[[RT]], %c1_i64
+# CHECK: memref.dealloc
 @run_test
 def test_mesh_kernel():
   print(lower_text(_mesh_kernel, X))

@@ -25,7 +25,7 @@ def _call(kernel, scratch):
 
 
 # CHECK-LABEL: TEST: test_dma_start_and_wait
-# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_sem_wait(!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> i32
 # CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[X:.*]]: memref<64x128xf32, "hbm">
 # CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
@@ -35,9 +35,10 @@ def _call(kernel, scratch):
 # CHECK: %[[SRC_FLAT:.*]] = memref.memory_space_cast %[[SRC]] {{.*}} to memref<8x128xf32, strided<[128, 1], offset: ?>>
 # CHECK: %[[SRC_U:.*]] = memref.cast %[[SRC_FLAT]] {{.*}} to memref<*xf32>
 # CHECK: %[[DST_U:.*]] = memref.cast {{.*}} to memref<*xf32>
-# The element size (4 bytes), the semaphore, its id, the on_wait mode (1),
-# a DMA semaphore (0: completion counts bytes) and the start's site id (0):
-# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}
+# The element size (4 bytes), the semaphore and its id, no send semaphore
+# (-1) nor target device (-1: a local copy), the on_wait mode (1), a DMA
+# semaphore (0: completion counts bytes) and the start's site id (0):
+# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}
 # The wait is for the 8x128xf32 destination's 4096 bytes:
 # CHECK: %[[BYTES:.*]] = arith.constant 4096 : i32
 # CHECK: call @pallas_cpu_rt_sem_wait(%[[RT]], %{{.*}}, %[[BYTES]],
@@ -70,7 +71,7 @@ def test_semaphore_signal_wait_read():
 
 
 # CHECK-LABEL: TEST: test_eager_mode_flag
-# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
+# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c-1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
 @run_test
 def test_eager_mode_flag():
   def kernel(x_hbm, o_ref, buf, sem):
@@ -89,7 +90,7 @@ def test_eager_mode_flag():
 # A DMA on a REGULAR semaphore counts one completion (flag 1), and the
 # semaphore_wait that takes it waits for 1.
 # CHECK-LABEL: TEST: test_regular_semaphore_dma
-# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
+# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
 # CHECK: %[[ONE:.*]] = arith.constant 1 : i32
 # CHECK: call @pallas_cpu_rt_sem_wait(%{{.*}}, %{{.*}}, %[[ONE]],
 @run_test

@@ -34,8 +34,8 @@ FLOORS = [
     # the kernel being built; jaxpr-level fusion patterns
     ["context", "fusion"],
     # kernel buffers (allocation, fills, semaphores, exit checks); refs
-    # seen through width-changing bitcasts
-    ["buffers", "bit_views"],
+    # seen through width-changing bitcasts; shard_map devices
+    ["buffers", "bit_views", "devices"],
     # the rule table (imports nothing of pallas_cpu)
     ["registry"],
     # the jaxpr walker and lower_fun: look rules up in the table

@@ -228,9 +228,10 @@ def test_axis_index_of_named_grid_axes():
   assert_same(got, X + jnp.asarray(ii * 10 + jj, jnp.float32))
 
 
-def test_axis_index_of_a_mesh_axis_is_not_supported_yet():
+def test_axis_index_of_a_shard_map_axis():
+  """(One device here; several: test/devices.)"""
   def kernel(x_ref, o_ref):
-    o_ref[...] = x_ref[...] + jax.lax.axis_index("x")
+    o_ref[...] = x_ref[...] + jax.lax.axis_index("x") + 7
 
   def f(x):
     return pallas_cpu.pallas_call(
@@ -239,9 +240,22 @@ def test_axis_index_of_a_mesh_axis_is_not_supported_yet():
   mesh = jax.make_mesh((1,), ("x",))
   g = jax.shard_map(f, mesh=mesh, in_specs=P(), out_specs=P(),
                     check_vma=False)
-  with pytest.raises(NotImplementedError,
-                     match=r"axis_index\('x'\).*mesh and device axes .* not "
-                     r"supported yet on the compiled backend"):
+  got = jax.jit(g)(jnp.ones((8, 128), jnp.int32))
+  np.testing.assert_array_equal(got, np.full((8, 128), 8, np.int32))
+
+
+def test_a_kernel_in_a_partly_automatic_shard_map_is_unsupported():
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] + jax.lax.axis_index("x")
+
+  def f(x):
+    return pallas_cpu.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.int32))(x)
+
+  mesh = jax.make_mesh((1, 1), ("x", "y"))
+  g = jax.shard_map(f, mesh=mesh, in_specs=P(), out_specs=P(),
+                    axis_names={"x"}, check_vma=False)
+  with pytest.raises(NotImplementedError, match=r"leaves mesh axes \['y'\]"):
     jax.jit(g)(jnp.zeros((8, 128), jnp.int32))
 
 

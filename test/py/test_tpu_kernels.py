@@ -270,7 +270,8 @@ def _paged_case():
 
 
 @pytest.mark.parametrize("inline_seq_dim,megacore_mode", [
-    (True, None), (False, None), (True, "batch")])
+    (True, None), (False, None), (True, "batch"), (True, "kv_head"),
+    (False, "batch")])
 def test_paged_attention(inline_seq_dim, megacore_mode):
   args, want = _paged_case()
   with pallas_cpu.force_cpu_backend():

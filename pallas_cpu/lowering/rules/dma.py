@@ -1,5 +1,6 @@
-"""Local DMAs (pltpu.make_async_copy/async_copy/sync_copy) and semaphores
-(pltpu.semaphore_signal/wait/read), through the C++ runtime (runtime/dma.cc).
+"""DMAs (pltpu.make_async_copy/async_copy/sync_copy, and remote ones:
+make_async_remote_copy) and semaphores (pltpu.semaphore_signal/wait/read,
+barrier semaphores), through the C++ runtime (runtime/dma.cc).
 
 A DMA passes its source and destination windows as unranked memrefs, so one
 runtime entry point per element type copies between any two strided views;
@@ -17,7 +18,7 @@ from mlir import ir
 from mlir.dialects import arith, memref
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import buffers, values, views
+from pallas_cpu.lowering import buffers, devices, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.memory import view_of
@@ -41,17 +42,15 @@ def _unranked(view: ir.Value) -> ir.Value:
                        flat).result
 
 
-def _no_remote(device_id, src_sem=None):
-  if device_id is not None or src_sem is not None:
-    raise NotImplementedError(
-        "pallas_cpu: remote DMAs and signals (device_id=...) are not "
-        "supported yet")
+def _core_axes(kctx) -> tuple:
+  """The axes of the kernel's own TensorCore mesh (a dict device id may
+  name its core along them)."""
+  return tuple(n for n in kctx.grid_names if n is not None)
 
 
 @register(tpu_primitives.dma_start_p, barrier=True)
 def _dma_start(ctx, *args, tree, device_id_type, priority, add):
   src, dst, sem, src_sem, device_id = tree.unflatten(args)
-  _no_remote(device_id, src_sem)
   if add:
     raise NotImplementedError("pallas_cpu: DMA with add=True")
   kctx = ctx.kernel
@@ -63,11 +62,25 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
                      "must match")
   sem_view = _semaphore(ctx, sem)
   _, _, sem_aval, _, _ = tree.unflatten(ctx.avals_in)
+  # A remote copy (device_id given) lands in the same buffer of the same
+  # core on the target device and signals that device's `sem`; the
+  # sender's `src_sem` counts the read.
+  device = _i64(-1)
+  if device_id is not None:
+    device, core = devices.target(kctx, device_id, device_id_type,
+                                  _core_axes(kctx))
+    if core is not None:
+      raise NotImplementedError(
+          "pallas_cpu: a remote DMA to another core (a core axis in "
+          "device_id)")
+  send_view = _semaphore(ctx, src_sem) if src_sem is not None else sem_view
   elem = ir.MemRefType(src_view.memref.type).element_type
   kctx.call_runtime(abi.rt_dma_start(str(elem)), [
       kctx.runtime_ctx, _unranked(src_view.memref), _unranked(dst_view.memref),
       _i64(np.dtype(src_view.dtype).itemsize), sem_view.memref,
-      _i64(sem_view.sem_id), _i64(abi.DMA_MODES[kctx.params.dma_execution_mode]),
+      _i64(sem_view.sem_id), send_view.memref,
+      _i64(send_view.sem_id if src_sem is not None else -1), device,
+      _i64(abi.DMA_MODES[kctx.params.dma_execution_mode]),
       _i64(0 if _is_dma_semaphore(sem_aval) else 1),
       _i64(kctx.site(f"DMA start at {ctx.source}")), kctx.grid_index()])
   return []
@@ -92,8 +105,10 @@ def _wait(ctx, sem_view, value: ir.Value) -> None:
 
 @register(tpu_primitives.dma_wait_p, barrier=True)
 def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
+  # A remote copy's wait_recv waits on the receiver's own `sem`, its
+  # wait_send (src and dst swapped, insert_dummy_device) on the sender's
+  # send semaphore: both are local waits for the bytes copied.
   src, dst, sem, src_sem, device_id = tree.unflatten(args)
-  _no_remote(device_id, None if insert_dummy_device else src_sem)
   dst_view, _ = view_of(ctx, dst)
   # (JAX only lets a DMA semaphore be waited here; a REGULAR one that a DMA
   # signalled is waited with semaphore_wait, for its one completion.)
@@ -106,24 +121,31 @@ def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
 @register(pallas_primitives.semaphore_signal_p, barrier=True)
 def _semaphore_signal(ctx, *args, args_tree, device_id_type):
   sem, transforms, value, device_id, core_index = args_tree.unflatten(args)
-  _no_remote(device_id)
   kctx = ctx.kernel
   sem_view = _semaphore(ctx, _transformed(sem, transforms))
-  if core_index is not None:
-    # The same semaphore of core `core_index` (its own copy, as every
-    # kernel-owned semaphore is per core); without core_index, the
-    # signalling core's own (Mosaic: no core id; interpret mode: core 0).
-    i64 = ir.IntegerType.get_signless(64)
-    core = scalar_of(kctx, core_index).value
-    kctx.call_runtime(abi.RT_SEM_SIGNAL_CORE, [
-        kctx.runtime_ctx, _i64(sem_view.sem_id),
-        views.element_offset(sem_view.memref), scalar_of(kctx, value).value,
-        arith.extsi(i64, core) if core.type != i64 else core,
-        kctx.grid_index()])
+  if device_id is None and core_index is None:
+    kctx.call_runtime(abi.RT_SEM_SIGNAL, [
+        kctx.runtime_ctx, sem_view.memref, scalar_of(kctx, value).value,
+        _i64(sem_view.sem_id), kctx.grid_index()])
     return []
-  kctx.call_runtime(abi.RT_SEM_SIGNAL, [
-      kctx.runtime_ctx, sem_view.memref, scalar_of(kctx, value).value,
-      _i64(sem_view.sem_id), kctx.grid_index()])
+  # The same semaphore on core `core_index` of device `device_id` (each
+  # has its own copy, as every kernel-owned semaphore is per core); without
+  # core_index, the signalling core's own (Mosaic: no core id; interpret
+  # mode: core 0), without device_id, the signalling device.
+  device = core = None
+  if device_id is not None:
+    device, core = devices.target(kctx, device_id, device_id_type,
+                                  _core_axes(kctx))
+    if core is not None and core_index is not None:
+      raise ValueError("Cannot specify both `core_index` and the core axis "
+                       "in `device_id`.")
+  if core_index is not None:
+    core = devices.as_i64(kctx, core_index)
+  kctx.call_runtime(abi.RT_SEM_SIGNAL_REMOTE, [
+      kctx.runtime_ctx, _i64(sem_view.sem_id),
+      views.element_offset(sem_view.memref), scalar_of(kctx, value).value,
+      device if device is not None else _i64(-1),
+      core if core is not None else _i64(-1), kctx.grid_index()])
   return []
 
 
@@ -161,8 +183,10 @@ def _is_true(x) -> bool:
 @register(tpu_primitives.get_barrier_semaphore_p)
 def _get_barrier_semaphore(ctx):
   """The kernel's barrier semaphore (pltpu.get_barrier_semaphore): one per
-  kernel invocation, zero at entry.  Devices signal each other's through it;
-  on one device only local signals and waits reach it."""
+  kernel invocation, zero at entry.  Devices signal each other's through it
+  (the kernel is collective: its instances start together, so no signal
+  arrives before the semaphore exists)."""
+  ctx.kernel.collective = True
   state = ctx.kernel.rule_state
   if "barrier_semaphore" not in state:
     state["barrier_semaphore"] = buffers.new_semaphores(

@@ -11,7 +11,7 @@ from jax._src.pallas import primitives as pallas_primitives
 from mlir import ir
 from mlir.dialects import arith
 
-from pallas_cpu.lowering import values
+from pallas_cpu.lowering import devices, values
 from pallas_cpu.lowering.registry import register
 
 
@@ -47,11 +47,12 @@ def _num_programs(ctx, *, axis):
 @register(lax_parallel.axis_index_p)
 def _axis_index(ctx, *, axis_name):
   names = ctx.kernel.grid_names
-  if axis_name in names:  # a named grid axis: grid=(("i", 4), ...)
+  if axis_name in names:  # a named grid axis: grid=(("i", 4), ...), cores
     return _program_id(ctx, axis=names.index(axis_name))
-  raise NotImplementedError(
-      f"pallas_cpu: lax.axis_index({axis_name!r}): {axis_name!r} is not a "
-      f"grid axis of this kernel (grid axis names: "
-      f"{[n for n in names if n is not None]}); mesh and device axes "
-      "(shard_map, core meshes) are not supported yet on the compiled "
-      "backend, which runs one device and one core per kernel instance")
+  if devices.has_axis(ctx.kernel, axis_name):  # a shard_map axis
+    return devices.axis_index(ctx.kernel, axis_name)
+  raise ValueError(
+      f"pallas_cpu: lax.axis_index({axis_name!r}): {axis_name!r} is neither "
+      f"a grid or core axis of this kernel "
+      f"({[n for n in names if n is not None]}) nor an axis of the shard_map "
+      f"it runs in ({[a for a, _ in ctx.kernel.device_mesh]})")
