@@ -4,7 +4,9 @@ how much faster it is than the interpreters (interpreter / pallas_cpu,
 higher is better).  Bars grow from the 1x line (parity); an axis is
 logarithmic where its ratios span a decade or more; a case's target on a
 ratio is a tick, green when met and red when missed; a cell without a time
-says why (skipped by the budget, an error, FAILED).  Works from result
+says why (skipped by the budget, an error, FAILED).  When cases have
+variants of the compiled backend, a third panel shows their ratios
+(``Case.variant_ratios``, e.g. t(1 core) / t(2 cores)).  Works from result
 dicts alone, so ``bench.py --replot`` redraws it from results.json."""
 from __future__ import annotations
 
@@ -26,9 +28,14 @@ def _missing(res: dict, ratio: str) -> Optional[str]:
   """Why a case has no value for ``ratio`` (None when it has one)."""
   if ratio in res["ratios"]:
     return None
+  operands = RATIOS.get(ratio) or res.get("variant_ratios", {}).get(ratio)
+  if operands is None:
+    return ""                      # a variant ratio of another case
   if res.get("cpu_error"):
     return "pallas_cpu FAILED"
-  for b in RATIOS[ratio]:
+  for b in operands:
+    if b in res.get("variant_errors", {}):
+      return f"{b} FAILED"
     why = res["skipped"].get(b)
     if why == SKIPPED:
       return f"{LABELS[b]}: skipped (> budget)"
@@ -125,18 +132,27 @@ def plot(results: list[dict], path: Path, env: Optional[dict] = None) -> bool:
   if not shown:
     return False
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  fig, (left, right) = plt.subplots(
-      1, 2, sharey=True, figsize=(15, 1.8 + 0.42 * len(shown)),
-      gridspec_kw={"width_ratios": [1, 1.4]})
+  variant_ratios = list(dict.fromkeys(
+      r for res in shown for r in res.get("variant_ratios", {})))
+  widths = [1, 1.4] + ([1] if variant_ratios else [])
+  fig, axes = plt.subplots(
+      1, len(widths), sharey=True,
+      figsize=(15 + 6 * (len(widths) - 2), 1.8 + 0.42 * len(shown)),
+      gridspec_kw={"width_ratios": widths})
+  left, right = axes[:2]
   # Not green or red: those are the target ticks' verdicts.
   _panel(left, shown, XLA_SERIES, [colors[0]],
          "pallas_cpu / XLA: time ratio, lower is better")
   _panel(right, shown, INTERPRETER_SERIES, [colors[1], colors[4]],
          "interpreter / pallas_cpu: speed-up, higher is better")
+  if variant_ratios:
+    _panel(axes[2], shown, [(r, r) for r in variant_ratios],
+           [colors[(5 + i) % len(colors)] for i in range(len(variant_ratios))],
+           "pallas_cpu variants a/b: time ratio t(a) / t(b)")
   left.set_yticks(range(len(shown)))
   left.set_yticklabels([r["name"] for r in shown], fontsize=8)
   left.set_ylim(len(shown) - 0.5, -0.5)     # first case on top
-  for ax in (left, right):
+  for ax in axes:
     ax.set_xlabel("ratio of minimum times per call (1× = same speed)",
                   fontsize=8)
     _target_legend(ax)

@@ -31,6 +31,17 @@ SLOW_CELL_S = 1.0             # interpreter cells slower than this per call
                               # are timed over --slow-repeats calls
 
 
+def label(key: str) -> str:
+  """A timed cell's name: a backend's label, or "pallas_cpu <variant>"."""
+  return LABELS.get(key, f"pallas_cpu {key}")
+
+
+def metric_label(name: str) -> str:
+  """A metric's name in the report: variant ratios are named as declared
+  ("cores1/cores2")."""
+  return METRIC_LABELS.get(name, name)
+
+
 @dataclasses.dataclass
 class Probe:
   """A smaller-grid variant of a case's kernel, used to estimate the
@@ -48,9 +59,17 @@ class Case:
   backend in PALLAS_BACKENDS; reference(*inputs) is the jnp computation of
   the same math (it runs under jax.jit as the XLA baseline and as the
   correctness reference).  targets maps a metric name ("cpu/xla",
-  "interpret/cpu", "tpu-interpret/cpu", or "cpu_us_per_step" for per_step
-  cases) to (op, bound), op one of "<=", ">=", "<", ">".  skip maps an
-  interpreter backend to the stated reason it is not run.
+  "interpret/cpu", "tpu-interpret/cpu", "cpu_us_per_step" for per_step
+  cases, or a name of variant_ratios) to (op, bound), op one of "<=", ">=",
+  "<", ">".  skip maps an interpreter backend to the stated reason it is not
+  run.
+
+  variants are more cells of the compiled backend: name -> build() of the
+  (un-jitted) callable, e.g. the same kernel on a 1-, 2- and 4-core mesh.
+  Each is checked against the reference and timed with the backends;
+  variant_ratios maps a ratio name to (numerator, denominator), each a
+  variant name or a backend ("cores1/cores2": ("cores1", "cores2") is
+  t(cores1) / t(cores2)), and targets can name it.
   """
   name: str
   description: str
@@ -66,6 +85,22 @@ class Case:
   probe: Optional[Probe] = None
   quick: bool = True           # part of --quick
   skip: dict[str, str] = dataclasses.field(default_factory=dict)
+  variants: dict[str, Callable[[], Callable]] = dataclasses.field(
+      default_factory=dict)
+  variant_ratios: dict[str, tuple[str, str]] = dataclasses.field(
+      default_factory=dict)
+
+  def __post_init__(self):
+    clash = set(self.variants) & set(ALL_BACKENDS)
+    if clash:
+      raise ValueError(f"{self.name}: variant names {sorted(clash)} are "
+                       "backend names")
+    known = set(self.variants) | set(ALL_BACKENDS)
+    for ratio, operands in self.variant_ratios.items():
+      if ratio in RATIOS or not set(operands) <= known:
+        raise ValueError(f"{self.name}: variant ratio {ratio!r} = "
+                         f"{operands} names an unknown cell or shadows a "
+                         "backend ratio")
 
 
 CASES: list[Case] = []

@@ -9,8 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.registry import (COMPILE_TARGET_S, LABELS, METRIC_LABELS,
-                                 RATIOS, SKIPPED, SLOW_CELL_S, XLA)
+from benchmarks.registry import (COMPILE_TARGET_S, LABELS, RATIOS, SKIPPED,
+                                 SLOW_CELL_S, XLA, label, metric_label)
 
 
 def fmt_ms(v: Optional[float]) -> str:
@@ -46,6 +46,8 @@ def _md(text: str, limit: int = 160) -> str:
 def _cell(res: dict, backend: str) -> str:
   if backend == "cpu" and res.get("cpu_error"):
     return "**FAILED**: " + _md(res["cpu_error"], 400)
+  if backend in res.get("variant_errors", {}):
+    return "**FAILED**: " + _md(res["variant_errors"][backend], 400)
   if backend in res["times_ms"]:
     s = fmt_ms(res["times_ms"][backend])
     n = res.get("reduced_repeats", {}).get(backend)
@@ -61,7 +63,7 @@ def _target_cell(res: dict) -> str:
     verdict = res["verdicts"][name]
     value = tgt["value"]
     shown = "n/a" if value is None else _fmt_value(name, value)
-    parts.append(f"{verdict} ({METRIC_LABELS[name]} {shown} "
+    parts.append(f"{verdict} ({metric_label(name)} {shown} "
                  f"{tgt['op']} {tgt['bound']:g})")
   return "; ".join(parts)
 
@@ -84,7 +86,7 @@ def _notes(results: list[dict]) -> list[str]:
     if res["per_step_us"] and "cpu" in res["per_step_us"]:
       cpu = res["per_step_us"]["cpu"]
       others = ", ".join(
-          f"{LABELS[b]} {v:.4g} µs"
+          f"{label(b)} {v:.4g} µs"
           for b, v in res["per_step_us"].items() if b != "cpu")
       extra.append(f"- {res['name']}: per-step overhead: {cpu:.4g} µs "
                    f"(= {cpu * 1e3:.3g} ns; pallas_cpu time / "
@@ -110,10 +112,24 @@ def _notes(results: list[dict]) -> list[str]:
   return extra
 
 
+def _variants_cell(res: dict) -> str:
+  """A case's variants of the compiled backend: each one's ms, then its
+  variant ratios ("cores1 111; cores2 59.0; cores1/cores2 1.88x")."""
+  parts = [f"{v} {_cell(res, v)}" for v in res.get("variants", ())]
+  parts += [f"{r} {fmt_ratio(res['ratios'].get(r))}"
+            for r in res.get("variant_ratios", {})]
+  return "; ".join(parts) or "—"
+
+
 def markdown_table(results: list[dict]) -> str:
+  """The results table; the column of variants of the compiled backend
+  (``Case.variants``) only when a case has some."""
+  variants = any(r.get("variants") for r in results)
   head = ["case", "pallas_cpu ms", "XLA ms", "interpret=True ms",
           "TPU interpret ms", "compile s (1st call)", "compile s (net)",
-          "cpu/XLA", "interpret/cpu", "tpu-interpret/cpu", "target met?"]
+          "cpu/XLA", "interpret/cpu", "tpu-interpret/cpu",
+          *(["pallas_cpu variants: ms; ratios"] if variants else []),
+          "target met?"]
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join("---" for _ in head) + "|"]
   for res in results:
@@ -121,6 +137,7 @@ def markdown_table(results: list[dict]) -> str:
            _cell(res, "interpret"), _cell(res, "tpu-interpret"),
            *_compile_cell(res),
            *(fmt_ratio(res["ratios"].get(r)) for r in RATIOS),
+           *([_variants_cell(res)] if variants else []),
            _target_cell(res)]
     lines.append("| " + " | ".join(row) + " |")
   extra = _notes(results)
@@ -175,14 +192,19 @@ def verdict_lines(results: list[dict]) -> list[str]:
       continue
     for name, tgt in res["targets"].items():
       v = tgt["value"]
-      if res["verdicts"][name] == "FAILED":
+      if res["verdicts"][name] == "FAILED" and res["cpu_error"]:
         shown = "n/a (compiled backend failed: " + _md(
-            res["cpu_error"] or "", 120) + ")"
+            res["cpu_error"], 120) + ")"
+      elif res["verdicts"][name] == "FAILED":
+        shown = "n/a (" + "; ".join(
+            f"variant {b} failed: " + _md(res["variant_errors"][b], 120)
+            for b in res["variant_ratios"][name]
+            if b in res["variant_errors"]) + ")"
       else:
         shown = ("n/a (a backend was skipped)" if v is None
                  else _fmt_value(name, v))
       out.append(f"{res['name']}: {res['verdicts'][name]}  "
-                 f"{METRIC_LABELS[name]} = {shown} (target {tgt['op']} "
+                 f"{metric_label(name)} = {shown} (target {tgt['op']} "
                  f"{tgt['bound']:g})")
   return out
 
@@ -212,7 +234,10 @@ def results_markdown(env: dict, results: list[dict], summ: dict,
       "lowering + MLIR compile + first run); compile s (net) = that minus "
       "one steady-state call. Ratios: cpu/XLA = pallas_cpu / XLA, "
       "interpret/cpu = interpret=True / pallas_cpu, tpu-interpret/cpu = "
-      "TPU interpret / pallas_cpu.\n\n" + markdown_table(results) + "\n\n"
+      "TPU interpret / pallas_cpu"
+      + ("; variant ratios a/b = t(variant a) / t(variant b) of the "
+         "compiled backend" if any(r.get("variants") for r in results)
+         else "") + ".\n\n" + markdown_table(results) + "\n\n"
       + "\n\n".join(f"**{l}**" for l in summary_lines(summ)) + "\n")
 
 

@@ -9,6 +9,10 @@ timing, ratios and target verdicts.
   3. ratios cpu/XLA, interpret/cpu and tpu-interpret/cpu (and µs per grid
      step) are checked against the case's targets.
 
+A case's variants (more cells of the compiled backend, e.g. the same
+kernel on 1, 2 and 4 cores) are checked and timed alongside the backends,
+and their ratios (``Case.variant_ratios``) judged like the others.
+
 A crash or a wrong result of the compiled backend is recorded in the
 result (the other backends of that case are still timed).  Interpreter
 cells whose single call would exceed the budget are skipped: the decision
@@ -33,9 +37,9 @@ from jax.experimental import pallas as pl
 import pallas_cpu
 from pallas_cpu import compiler, testing
 
-from benchmarks.registry import (ALL_BACKENDS, INTERPRETERS, LABELS,
+from benchmarks.registry import (ALL_BACKENDS, INTERPRETERS,
                                  PALLAS_BACKENDS, RATIOS, SKIPPED,
-                                 SLOW_CELL_S, XLA, Case)
+                                 SLOW_CELL_S, XLA, Case, label)
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt,
         ">": operator.gt}
@@ -81,6 +85,8 @@ def new_result(case: Case) -> dict:
       "compile_net_s": None, "compile_cached": None, "compile_from_disk": None,
       "ratios": {}, "metrics": {}, "targets": {}, "verdicts": {},
       "per_step_us": {}, "reduced_repeats": {},
+      "variants": list(case.variants),
+      "variant_ratios": dict(case.variant_ratios), "variant_errors": {},
   }
 
 
@@ -107,12 +113,7 @@ def _first_call_compiled(case: Case, res: dict, args, ref) -> Any:
   try:
     _check(case, "cpu", out, ref)
   except AssertionError as e:
-    first = [l for l in str(e).splitlines() if "Mismatched" in l
-             or "Max absolute" in l]
-    res.update(status="FAILED",
-               cpu_error="WRONG RESULT" + (
-                   f" ({'; '.join(x.strip() for x in first)})"
-                   if first else ""),
+    res.update(status="FAILED", cpu_error=_wrong_result(e),
                error=f"wrong result from backend 'cpu':\n{e}")
     loud(f"[{case.name}] COMPILED BACKEND GAVE A WRONG RESULT -- recorded;"
          f" timing the other backends\n{e}")
@@ -120,6 +121,45 @@ def _first_call_compiled(case: Case, res: dict, args, ref) -> Any:
   print(f"   cpu      first call (compile) {t:8.3f} s   result OK",
         flush=True)
   return fn
+
+
+def _wrong_result(e: AssertionError) -> str:
+  first = [l for l in str(e).splitlines() if "Mismatched" in l
+           or "Max absolute" in l]
+  return "WRONG RESULT" + (f" ({'; '.join(x.strip() for x in first)})"
+                           if first else "")
+
+
+def _first_call_variant(case: Case, name: str, res: dict, args,
+                        ref) -> Any:
+  """A variant's first call, checked like the compiled backend's: a crash
+  or a wrong result is recorded in ``variant_errors`` (its cell shows it,
+  targets on its ratios fail) and the case goes on.  Returns the jitted
+  function, or None."""
+  short = None
+  try:
+    fn = jax.jit(case.variants[name]())
+    t, out = _timed_call(fn, args)
+  except Exception as e:
+    short = f"CRASH {_short_error(e)}"
+    long = (f"variant {name!r} raised {type(e).__name__}: {e}\n"
+            + traceback.format_exc())
+  else:
+    try:
+      _check(case, name, out, ref)
+    except AssertionError as e:
+      short = _wrong_result(e)
+      long = f"wrong result from variant {name!r}:\n{e}"
+  if short is None:
+    res["first_call_s"][name] = t
+    print(f"   {name:<14} first call {t:8.3f} s   result OK", flush=True)
+    return fn
+  res["variant_errors"][name] = short
+  res.update(status="FAILED", error="\n".join(
+      e for e in (res["error"], long) if e))
+  loud(f"[{case.name}] VARIANT {name!r} FAILED -- recorded; timing the "
+       f"other cells\n{long}")
+  return None
 
 
 def _over_budget_by_probe(case: Case, backend: str, res: dict,
@@ -160,6 +200,10 @@ def run_case(case: Case, repeats: int, budget: float,
   fn = _first_call_compiled(case, res, args, ref)
   if fn is not None:
     fns["cpu"] = fn
+  for name in case.variants:
+    fn = _first_call_variant(case, name, res, args, ref)
+    if fn is not None:
+      fns[name] = fn
 
   for backend in INTERPRETERS:
     if backend in case.skip:
@@ -200,7 +244,7 @@ def run_case(case: Case, repeats: int, budget: float,
     res["compile_net_s"] = max(0.0, res["compile_s"] - times["cpu"] / 1e3)
 
   # 3. Ratios, metrics and targets.
-  for name, (num, den) in RATIOS.items():
+  for name, (num, den) in {**RATIOS, **case.variant_ratios}.items():
     if num in times and den in times and times[den] > 0:
       res["ratios"][name] = times[num] / times[den]
   res["metrics"].update(res["ratios"])
@@ -219,7 +263,8 @@ def _time_interleaved(fns: dict, args: tuple, res: dict, repeats: int,
   interpreter cells (first call > SLOW_CELL_S) take part in only the first
   slow_repeats rounds: they are far from any bound, and it keeps the full
   run near ten minutes."""
-  order = [b for b in ALL_BACKENDS if b in fns]
+  order = ([b for b in ALL_BACKENDS if b in fns]
+           + [v for v in fns if v not in ALL_BACKENDS])   # variants
   n_rep = {b: repeats for b in order}
   for b in INTERPRETERS:
     if b in fns and res["first_call_s"][b] > SLOW_CELL_S:
@@ -238,7 +283,7 @@ def _time_interleaved(fns: dict, args: tuple, res: dict, repeats: int,
     res["times_ms"][b] = min(samples[b])
     res["median_ms"][b] = statistics.median(samples[b])
   times = res["times_ms"]
-  print("   min ms: " + ", ".join(f"{LABELS[b]} {times[b]:.4g}" for b in order),
+  print("   min ms: " + ", ".join(f"{label(b)} {times[b]:.4g}" for b in order),
         flush=True)
 
 
@@ -246,7 +291,9 @@ def _judge(case: Case, res: dict) -> None:
   for name, (op, bound) in case.targets.items():
     value = res["metrics"].get(name)
     res["targets"][name] = {"op": op, "bound": bound, "value": value}
-    if res["cpu_error"] is not None:
+    failed = set(case.variant_ratios.get(name, ())) & set(
+        res["variant_errors"])
+    if res["cpu_error"] is not None or failed:
       res["verdicts"][name] = "FAILED"
     elif value is None:
       res["verdicts"][name] = "n/a"

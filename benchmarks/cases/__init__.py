@@ -3,7 +3,7 @@
 Importing this package runs every family module in ``FAMILIES`` order; each
 registers its cases into ``benchmarks.registry.CASES`` (``register`` or the
 ``@case`` / ``@library_case`` decorators), and that order is the order of
-``--list`` and of the results table.  A new family (cores, collectives,
+``--list`` and of the results table.  A new family (collectives,
 races, ...) is one new module here and its name in ``FAMILIES``.
 """
 import importlib
@@ -15,6 +15,7 @@ FAMILIES = (
     "rows",         # softmax, layer norm
     "elementwise",  # add, fused transcendental chain, edge blocks
     "dma",          # manual double buffering
+    "cores",        # TensorCore meshes: multi-core scaling
     "overhead",     # per-grid-step cost: empty and tiny steps
 )
 
