@@ -8,6 +8,8 @@ from pallas_cpu.api import force_cpu_backend, lower, pallas_call
 from pallas_cpu.compiler import CompilationError
 from pallas_cpu.lowering.errors import LoweringError, UnsupportedError
 from pallas_cpu.params import CompilerParams
+from pallas_cpu.races import (RaceReport, race_reports, races_found,
+                              reset_races)
 from pallas_cpu.runtime_lib import KernelExitWarning
 from pallas_cpu import registration as _registration
 
@@ -15,4 +17,5 @@ _registration.install()
 
 __all__ = ["pallas_call", "force_cpu_backend", "lower", "CompilerParams",
            "CompilationError", "LoweringError", "UnsupportedError",
-           "KernelExitWarning"]
+           "KernelExitWarning", "RaceReport", "race_reports", "races_found",
+           "reset_races"]

@@ -57,6 +57,15 @@ def rt_dma_start(element_type: str) -> str:
   return f"pallas_cpu_rt_dma_start_{element_type}"
 
 
+def rt_race_access(element_type: str) -> str:
+  """pallas_cpu_rt_race_access_<T> (PALLAS_CPU_RACE_ACCESS_FOR in dma.cc)."""
+  if element_type not in DMA_ELEMENT_TYPES:
+    raise NotImplementedError(
+        f"pallas_cpu: race detection of {element_type} refs is not "
+        "supported")
+  return f"pallas_cpu_rt_race_access_{element_type}"
+
+
 def rt_matmul(a: str, b: str) -> str:
   """pallas_cpu_rt_matmul_<A>_<B> (runtime/matmul.cc), A, B in f32/bf16."""
   return f"pallas_cpu_rt_matmul_{a}_{b}"
@@ -65,6 +74,8 @@ def rt_matmul(a: str, b: str) -> str:
 # -- enumerations passed as integers ------------------------------------------
 DMA_MODES = {"eager": 0, "on_wait": 1}        # pallas_cpu_rt_dma_start `mode`
 EXIT_CHECK_MODES = {"error": 0, "warn": 1, "off": 2}  # "Lifetime checks"
+# FFI attribute `detect_races`: off, report races, or fail the call.
+RACE_MODES = {None: 0, "report": 1, "raise": 2}
 
 
 # -- what the runtime knows of a kernel ---------------------------------------

@@ -12,6 +12,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_cpu import compiler, registration
+from pallas_cpu import params as params_lib
 from pallas_cpu.params import CompilerParams, CpuBackend
 
 BACKENDS = ("cpu", "interpret", "tpu-interpret")
@@ -59,13 +60,21 @@ def force_cpu_backend(params: CompilerParams = CompilerParams()):
 
   It sets JAX's interpret-mode context (the one behind
   ``pltpu.force_tpu_interpret_mode``), which overrides each call's
-  ``interpret=`` and is part of the jit cache key.
+  ``interpret=`` and is part of the jit cache key.  ``params`` may also be
+  TPU interpret mode's ``pltpu.InterpretParams``: its options (race
+  detection, DMA mode, cores, seed) carry over.
 
   Example::
 
     with pallas_cpu.force_cpu_backend():
       out = my_existing_pallas_function(x)
+    with pallas_cpu.force_cpu_backend(
+        pltpu.InterpretParams(detect_races=True)):
+      out = my_existing_pallas_function(x)
+      assert not pallas_cpu.races_found()
   """
+  if not isinstance(params, CompilerParams):
+    params = params_lib.from_interpret_params(params)
   registration.install()
   state = jax_config.pallas_tpu_interpret_mode_context_manager
   prev = state.swap_local(CpuBackend(params))

@@ -43,6 +43,11 @@ class Knobs:
   cannot be used as a directory is skipped with one warning
   (disk_cache.py)."""
 
+  detect_races: bool
+  """PALLAS_CPU_DETECT_RACES=1: every kernel is built instrumented and its
+  races reported (CompilerParams(detect_races=True)); read when a kernel is
+  lowered, so set it before the program starts."""
+
   num_threads: int
   """PALLAS_CPU_NUM_THREADS=n: threads for parallel grid dimensions (default
   0: the machine's cores)."""
@@ -56,6 +61,7 @@ def read() -> Knobs:
       override_dir=os.environ.get("PALLAS_CPU_OVERRIDE_DIR") or None,
       opt_level=int(os.environ.get("PALLAS_CPU_OPT_LEVEL", "3")),
       num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
+      detect_races=_flag("PALLAS_CPU_DETECT_RACES"),
       cache_dir=_cache_dir(),
   )
 

@@ -43,6 +43,19 @@ class CompilerParams:
       RuntimeWarning; pending DMAs then complete as the hardware would) or
       "off".  A DMA still reading or writing a run_scoped buffer when its
       scope ends is always an error.
+    detect_races: build the instrumented variant of the kernel (its own
+      cache entry): every pair of conflicting accesses to a buffer by
+      different actors -- the cores of a mesh, the cores a parallel grid
+      dimension is split over (``num_cores``), devices, in-flight DMAs --
+      that no semaphore, DMA wait or barrier orders is reported ("RACE
+      DETECTED ...", ``pallas_cpu.race_reports()``).  PALLAS_CPU_DETECT_RACES=1
+      turns it on for every kernel.
+    on_race: "report" (print and record each race) or "raise" (the call
+      fails with the first one).
+    num_cores: the TPU cores per device a parallel grid dimension is split
+      over in the race-detecting build, as TPU interpret mode's
+      ``num_cores_or_threads`` (default 1: one core runs the grid in order;
+      2 models a megacore chip).  The plain build splits over threads.
     device_timeout_s: a kernel that talks to other devices (remote DMAs
       and signals, barrier semaphores, inside shard_map) starts on all of
       them together; a device that has not arrived after this many seconds
@@ -57,6 +70,9 @@ class CompilerParams:
   grid_order: Literal["sequential", "random"] = "sequential"
   seed: int = 0
   device_timeout_s: float = 20.0
+  detect_races: bool = False
+  on_race: Literal["report", "raise"] = "report"
+  num_cores: int = 1
 
   def __post_init__(self):
     if self.uninitialized_memory not in ("nan", "zero"):
@@ -78,11 +94,33 @@ class CompilerParams:
     if self.exit_checks not in ("error", "warn", "off"):
       raise ValueError("exit_checks must be 'error', 'warn' or 'off', got "
                        f"{self.exit_checks!r}")
+    if self.on_race not in ("report", "raise"):
+      raise ValueError(f"on_race must be 'report' or 'raise', got "
+                       f"{self.on_race!r}")
+    if self.num_cores < 1:
+      raise ValueError(f"num_cores must be >= 1, got {self.num_cores!r}")
     if not self.device_timeout_s > 0:
       raise ValueError("device_timeout_s must be > 0, got "
                        f"{self.device_timeout_s!r}")
     if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
       raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
+
+
+def from_interpret_params(p) -> CompilerParams:
+  """The CompilerParams that mean what TPU interpret mode's ``p`` asks for
+  (``pltpu.InterpretParams``): code written for interpret mode keeps its
+  options on the compiled backend."""
+  kw = {}
+  for ours, theirs in (("detect_races", "detect_races"),
+                       ("dma_execution_mode", "dma_execution_mode"),
+                       ("uninitialized_memory", "uninitialized_memory"),
+                       ("num_cores", "num_cores_or_threads")):
+    if hasattr(p, theirs):
+      kw[ours] = getattr(p, theirs)
+  seed = getattr(p, "random_seed", None)
+  if seed is not None:
+    kw.update(grid_order="random", seed=int(seed))
+  return CompilerParams(**kw)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ goes to JAX's own rule, unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -19,6 +20,7 @@ from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
 from pallas_cpu import abi, compiler, knobs, runtime_lib
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
+from pallas_cpu import params as params_lib
 from pallas_cpu.params import CpuBackend
 
 
@@ -28,6 +30,8 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
   cores = mesh_cores(params.get("mesh"))  # a mesh we cannot run raises here
   name = params.get("name") or jaxpr.debug_info.func_name or "kernel"
   cpu = backend.params
+  if knobs.read().detect_races and not cpu.detect_races:
+    cpu = dataclasses.replace(cpu, detect_races=True)
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
   gm = params["grid_mapping"]
   return kernel_lowering.KernelSpec(
@@ -152,6 +156,10 @@ def _backend_for(interpret) -> CpuBackend | None:
   if isinstance(interpret, CpuBackend):
     return interpret
   if knobs.read().force:
+    # Code written for TPU interpret mode keeps its options (race
+    # detection, DMA mode...) when forced onto the compiled backend.
+    if hasattr(interpret, "detect_races"):
+      return CpuBackend(params_lib.from_interpret_params(interpret))
     return CpuBackend()
   return None
 
@@ -193,6 +201,9 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
               num_devices=np.int64(num_devices),
               collective=np.int64(info.collective),
               shared_buffers=np.asarray(info.shared_buffers, np.int64),
+              detect_races=np.int64(abi.RACE_MODES[
+                  spec.params.on_race if spec.params.detect_races else None]),
+              race_cores=np.int64(spec.params.num_cores),
               device_timeout_ms=np.int64(
                   round(spec.params.device_timeout_s * 1000)))
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import jax
 
-from pallas_cpu import compiler
+from pallas_cpu import compiler, races
 from pallas_cpu.abi import FFI_TARGET
 
 _COMPILE_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t,
@@ -31,6 +31,7 @@ def library() -> ctypes.CDLL:
   lib.pallas_cpu_rt_set_compiler.argtypes = [_COMPILE_FN]
   lib.pallas_cpu_rt_set_printer.argtypes = [_PRINT_FN]
   lib.pallas_cpu_rt_set_warner.argtypes = [_WARN_FN]
+  lib.pallas_cpu_rt_set_race_reporter.argtypes = [_WARN_FN]
   return lib
 
 
@@ -48,6 +49,7 @@ def ensure_registered() -> None:
   lib.pallas_cpu_rt_set_compiler(_compile_hook)
   lib.pallas_cpu_rt_set_printer(_print_hook)
   lib.pallas_cpu_rt_set_warner(_warn_hook)
+  lib.pallas_cpu_rt_set_race_reporter(_race_hook)
 
 
 def register_kernel(kernel_id: str, entry_address: int) -> None:
@@ -119,3 +121,13 @@ def _warn(message_ptr, length) -> None:
 
 
 _warn_hook = _WARN_FN(_warn)  # kept alive for C++
+
+
+def _race(json_ptr, length) -> None:
+  try:
+    races.record(ctypes.string_at(json_ptr, length).decode())
+  except BaseException:  # noqa: BLE001 - never unwind into C++
+    traceback.print_exc()
+
+
+_race_hook = _WARN_FN(_race)  # kept alive for C++

@@ -16,6 +16,7 @@ FAMILIES = (
     "elementwise",  # add, fused transcendental chain, edge blocks
     "dma",          # manual double buffering
     "cores",        # TensorCore meshes: multi-core scaling
+    "races",        # race detection: the instrumented build's cost
     "overhead",     # per-grid-step cost: empty and tiny steps
 )
 

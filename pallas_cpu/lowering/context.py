@@ -78,6 +78,9 @@ class KernelContext:
     # the byte sizes of the buffers they share (``shared``).
     self.mesh_cores = 0
     self.shared_buffers: list[int] = []
+    # Per allocation (index in ``allocs``): its dtype, and what it is called.
+    self.alloc_dtypes: list = []
+    self.alloc_labels: dict[int, str] = {}
     # (dim, lo, hi): the grid dimension this call runs only [lo, hi) of.
     self.parallel_range: tuple[int, ir.Value, ir.Value] | None = None
 
@@ -122,8 +125,10 @@ class KernelContext:
     self.allocs.append(buf)
     if name is not None:
       nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-      self.allocation_names.append(
-          (nbytes, f"{name} ({np.dtype(dtype).name}{list(shape)} in {space})"))
+      label = f"{name} ({np.dtype(dtype).name}{list(shape)} in {space})"
+      self.allocation_names.append((nbytes, label))
+      self.alloc_labels[len(self.allocs) - 1] = label
+    self.alloc_dtypes.append(np.dtype(dtype))
     return buf
 
   def shared(self, shape, dtype, space: str) -> ir.Value:

@@ -20,7 +20,7 @@ from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import buffers
+from pallas_cpu.lowering import buffers, race_hooks
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, values, views
 from pallas_cpu.lowering.context import KernelContext, Ref, scalar_of
@@ -163,6 +163,7 @@ class BlockWindow:
       self.kctx.store(buffers.uninitialized_scalar(self.kctx, self.dtype),
                       self.pad)
       src, dst = self._valid_regions()
+      self._note(src, write=False)
       linalg.copy(src, outs=[dst])
       memref.store(offset, self.resident, [])
       scf.YieldOp([])
@@ -173,6 +174,7 @@ class BlockWindow:
       return
     if self.private:
       src, dst = self._valid_regions()
+      self._note(src, write=True)
       linalg.copy(dst, outs=[src])
       return
     true = arith.constant(ir.IntegerType.get_signless(1), 1)
@@ -180,8 +182,18 @@ class BlockWindow:
     if_op = scf.IfOp(edge)
     with ir.InsertionPoint(if_op.then_block):
       src, dst = self._valid_regions()
+      self._note(src, write=True)
       linalg.copy(dst, outs=[src])
       scf.YieldOp([])
+
+  def _note(self, window: ir.Value, *, write: bool) -> None:
+    """The block copy reads (copy-in) or writes (write-back) the operand's
+    window: an access of the kernel's, for the race-detecting build."""
+    kind = "output" if self.is_output else "input"
+    race_hooks.access(
+        self.kctx, window, self.dtype, write=write,
+        what=f"{'write-back' if write else 'copy-in'} of the block of "
+        f"{kind} {self.bm.origin}")
 
   def _valid_regions(self):
     """(array window, padded-buffer window) of the in-bounds part."""

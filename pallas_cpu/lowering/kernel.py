@@ -151,10 +151,15 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     _exit_checks(kctx)
     scf.YieldOp([])
   with kctx.init_ip:  # after every initialization: the cores start together
-    if kctx.collective:  # in one order on every device: remote DMAs name them
-      for buf in kctx.allocs:
+    # In one order on every device (remote DMAs name buffers by it), with
+    # their element size and name (the race detector's shadow state).
+    if kctx.collective or kctx.params.detect_races:
+      for k, buf in enumerate(kctx.allocs):
+        label = kctx.alloc_labels.get(k)
         kctx.call_runtime(abi.RT_BUFFER_REGISTER, [
-            kctx.runtime_ctx, views.address(buf), i64(_nbytes(buf))])
+            kctx.runtime_ctx, views.address(buf), i64(_nbytes(buf)),
+            i64(kctx.alloc_dtypes[k].itemsize),
+            i64(kctx.site(label) if label else -1)])
     kctx.call_runtime(abi.RT_ENTER, [kctx.runtime_ctx])
   with ir.InsertionPoint(block):
     if coupled:

@@ -59,6 +59,15 @@ def address(buf: ir.Value, elem_bytes: int = 4) -> ir.Value:
                                      arith.constant(i64, elem_bytes)))
 
 
+def unranked(view: ir.Value) -> ir.Value:
+  """``view`` as an unranked memref of no memory space (how the runtime's
+  DMA and race-detection entry points take a strided window)."""
+  flat = space_cast(view, None)
+  t = ir.MemRefType(flat.type)
+  return memref.CastOp(ir.UnrankedMemRefType.get(t.element_type, None),
+                       flat).result
+
+
 def element_offset(view: ir.Value) -> ir.Value:
   """A view's offset in elements from its buffer's start, as an i64."""
   i64 = ir.IntegerType.get_signless(64)

@@ -54,6 +54,9 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn);
 // semaphore count, a DMA never waited for), prefixed with the kernel name.
 typedef void (*PallasCpuWarnFn)(const char* message, size_t len);
 PALLAS_CPU_EXPORT void pallas_cpu_rt_set_warner(PallasCpuWarnFn fn);
+// Receives each race the instrumented build found, as a JSON object
+// (kernel, kind, buffer, first, last, earlier, later).
+PALLAS_CPU_EXPORT void pallas_cpu_rt_set_race_reporter(PallasCpuWarnFn fn);
 PALLAS_CPU_EXPORT void pallas_cpu_rt_register_kernel(const char* kernel_id, uint64_t entry);
 PALLAS_CPU_EXPORT int64_t pallas_cpu_rt_num_registered_kernels(void);
 
@@ -141,10 +144,13 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_sem_signal_remote(
 PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_device_id(PallasCpuRuntimeContext* ctx);
 // A buffer of the kernel (scratch, scoped, temporaries), registered at
 // entry in allocation order -- the same on every device -- so that a remote
-// DMA can name the same buffer on another device.  The operands are
-// registered by the FFI handler, before them.
+// DMA can name the same buffer on another device, and the race detector
+// can keep its shadow state (`elem_bytes`-sized elements; `site` names the
+// buffer, or -1).  The operands are registered by the FFI handler, before
+// them.
 PALLAS_CPU_EXPORT void pallas_cpu_rt_buffer_register(
-    PallasCpuRuntimeContext* ctx, int64_t base, int64_t nbytes);
+    PallasCpuRuntimeContext* ctx, int64_t base, int64_t nbytes,
+    int64_t elem_bytes, int64_t site);
 // Phase 0, past the grid: returns once every actor finished its grid.
 // Phase 1, before the kernel's buffers are freed: returns once every actor
 // finished its exit checks.  (launch.h, Launch::ExitBarrier.)
@@ -171,6 +177,17 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
     int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
     int64_t device, int64_t mode, int64_t regular, int64_t site,
     int64_t grid_index);
+
+// ---------------------------------------------------------------------------
+// Race detection (the instrumented build only; runtime/races.h): one call
+// per ref operation -- a get, a swap, a masked load or store, a block copy
+// -- with the window it reads (`write` 0) or writes (1) as an unranked
+// memref, one entry point per element type (PALLAS_CPU_RACE_ACCESS_FOR in
+// dma.cc).  `site` names the operation's source line.
+// ---------------------------------------------------------------------------
+PALLAS_CPU_EXPORT void pallas_cpu_rt_race_access(
+    PallasCpuRuntimeContext* ctx, int64_t rank, void* desc,
+    int64_t elem_bytes, int64_t write, int64_t site, int64_t grid_index);
 
 // ---------------------------------------------------------------------------
 // Lifetime checks.  `mode` 0 = a finding fails the call, 1 = it is a

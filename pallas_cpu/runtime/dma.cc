@@ -84,7 +84,21 @@ StridedWindow Contiguous(char* base, const std::vector<int64_t>& sizes) {
 
 // Copies the data and signals the semaphore.  Throws std::bad_alloc when
 // an overlapping copy cannot get its staging buffer.
-void Execute(Dma& dma) {
+void Execute(Launch* launch, Dma& dma) {
+  if (launch->races() != nullptr) {
+    // The DMA's own actor reads the source and writes the destination,
+    // ordered after its start and before the waits on its completion.
+    launch->RaceAccess(nullptr, dma.race_actor, dma.src.base, dma.src.sizes,
+                       dma.src.strides, dma.elem_bytes, false, dma.site,
+                       dma.grid_index);
+    launch->RaceAccess(nullptr, dma.race_actor, dma.dst.base, dma.dst.sizes,
+                       dma.dst.strides, dma.elem_bytes, true, dma.site,
+                       dma.grid_index);
+    launch->races()->CompleteDma(dma.race_actor, dma.sem);
+    if (dma.send_sem != nullptr) {
+      launch->races()->CompleteDma(dma.race_actor, dma.send_sem);
+    }
+  }
   const int64_t n = dma.src.NumElements();
   if (dma.src.sizes.empty()) {
     std::memmove(dma.dst.base, dma.src.base, dma.elem_bytes);
@@ -124,7 +138,7 @@ bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem) {
   ForEachQueue(ctx, [&](std::deque<Dma>& q) {
     for (size_t i = q.size(); !ran && i-- > 0;) {
       if (!q[i].landed && (q[i].sem == sem || q[i].send_sem == sem)) {
-        Execute(q[i]);
+        Execute(ctx->launch, q[i]);
         ran = true;
       }
     }
@@ -147,7 +161,14 @@ void Consume(PallasCpuRuntimeContext* ctx, int32_t* sem, int32_t value) {
       int32_t take = std::min(*left, value);
       *left -= take;
       value -= take;
-      it = it->unwaited == 0 && it->send_unwaited == 0 ? q.erase(it) : it + 1;
+      if (it->unwaited == 0 && it->send_unwaited == 0) {
+        if (ctx->launch->races() != nullptr) {
+          ctx->launch->races()->RetireDma(it->race_actor);
+        }
+        it = q.erase(it);
+      } else {
+        ++it;
+      }
     }
   });
 }
@@ -249,7 +270,13 @@ extern "C" void pallas_cpu_rt_dma_start(
     dma.unwaited = dma.units;
     dma.send_unwaited = dma.send_sem != nullptr ? dma.units : 0;
     ctx->dmas.push_back(std::move(dma));
-    if (mode == 0) pallas_cpu::Execute(ctx->dmas.back());
+    if (ctx->launch->races() != nullptr) {
+      Dma& started = ctx->dmas.back();
+      started.race_actor = ctx->launch->races()->StartDma(
+          static_cast<int32_t>(self->index));
+      ctx->launch->NoteDmaStarter(started.race_actor, self->index);
+    }
+    if (mode == 0) pallas_cpu::Execute(ctx->launch, ctx->dmas.back());
   });
   ctx->launch->Notify();
 }
@@ -262,6 +289,10 @@ extern "C" void pallas_cpu_rt_sem_signal(PallasCpuRuntimeContext* ctx,
   (void)sem_id;
   (void)grid_index;
   auto lock = ctx->launch->Lock();
+  if (ctx->launch->races() != nullptr) {
+    ctx->launch->races()->Release(static_cast<int32_t>(ctx->actor->index),
+                                  sem + offset);
+  }
   sem[offset] += inc;
   ctx->launch->Notify();
 }
@@ -281,6 +312,10 @@ extern "C" int32_t pallas_cpu_rt_sem_wait(PallasCpuRuntimeContext* ctx,
     });
     if (!ok) return;
     *counter -= value;
+    if (ctx->launch->races() != nullptr) {
+      ctx->launch->races()->Acquire(static_cast<int32_t>(ctx->actor->index),
+                                    counter);
+    }
     pallas_cpu::Consume(ctx, counter, value);
   });
   return ok && !ctx->failed.load(std::memory_order_relaxed) ? 1 : 0;
@@ -303,10 +338,51 @@ extern "C" void pallas_cpu_rt_sem_register(PallasCpuRuntimeContext* ctx,
 }
 
 extern "C" void pallas_cpu_rt_buffer_register(PallasCpuRuntimeContext* ctx,
-                                              int64_t base, int64_t nbytes) {
+                                              int64_t base, int64_t nbytes,
+                                              int64_t elem_bytes,
+                                              int64_t site) {
   auto lock = ctx->launch->Lock();
-  ctx->actor->regions.push_back({reinterpret_cast<char*>(base), nbytes});
+  char* p = reinterpret_cast<char*>(base);
+  ctx->actor->regions.push_back({p, nbytes});
+  if (ctx->launch->races() != nullptr) {
+    std::string who = ctx->launch->ActorName(*ctx->actor);
+    ctx->launch->races()->AddBuffer(
+        p, nbytes, elem_bytes,
+        (site >= 0 ? ctx->Site(site) : std::string("a kernel buffer")) +
+            (who.empty() ? "" : " of " + who));
+  }
 }
+
+extern "C" void pallas_cpu_rt_race_access(PallasCpuRuntimeContext* ctx,
+                                          int64_t rank, void* desc,
+                                          int64_t elem_bytes, int64_t write,
+                                          int64_t site, int64_t grid_index) {
+  auto lock = ctx->launch->Lock();
+  if (ctx->launch->races() == nullptr) return;
+  pallas_cpu::StridedWindow w =
+      pallas_cpu::FromDescriptor(rank, desc, elem_bytes);
+  ctx->launch->RaceAccess(ctx->actor, -1, w.base, w.sizes, w.strides,
+                          elem_bytes, write != 0, site, grid_index);
+}
+
+#define PALLAS_CPU_RACE_ACCESS_FOR(TY)                                        \
+  extern "C" PALLAS_CPU_EXPORT void pallas_cpu_rt_race_access_##TY(           \
+      PallasCpuRuntimeContext* ctx, int64_t rank, void* desc,                 \
+      int64_t elem_bytes, int64_t write, int64_t site, int64_t grid_index) {  \
+    pallas_cpu_rt_race_access(ctx, rank, desc, elem_bytes, write, site,       \
+                              grid_index);                                    \
+  }
+PALLAS_CPU_RACE_ACCESS_FOR(f16)
+PALLAS_CPU_RACE_ACCESS_FOR(bf16)
+PALLAS_CPU_RACE_ACCESS_FOR(f32)
+PALLAS_CPU_RACE_ACCESS_FOR(f64)
+PALLAS_CPU_RACE_ACCESS_FOR(i8)
+PALLAS_CPU_RACE_ACCESS_FOR(i16)
+PALLAS_CPU_RACE_ACCESS_FOR(i32)
+PALLAS_CPU_RACE_ACCESS_FOR(i64)
+PALLAS_CPU_RACE_ACCESS_FOR(f8E4M3FN)
+PALLAS_CPU_RACE_ACCESS_FOR(f8E5M2)
+#undef PALLAS_CPU_RACE_ACCESS_FOR
 
 extern "C" void pallas_cpu_rt_enter(PallasCpuRuntimeContext* ctx) {
   ctx->launch->Enter(ctx->actor);
@@ -333,6 +409,10 @@ extern "C" void pallas_cpu_rt_sem_signal_remote(PallasCpuRuntimeContext* ctx,
   int32_t* sem = ctx->launch->Find(ctx->actor, target, sem_id, offset,
                                    grid_index);
   if (sem == nullptr) return;
+  if (ctx->launch->races() != nullptr) {
+    ctx->launch->races()->Release(static_cast<int32_t>(ctx->actor->index),
+                                  sem);
+  }
   *sem += inc;
   ctx->launch->Notify();
 }
@@ -410,7 +490,7 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
         }
         if (!it->landed && mode != 0) {
           pallas_cpu::Guarded(ctx, "a DMA at exit",
-                              [&] { pallas_cpu::Execute(*it); });
+                              [&] { pallas_cpu::Execute(ctx->launch, *it); });
         }
         it = q.erase(it);
       }
@@ -460,7 +540,7 @@ extern "C" void pallas_cpu_rt_kernel_exit(PallasCpuRuntimeContext* ctx,
     pallas_cpu::Report(ctx, mode, os.str());
     if (!dma.landed && mode != 0) {
       pallas_cpu::Guarded(ctx, "a DMA at exit",
-                          [&] { pallas_cpu::Execute(dma); });
+                          [&] { pallas_cpu::Execute(ctx->launch, dma); });
     }
     q.pop_front();
   }

@@ -94,7 +94,8 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
                          std::string_view allocations, int64_t mesh_cores,
                          int64_t num_devices, int64_t collective,
                          int64_t device_timeout_ms,
-                         ffi::Span<const int64_t> shared_buffers) {
+                         ffi::Span<const int64_t> shared_buffers,
+                         int64_t detect_races, int64_t race_cores) {
   std::string error;
   PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (entry == nullptr) return ffi::Error::Internal(error);
@@ -116,16 +117,22 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     }
   }
   DescriptorTable table;
+  // (element bytes, name) of every operand, for the race detector.
+  std::vector<std::pair<int64_t, std::string>> operand_names;
   for (size_t i = 0; i < n_args; ++i) {
     auto buf = args.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
     table.Add(buf->untyped_data(), buf->dimensions(), buf->size_bytes());
+    operand_names.emplace_back(ffi::ByteWidth(buf->element_type()),
+                               "input " + std::to_string(i));
   }
   for (size_t i = 0; i < rets.size(); ++i) {
     auto buf = rets.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
     table.Add((*buf)->untyped_data(), (*buf)->dimensions(),
               (*buf)->size_bytes());
+    operand_names.emplace_back(ffi::ByteWidth((*buf)->element_type()),
+                               "output " + std::to_string(i));
   }
 
   // HBM buffers the cores of a mesh kernel share: allocated once for this
@@ -143,6 +150,7 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     }
     table.Add(shared.back().get(), std::vector<int64_t>{nbytes},
               static_cast<size_t>(nbytes));
+    operand_names.emplace_back(1, "a shared HBM buffer");
   }
 
   // A kernel with a parallel grid dimension runs it in contiguous chunks,
@@ -152,11 +160,23 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
   // the machine's core count: they may wait for each other.  So may the
   // devices of a collective kernel, which run their grids in order, as a
   // one-core TPU does.
+  // At least two chunks, as a megacore chip's two TensorCores split it,
+  // whatever the machine: kernels written for megacore (paged_attention's
+  // megacore modes) expect each core to start its own part afresh.
   int64_t threads = num_threads > 0 ? num_threads : DefaultNumThreads();
   int64_t chunks = std::max<int64_t>(
-      1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1, threads));
+      1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1,
+                           std::max<int64_t>(threads, 2)));
   const bool devices = num_devices > 1 && collective != 0;
   if (devices) chunks = 1;
+  // Race detection splits a parallel dimension over the TPU cores it
+  // models (CompilerParams(num_cores=...)), not over the machine's threads:
+  // a verdict must not depend on the machine.
+  if (detect_races != 0 && !devices) {
+    chunks = std::max<int64_t>(
+        1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1,
+                             std::max<int64_t>(race_cores, 1)));
+  }
   if (mesh_cores > 0) chunks = mesh_cores;
   int64_t extent = parallel_extent > 0 ? parallel_extent : 1;
   std::vector<PallasCpuRuntimeContext> contexts(chunks);
@@ -175,9 +195,26 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
               : std::make_shared<Launch>(1, chunks, mesh_cores > 0);
   launch->set_timeout_ms(device_timeout_ms);
   const int64_t slot = devices ? device : 0;  // the device in the launch
+  {
+    auto lock = launch->Lock();
+    if (detect_races != 0) launch->EnableRaces(detect_races == 2);
+  }
   launch->Attach(slot, actors);
-  for (int64_t c = 0; c < chunks; ++c) {
-    launch->actor(slot, c)->regions = table.regions();
+  {
+    auto lock = launch->Lock();
+    for (int64_t c = 0; c < chunks; ++c) {
+      launch->actor(slot, c)->regions = table.regions();
+    }
+    if (RaceDetector* races = launch->races()) {
+      const auto& regions = table.regions();
+      for (size_t r = 0; r < regions.size(); ++r) {
+        races->AddBuffer(regions[r].base, regions[r].nbytes,
+                         operand_names[r].first,
+                         operand_names[r].second +
+                             (devices ? " of device " + std::to_string(device)
+                                      : std::string()));
+      }
+    }
   }
   auto run = [&](int64_t c) {
     PallasCpuRuntimeContext& ctx = contexts[c];
@@ -204,6 +241,14 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
   for (auto& ctx : contexts) Warn(kernel_name, ctx.warnings);
+  {
+    std::vector<RaceReport> races;
+    {
+      auto lock = launch->Lock();
+      races = launch->TakeRaceReports();
+    }
+    ReportRaces(kernel_name, races);
+  }
   error = launch->FirstError();
   if (devices) LeaveLaunch(run_id.run_id, kernel_id, launch);
   if (!error.empty()) {
@@ -241,7 +286,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<int64_t>("collective")
                                   .Attr<int64_t>("device_timeout_ms")
                                   .Attr<ffi::Span<const int64_t>>(
-                                      "shared_buffers"));
+                                      "shared_buffers")
+                                  .Attr<int64_t>("detect_races")
+                                  .Attr<int64_t>("race_cores"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

@@ -16,6 +16,7 @@ struct Registry {
   std::atomic<PallasCpuCompileFn> compiler{nullptr};
   std::atomic<PallasCpuPrintFn> printer{nullptr};
   std::atomic<PallasCpuWarnFn> warner{nullptr};
+  std::atomic<PallasCpuWarnFn> race_reporter{nullptr};
   std::mutex compile_mu;  // one compilation at a time
 };
 
@@ -90,7 +91,49 @@ void Warn(std::string_view kernel_name,
   }
 }
 
+namespace {
+std::string Json(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+}  // namespace
+
+void ReportRaces(std::string_view kernel_name,
+                 const std::vector<RaceReport>& reports) {
+  PallasCpuWarnFn reporter = GetRegistry().race_reporter.load();
+  for (const RaceReport& r : reports) {
+    std::string json =
+        "{\"kernel\": " + Json(kernel_name) + ", \"kind\": " + Json(r.kind) +
+        ", \"buffer\": " + Json(r.buffer) +
+        ", \"first\": " + std::to_string(r.first) +
+        ", \"last\": " + std::to_string(r.last) +
+        ", \"earlier\": " + Json(r.earlier) + ", \"later\": " + Json(r.later) +
+        "}";
+    if (reporter != nullptr) {
+      reporter(json.data(), json.size());
+    } else {
+      std::fprintf(stderr, "RACE DETECTED %s\n", json.c_str());
+    }
+  }
+}
+
 }  // namespace pallas_cpu
+
+extern "C" void pallas_cpu_rt_set_race_reporter(PallasCpuWarnFn fn) {
+  pallas_cpu::GetRegistry().race_reporter.store(fn);
+}
 
 extern "C" void pallas_cpu_rt_set_warner(PallasCpuWarnFn fn) {
   pallas_cpu::GetRegistry().warner.store(fn);

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "races.h"
+
 #include "abi.h"
 
 namespace pallas_cpu {
@@ -26,6 +28,9 @@ void PrintRecords(std::string_view table,
 
 // Sends kernel-exit findings to the Python warning hook (in order).
 void Warn(std::string_view kernel_name, const std::vector<std::string>& messages);
+// Hands each race found to Python (as JSON; pallas_cpu/races.py).
+void ReportRaces(std::string_view kernel_name,
+                 const std::vector<RaceReport>& reports);
 
 }  // namespace pallas_cpu
 

@@ -147,6 +147,7 @@ void Launch::Enter(Actor* self) {
   Notify();
   // The cores of one device start together (their threads are spawned
   // here); other devices arrive when XLA runs their part of the program.
+  if (entered_ == num_actors()) JoinAllClocks();
   int64_t timeout = devices_ > 1 ? timeout_ms_ : 0;
   if (!Await(lock, [&] { return entered_ == num_actors(); }, timeout)) {
     std::ostringstream os;
@@ -172,6 +173,7 @@ void Launch::ExitBarrier(Actor* self, int phase) {
     self->left = true;
   }
   ++exited_[phase];
+  if (exited_[phase] == num_actors()) JoinAllClocks();
   Notify();
   Await(lock, [&] { return exited_[phase] == num_actors(); }, 0);
 }
@@ -191,6 +193,74 @@ void Launch::Finish(Actor* self) {
   self->ctx = nullptr;
   DetectDeadlock(nullptr);
   Notify();
+}
+
+void Launch::JoinAllClocks() {
+  if (races_ == nullptr) return;
+  std::vector<int32_t> all(num_actors());
+  for (int64_t i = 0; i < num_actors(); ++i) all[i] = static_cast<int32_t>(i);
+  races_->JoinAll(all);
+}
+
+void Launch::EnableRaces(bool raise_on_race) {
+  if (races_ == nullptr) races_ = std::make_unique<RaceDetector>(num_actors());
+  raise_on_race_ = raise_on_race;
+}
+
+std::string Launch::DescribeAccess(const AccessRecord& a) {
+  // Any actor's context names sites and grid points (one kernel).
+  const PallasCpuRuntimeContext* ctx = nullptr;
+  for (const Actor& x : actors_) {
+    if (x.ctx != nullptr) ctx = x.ctx;
+  }
+  std::ostringstream os;
+  auto who = [&](int64_t actor) {
+    std::string name = ActorName(actors_[actor]);
+    return name.empty() ? std::string("the kernel") : name;
+  };
+  if (races_->IsDma(a.actor)) {
+    auto it = dma_starters_.find(a.actor);
+    os << "the DMA that " << (it == dma_starters_.end() ? "the kernel"
+                                                         : who(it->second))
+       << " started at ";
+  } else {
+    os << who(a.actor) << " at ";
+  }
+  if (ctx != nullptr) {
+    os << ctx->GridPoint(a.grid) << " (" << ctx->Site(a.site) << ")";
+  } else {
+    os << "grid index " << a.grid << " (site #" << a.site << ")";
+  }
+  return os.str();
+}
+
+void Launch::RaceAccess(Actor* self, int32_t dma, const char* base,
+                        const std::vector<int64_t>& sizes,
+                        const std::vector<int64_t>& strides,
+                        int64_t elem_bytes, bool write, int64_t site,
+                        int64_t grid_index) {
+  if (races_ == nullptr) return;
+  size_t before = reports_.size();
+  races_->Access(dma >= 0 ? dma : static_cast<int32_t>(self->index), base,
+                 sizes, strides, elem_bytes, write, static_cast<int32_t>(site),
+                 grid_index,
+                 [&](const AccessRecord& a) { return DescribeAccess(a); },
+                 &reports_);
+  if (raise_on_race_ && reports_.size() > before) {
+    const RaceReport& r = reports_[before];
+    std::string msg = "race detected (" + r.kind + ") on " + r.buffer +
+                      ": " + r.earlier + ", then " + r.later;
+    // A DMA's access fails the actor that started it.
+    if (self == nullptr) {
+      auto it = dma_starters_.find(dma);
+      if (it != dma_starters_.end()) self = &actors_[it->second];
+    }
+    if (self != nullptr && self->ctx != nullptr) {
+      self->ctx->Fail(msg);
+    } else {
+      NoteFailure(msg);
+    }
+  }
 }
 
 std::string Launch::Describe(const Actor& a) const {

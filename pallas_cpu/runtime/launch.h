@@ -17,6 +17,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "abi.h"
+#include "races.h"
 
 namespace pallas_cpu {
 
@@ -154,6 +156,21 @@ class Launch {
   // "core 1", "device 2", "device 2 core 1", or "" (one actor, one device).
   std::string ActorName(const Actor& a) const;
 
+  // -- race detection (the instrumented build; races.h) -----------------
+  // With the lock held throughout.  `races()` is null unless enabled.
+  void EnableRaces(bool raise_on_race);
+  RaceDetector* races() { return races_.get(); }
+  // An access of `window` by actor `self` (or, `dma` >= 0, by that DMA).
+  void RaceAccess(Actor* self, int32_t dma, const char* base,
+                  const std::vector<int64_t>& sizes,
+                  const std::vector<int64_t>& strides, int64_t elem_bytes,
+                  bool write, int64_t site, int64_t grid_index);
+  void NoteDmaStarter(int32_t dma, int64_t starter) {
+    dma_starters_[dma] = starter;
+  }
+  // The races found, formatted like TPU interpret mode's reports.
+  std::vector<RaceReport> TakeRaceReports() { return std::move(reports_); }
+
  private:
   // With the lock held: if every live actor is blocked on a wait nothing
   // can satisfy, fails every actor with a message naming each wait.
@@ -166,6 +183,9 @@ class Launch {
   bool Await(std::unique_lock<std::mutex>& lock, Ready&& ready,
              int64_t timeout_ms);
   std::string MissingDevices() const;
+  // A barrier completed: every actor's clock joins every other's.
+  void JoinAllClocks();
+  std::string DescribeAccess(const AccessRecord& a);
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -178,6 +198,10 @@ class Launch {
   int64_t entered_ = 0;
   int64_t exited_[2] = {0, 0};
   int64_t timeout_ms_ = 20000;
+  std::unique_ptr<RaceDetector> races_;
+  bool raise_on_race_ = false;
+  std::vector<RaceReport> reports_;
+  std::unordered_map<int32_t, int64_t> dma_starters_;
   std::atomic<bool> failed_{false};
   std::mutex first_mu_;
   std::string first_error_;

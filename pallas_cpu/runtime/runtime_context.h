@@ -52,6 +52,7 @@ struct Dma {
   int64_t site;       // FFI attribute `sites`: the kernel's source line
   int64_t grid_index;
   int64_t dst_actor;  // the launch's index of the actor owning `dst`
+  int32_t race_actor = -1;  // its actor in the race detector (races.h)
 };
 
 class Launch;

@@ -302,3 +302,47 @@ def test_a_remote_copy_to_a_device_outside_the_mesh_is_an_error():
 
   msg = _error_of(_sharded(lambda v: _hbm_call(kernel, v), mesh), _rows(n))
   assert "targets device 3 but the kernel runs on 2 devices" in msg
+
+
+# -- races across devices (the instrumented build) --------------------------------------
+@pytest.mark.parametrize("ordered", [False, True], ids=["racy", "barrier"])
+def test_remote_write_into_a_buffer_its_owner_reads(ordered):
+  """Each device reads its own scratch buffer while its left neighbour
+  copies into it: a race, unless a barrier orders the read before every
+  neighbour's copy starts."""
+  n = 4
+  mesh = mesh_of(n)
+
+  def kernel(x_ref, o_ref, buf, send, recv):
+    me = jax.lax.axis_index("x")
+    buf[...] = x_ref[...]
+    o_ref[...] = buf[...] * 2
+    if ordered:
+      barrier = pltpu.get_barrier_semaphore()
+      for nb in (jax.lax.rem(me + 1, n), jax.lax.rem(me + n - 1, n)):
+        pl.semaphore_signal(barrier, 1, device_id=(nb,), device_id_type=MESH)
+      pl.semaphore_wait(barrier, 2)
+    copy = pltpu.make_async_remote_copy(
+        x_ref, buf, send, recv, device_id=(jax.lax.rem(me + 1, n),),
+        device_id_type=MESH)
+    copy.start()
+    copy.wait()
+
+  def body(x):
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        scratch_shapes=[pltpu.VMEM(x.shape, x.dtype), pltpu.SemaphoreType.DMA,
+                        pltpu.SemaphoreType.DMA],
+        compiler_params=pltpu.CompilerParams(collective_id=0))(x)
+
+  x = _rows(n)
+  pallas_cpu.reset_races()
+  got = _compiled(_sharded(body, mesh), x, detect_races=True)
+  np.testing.assert_array_equal(got, np.asarray(x) * 2)
+  assert pallas_cpu.races_found() == (not ordered)
+  if not ordered:
+    sides = " | ".join(r.earlier + " | " + r.later
+                       for r in pallas_cpu.race_reports())
+    assert "the DMA that device" in sides
+    assert "of device" in pallas_cpu.race_reports()[0].buffer
+  pallas_cpu.reset_races()

@@ -35,7 +35,7 @@ FLOORS = [
     ["context", "fusion"],
     # kernel buffers (allocation, fills, semaphores, exit checks); refs
     # seen through width-changing bitcasts; shard_map devices
-    ["buffers", "bit_views", "devices"],
+    ["buffers", "bit_views", "devices", "race_hooks"],
     # the rule table (imports nothing of pallas_cpu)
     ["registry"],
     # the jaxpr walker and lower_fun: look rules up in the table

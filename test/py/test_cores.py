@@ -307,18 +307,22 @@ def _ordered(x, order, seed=0, kernel=_order_kernel, semantics="parallel"):
 def test_random_grid_order_shows_an_order_dependent_kernel():
   x = _x(8)  # 64 rows: 8 steps
   sequential = np.asarray(_ordered(x, "sequential"))[::8, 0]
-  np.testing.assert_array_equal(sequential, [-1, 0, 1, 2, 3, 4, 5, 6])
+  # (The dimension is split in two, as a megacore's two cores split it,
+  # even on one thread: the second half starts with the scratch's fill.)
+  np.testing.assert_array_equal(
+      sequential, [-1, 0, 1, 2, np.iinfo(np.int32).min, 4, 5, 6])
   shuffled = np.asarray(_ordered(x, "random", seed=3))[::8, 0]
   assert not np.array_equal(shuffled, sequential)
   # Each step but step 0 (which resets the record to -1) and the first to
-  # run (which sees the scratch's fill) saw the step run before it: distinct
-  # steps, each recorded once.
+  # run on each half (which sees the scratch's fill) saw the step run
+  # before it: distinct steps, each recorded once.
   seen = [int(v) for v in shuffled if v in range(8)]
-  assert len(seen) >= 6 and len(set(seen)) == len(seen)
+  assert len(seen) >= 5 and len(set(seen)) == len(seen)
   # The same seed gives the same order; "arbitrary" dimensions keep theirs.
   assert_same(_ordered(x, "random", seed=3)[::8, 0], jnp.asarray(shuffled))
-  assert_same(np.asarray(_ordered(x, "random", seed=3,
-                                  semantics="arbitrary"))[::8, 0], sequential)
+  np.testing.assert_array_equal(
+      np.asarray(_ordered(x, "random", seed=3, semantics="arbitrary"))[::8, 0],
+      [-1, 0, 1, 2, 3, 4, 5, 6])
 
 
 def test_random_grid_order_keeps_an_order_independent_kernel():

@@ -15,7 +15,7 @@ from jax._src.pallas.mosaic import core as tpu_core
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from jax._src.state import types as state_types
 from mlir import ir
-from mlir.dialects import arith, memref
+from mlir.dialects import arith
 
 from pallas_cpu import abi
 from pallas_cpu.lowering import buffers, devices, values, views
@@ -33,13 +33,6 @@ def _semaphore(ctx, sem):
     raise ValueError("pallas_cpu: a semaphore operation needs one semaphore; "
                      "index the semaphore array")
   return view
-
-
-def _unranked(view: ir.Value) -> ir.Value:
-  flat = views.space_cast(view, None)
-  t = ir.MemRefType(flat.type)
-  return memref.CastOp(ir.UnrankedMemRefType.get(t.element_type, None),
-                       flat).result
 
 
 def _core_axes(kctx) -> tuple:
@@ -76,7 +69,7 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
   send_view = _semaphore(ctx, src_sem) if src_sem is not None else sem_view
   elem = ir.MemRefType(src_view.memref.type).element_type
   kctx.call_runtime(abi.rt_dma_start(str(elem)), [
-      kctx.runtime_ctx, _unranked(src_view.memref), _unranked(dst_view.memref),
+      kctx.runtime_ctx, views.unranked(src_view.memref), views.unranked(dst_view.memref),
       _i64(np.dtype(src_view.dtype).itemsize), sem_view.memref,
       _i64(sem_view.sem_id), send_view.memref,
       _i64(send_view.sem_id if src_sem is not None else -1), device,

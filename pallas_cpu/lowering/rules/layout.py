@@ -480,6 +480,9 @@ def _masked_swap(ctx, *args, args_tree, **_):
     return memory_rules.swap(ctx, ref, val, *tr, tree=tr_tree)
   kctx = ctx.kernel
   view, key = memory_rules.apply_transforms(ctx, ref, tr_tree, tr)
+  # (A masked store reads the window to keep masked-off elements: the race
+  # detector sees the whole window written, as TPU interpret mode does.)
+  memory_rules.note_access(ctx, view, write=True)
   shape = tuple(view.shape)
   mask = broadcast(mask[0], shape)
   old = None

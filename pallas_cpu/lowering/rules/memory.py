@@ -16,7 +16,8 @@ from mlir import ir
 from mlir.dialects import arith, builtin, scf
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import bit_views, buffers, types, values, views
+from pallas_cpu.lowering import (bit_views, buffers, race_hooks, types,
+                                  values, views)
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering.context import Ref, scalar_of
 from pallas_cpu.lowering.registry import register
@@ -230,10 +231,24 @@ def _load_any(ctx, view, key) -> values.Value:
   return load(view, key)
 
 
+def note_access(ctx, view, *, write: bool) -> None:
+  """Tells the race-detecting build of a read or write of ``view``."""
+  if not race_hooks.enabled(ctx.kernel):
+    return
+  parts = ([p.ref for g in view.groups for p in g]
+           if isinstance(view, bit_views.BitView) else [view])
+  for part in parts:
+    name = buffers.describe_ref(ctx.kernel, part)
+    race_hooks.access(ctx.kernel, part.memref, part.dtype, write=write,
+                      what=f"{'write' if write else 'read'} of {name} at "
+                      f"{ctx.source}")
+
+
 @register(state_primitives.get_p)
 def get(ctx, ref, *idx, tree):
   """``ref[idx]`` (also the unmasked part of masked loads, rules/layout.py)."""
   view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
+  note_access(ctx, view, write=False)
   return _load_any(ctx, view, key)
 
 
@@ -257,7 +272,9 @@ def swap(ctx, ref, val, *idx, tree):
   view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
   old = None
   if ctx.outs_used[0]:
+    note_access(ctx, view, write=False)
     old = kctx.as_temp(_load_any(ctx, view, key))
+  note_access(ctx, view, write=True)
   if isinstance(view, bit_views.BitView):
     bit_views.store(ctx, view, val, reads_differently)
     return old
