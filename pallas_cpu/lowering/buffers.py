@@ -114,9 +114,10 @@ def _shared_ref(kctx: KernelContext, inner, root) -> Ref:
 # -- end-of-life checks (runtime/abi.h) -------------------------------------------------
 def semaphore_exit(kctx: KernelContext, buf: ir.Value, sem_id: int, *,
                    scoped: bool, grid_index: ir.Value) -> None:
-  """Reports a semaphore array's leftover counts and unwaited DMAs."""
+  """Reports a semaphore array's leftover counts and unwaited DMAs; a
+  scoped array is zeroed for its scope's next entry (also when unchecked)."""
   mode = abi.EXIT_CHECK_MODES[kctx.params.exit_checks]
-  if mode == abi.EXIT_CHECK_MODES["off"]:
+  if mode == abi.EXIT_CHECK_MODES["off"] and not scoped:
     return
   count = int(np.prod(ir.MemRefType(buf.type).shape, dtype=np.int64))
   kctx.call_runtime(abi.RT_SEM_EXIT, [

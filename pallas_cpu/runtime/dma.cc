@@ -480,6 +480,9 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
          << "): it was signalled more than it was waited for";
     }
     pallas_cpu::Report(ctx, mode, os.str());
+    // A scoped semaphore starts its next scope at zero (the kernel goes on
+    // after a warning).
+    if (scoped) *sem = 0;
     // The DMAs complete (as the hardware would) unless that is an error
     // anyway; either way they are forgotten with their semaphore.
     pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {

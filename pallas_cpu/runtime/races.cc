@@ -272,7 +272,7 @@ void RaceDetector::Access(
                    write, now, &found);
       }
     }
-    for (size_t d = rank - 1; d-- > 0;) {
+    for (size_t d = rank > 0 ? rank - 1 : 0; d-- > 0;) {  // the next row
       if (++idx[d] < sizes[d]) break;
       idx[d] = 0;
     }

@@ -224,3 +224,21 @@ def test_shipped_kernels_have_no_races():
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(mm, a @ b, rtol=1e-5, atol=1e-3)
   assert not pallas_cpu.races_found(), pallas_cpu.race_reports()
+
+
+def test_scalar_and_smem_accesses():
+  """Rank-0 windows (SMEM scalars, scalar prefetch) are accesses too."""
+  def kernel(n_ref, x_ref, o_ref, s_ref):
+    s_ref[0] = n_ref[0] * 2
+    o_ref[...] = x_ref[...] + s_ref[0].astype(jnp.float32)
+
+  x = _x(8)
+  with pallas_cpu.force_cpu_backend(RACES):
+    got = jax.jit(lambda n, x: pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        in_specs=[pl.BlockSpec(memory_space=pltpu.SMEM),
+                  pl.BlockSpec(memory_space=pltpu.VMEM)],
+        scratch_shapes=[pltpu.SMEM((1,), jnp.int32)])(n, x))(
+            jnp.array([3], jnp.int32), x)
+  assert_same(got, x + 6)
+  assert not pallas_cpu.races_found()

@@ -288,8 +288,8 @@ def swap(ctx, ref, val, *idx, tree):
 @register(pallas_primitives.run_scoped_p, barrier=True)
 def _run_scoped(ctx, *consts, jaxpr, collective_axes, ref_transforms=None,
                 **_):
-  """Scoped scratch: buffers refilled with the uninitialized value and
-  semaphores zero on every entry (storage itself is hoisted)."""
+  """Scoped scratch: buffers refilled with the uninitialized value on every
+  entry, semaphores zero (storage itself is hoisted)."""
   if collective_axes:
     raise NotImplementedError("pallas_cpu: run_scoped with collective_axes")
   if ref_transforms and any(ref_transforms):
@@ -299,9 +299,10 @@ def _run_scoped(ctx, *consts, jaxpr, collective_axes, ref_transforms=None,
   for i, v in enumerate(jaxpr.invars):
     name = f"run_scoped ref {i} at {ctx.source}"
     ref = buffers.allocate_ref(kctx, v.aval, ("scoped", id(v)), name)
-    if ref.sem_id is not None:  # zero again on each entry
-      kctx.store(kctx.constant(0, "int32"), ref.memref)
-      # Checked when the scope ends, not at kernel exit.
+    if ref.sem_id is not None:
+      # Zero at kernel entry, and checked (and zeroed in "warn"/"off"
+      # modes) when the scope ends -- not zeroed when it opens: another
+      # device may signal it before this one gets there (a barrier).
       buf = kctx.semaphore_arrays.pop(ref.sem_id)
       refs.append((ref, buf))
     else:
