@@ -346,3 +346,40 @@ def test_remote_write_into_a_buffer_its_owner_reads(ordered):
     assert "the DMA that device" in sides
     assert "of device" in pallas_cpu.race_reports()[0].buffer
   pallas_cpu.reset_races()
+
+
+@pytest.mark.parametrize("racy", [True, False], ids=["all_to_one", "permute"])
+def test_remote_copies_into_one_buffer(racy):
+  """Every device copies its block into the same rows of device 0's output
+  (a race between the copies), or into its right neighbour's (a
+  permutation: none) -- the verdict TPU interpret mode gives too."""
+  from jax._src.pallas.mosaic.interpret import (
+      interpret_pallas_call as tpu_interp)
+  n = 2
+
+  def kernel(x_ref, o_ref, send, recv):
+    me = jax.lax.axis_index("x")
+    target = 0 if racy else jax.lax.rem(me + 1, n)
+    copy = pltpu.make_async_remote_copy(x_ref, o_ref, send, recv,
+                                        device_id=(target,),
+                                        device_id_type=MESH)
+    copy.start()
+    copy.wait_send()
+    if racy:
+      @pl.when(me == 0)
+      def _():
+        for _ in range(n):  # every device's copy lands here
+          copy.wait_recv()
+    else:
+      copy.wait_recv()
+
+  f = _sharded(lambda v: _hbm_call(kernel, v), mesh_of(n))
+  x = _rows(n)
+  pallas_cpu.reset_races()
+  _compiled(f, x, detect_races=True)
+  found = pallas_cpu.races_found()
+  pallas_cpu.reset_races()
+  with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams(
+      detect_races=True)):
+    jax.block_until_ready(f(x))
+  assert found == tpu_interp.races.races_found == racy
