@@ -4,6 +4,7 @@
 [lo, hi) of that dimension, with its own scratch and semaphores (allocated
 by the entry it runs), registered with the runtime so other cores can
 signal them; the HBM operands are the device's, shared by every core."""
+import functools
 import os
 import sys
 
@@ -81,3 +82,33 @@ def test_random_grid_order():
           dimension_semantics=("parallel", "arbitrary"), grid_order="random",
           seed=7))(x)
   print(lower_text(fn, jnp.ones((32, 256), jnp.float32)))
+
+
+# An HBM scratch buffer of a mesh kernel is the device's, shared by its
+# cores: not a per-core alloc but one more entry argument (a byte buffer the
+# runtime allocates once per device), viewed with its type in "hbm"; core 0
+# fills it before the cores meet.  The VMEM scratch stays per core.
+# CHECK-LABEL: TEST: test_shared_hbm_scratch
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]*]]: !llvm.ptr, %[[LO:[^:]*]]: i64, %{{.*}}: i64, %{{.*}}: memref<16x128xf32, "hbm"> {{.*}}, %{{.*}}: memref<16x128xf32, "hbm"> {{.*}}, %[[SHARED:.*]]: memref<8192xi8, "hbm">)
+# CHECK-DAG: memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
+# CHECK-DAG: memref.view %[[SHARED]][%{{.*}}][] : memref<8192xi8, "hbm"> to memref<16x128xf32, "hbm">
+# CHECK: %[[CORE0:.*]] = arith.cmpi eq, %[[LO]], %c0_i64
+# CHECK: scf.if %[[CORE0]] {
+# CHECK: linalg.fill {{.*}} outs(%{{.*}} : memref<16x128xf32, "hbm">)
+# CHECK: call @pallas_cpu_rt_enter(%[[RT]])
+# CHECK: pallas_cpu.runtime_info = {{.*}}\22shared_buffers\22: [8192]
+@run_test
+def test_shared_hbm_scratch():
+  @functools.partial(
+      pl.kernel, out_type=jax.ShapeDtypeStruct((16, 128), jnp.float32),
+      mesh=MESH, scratch_types=[pltpu.VMEM((8, 128), jnp.float32),
+                                pltpu.HBM((16, 128), jnp.float32)])
+  def kernel(x_hbm, o_hbm, buf, shared):
+    c = jax.lax.axis_index("core")
+    pltpu.sync_copy(x_hbm.at[pl.ds(c * 8, 8)], buf)
+    pltpu.sync_copy(buf, shared.at[pl.ds(c * 8, 8)])
+    pltpu.sync_copy(shared.at[pl.ds(c * 8, 8)], o_hbm.at[pl.ds(c * 8, 8)])
+  text = lower_text(kernel, X)
+  body, _, attrs = text.partition("func.func @pallas_cpu_entry")
+  print("func.func @pallas_cpu_entry" + attrs)
+  print(body)
