@@ -46,6 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, "") and str(ROOT) not in sys.path:
   sys.path.append(str(ROOT))
 
+# The collectives cases need several devices; XLA fixes the host device
+# count when JAX starts (single-device timings are the same either way).
+_DEVICES = "--xla_force_host_platform_device_count=8"
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS",
+                                                                  ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                             + _DEVICES).strip()
+
 import numpy as np  # noqa: E402
 import jax  # noqa: E402
 

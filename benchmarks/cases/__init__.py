@@ -17,6 +17,7 @@ FAMILIES = (
     "dma",          # manual double buffering
     "cores",        # TensorCore meshes: multi-core scaling
     "races",        # race detection: the instrumented build's cost
+    "collectives",  # remote DMAs across 8 devices vs lax collectives
     "overhead",     # per-grid-step cost: empty and tiny steps
 )
 

@@ -24,7 +24,7 @@ from jax.experimental.pallas import tpu as pltpu
 import numpy as np
 import pytest
 
-import collectives as C
+from pallas_cpu.examples import collectives as C
 from conftest import mesh_1d
 
 # The backends every test runs on: pallas_cpu's compiled kernels
