@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.cases.common import (KERNEL_TARGETS, library_builder,
-                                     library_case, random_inputs)
+from benchmarks.cases.common import (KERNEL_TARGETS, RACE_RATIOS,
+                                     RACE_TARGETS, library_builder,
+                                     library_case, race_variants,
+                                     random_inputs)
 from benchmarks.registry import Case, Probe, register
 
 
@@ -48,7 +50,8 @@ def _flash_reference(q, k, v):
                           sm_scale=1.0 / math.sqrt(q.shape[-1]))
 
 
-def _flash_case(seq: int, heads: int = 4) -> Case:
+def _flash_case(seq: int, heads: int = 4, races: bool = False) -> Case:
+  """``races``: also the race-detection variants (race_variants)."""
   blk = min(FLASH_BLOCK, seq)
   steps = heads * (seq // blk) ** 2
   pseq = 1024
@@ -61,7 +64,11 @@ def _flash_case(seq: int, heads: int = 4) -> Case:
           f"(1, {heads}, {seq // blk}, {seq // blk}); reference mha_reference"),
       make_inputs=lambda: _flash_inputs(heads, seq),
       build=_flash_builder(seq), reference=_flash_reference,
-      grid_steps=steps, targets={"cpu/xla": ("<=", 2.0)},
+      grid_steps=steps,
+      targets={"cpu/xla": ("<=", 2.0), **(RACE_TARGETS if races else {})},
+      variants=(race_variants(functools.partial(_flash_call, seq=seq))
+                if races else {}),
+      variant_ratios=RACE_RATIOS if races else {},
       rtol=1e-4, atol=1e-4,
       # Probe: 1 head, seq 1024: same blocks, fewer steps.
       probe=Probe(_flash_builder(pseq), lambda: _flash_inputs(1, pseq),
@@ -69,7 +76,7 @@ def _flash_case(seq: int, heads: int = 4) -> Case:
       quick=False)
 
 
-register(_flash_case(1024))
+register(_flash_case(1024, races=True))
 register(_flash_case(4096))
 
 
@@ -165,7 +172,9 @@ def _paged_reference(q, k_pages, v_pages, lengths, page_indices):
     make_inputs=_paged_inputs, reference=_paged_reference,
     grid_steps=PAGED_BATCH * PAGED_KV_HEADS * (
         PAGED_PAGES_PER_SEQ // PAGED_PAGES_PER_BLOCK),
-    targets=dict(KERNEL_TARGETS), rtol=1e-4, atol=1e-4, quick=False)
+    targets={**KERNEL_TARGETS, **RACE_TARGETS},
+    variants=race_variants(lambda *a: _paged_call(*a)),
+    variant_ratios=RACE_RATIOS, rtol=1e-4, atol=1e-4, quick=False)
 def _paged_call(q, k_pages, v_pages, lengths, page_indices):
   from jax.experimental.pallas.ops.tpu.paged_attention import (
       paged_attention_kernel as paged)

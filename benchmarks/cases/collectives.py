@@ -14,13 +14,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from jax.experimental.pallas import tpu as pltpu
-
-import pallas_cpu
-from pallas_cpu import testing
 from pallas_cpu.examples import collectives as C
 
-from benchmarks.cases.common import library_case
+from benchmarks.cases.common import (RACE_RATIOS, RACE_TARGETS,
+                                     library_case, race_variants)
 
 N = 8
 _NO_REMOTE = "interpret=True has no remote DMAs (device_id)"
@@ -47,25 +44,6 @@ def _inputs(rows: int, cols: int):
           % 1024 * 0.5,)
 
 
-def _race_variants(collective):
-  """The compiled kernel plain and instrumented, and TPU interpret mode
-  with its race detector, on the same shard_map."""
-  fn = _shard_map(collective, collective.local)
-
-  def under(mode):
-    def call(x):
-      with mode():
-        return fn(x)
-    return call
-  return {
-      "plain": lambda: under(pallas_cpu.force_cpu_backend),
-      "races": lambda: under(lambda: pallas_cpu.force_cpu_backend(
-          pallas_cpu.CompilerParams(detect_races=True))),
-      "tpu_races": lambda: under(lambda: pltpu.force_tpu_interpret_mode(
-          pltpu.InterpretParams(detect_races=True))),
-  }
-
-
 def _register(kind: str, rows: int, cols: int, realistic: bool):
   mesh = _mesh()
   collective = (C.build_all_gather(mesh) if kind == "all_gather"
@@ -81,12 +59,11 @@ def _register(kind: str, rows: int, cols: int, realistic: bool):
                  targets={"cpu/xla": ("<=", 2.0)})
   else:
     extra = dict(skip={"interpret": _NO_REMOTE},
-                 variants=_race_variants(collective),
-                 variant_ratios={"races/plain": ("races", "plain"),
-                                 "tpu_races/races": ("tpu_races", "races")},
+                 variants=race_variants(
+                     _shard_map(collective, collective.local)),
+                 variant_ratios=RACE_RATIOS,
                  targets={"tpu-interpret/cpu": (">=", 100.0),
-                          "races/plain": ("<=", 5.0),
-                          "tpu_races/races": (">=", 50.0)})
+                          **RACE_TARGETS})
   library_case(
       name=name,
       description=(f"the distributed guide's {what}: remote DMAs between 8 "

@@ -85,3 +85,28 @@ def library_case(**fields) -> Callable[[Callable], Callable]:
     register(Case(build=library_builder(fields["name"], call), **fields))
     return call
   return decorate
+
+
+# Race detection's cost (issue #12): the same library call compiled plain
+# and instrumented, and under TPU interpret mode's race detector.
+RACE_RATIOS = {"races/plain": ("races", "plain"),
+               "tpu_races/races": ("tpu_races", "races")}
+RACE_TARGETS = {"races/plain": ("<=", 5.0), "tpu_races/races": (">=", 50.0)}
+
+
+def race_variants(call: Callable) -> dict:
+  """Variants of a case: ``call`` compiled (plain), compiled with
+  ``CompilerParams(detect_races=True)`` (races), and in TPU interpret mode
+  with ``InterpretParams(detect_races=True)`` (tpu_races)."""
+  def under(mode):
+    def fn(*args):
+      with mode():
+        return call(*args)
+    return fn
+  return {
+      "plain": lambda: under(pallas_cpu.force_cpu_backend),
+      "races": lambda: under(lambda: pallas_cpu.force_cpu_backend(
+          pallas_cpu.CompilerParams(detect_races=True))),
+      "tpu_races": lambda: under(lambda: pltpu.force_tpu_interpret_mode(
+          pltpu.InterpretParams(detect_races=True))),
+  }

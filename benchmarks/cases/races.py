@@ -15,10 +15,10 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-import pallas_cpu
 from pallas_cpu import testing
 
-from benchmarks.cases.common import tpu_params
+from benchmarks.cases.common import (RACE_RATIOS, RACE_TARGETS, race_variants,
+                                     tpu_params)
 from benchmarks.cases.matmul import matmul_kernel
 from benchmarks.registry import case
 
@@ -39,21 +39,10 @@ def _matmul(x, y):
       compiler_params=tpu_params("parallel", "parallel", "arbitrary"))(x, y)
 
 
-def _in(mode):
-  """``_matmul`` traced inside ``mode`` (a context manager factory)."""
-  def fn(x, y):
-    with mode():
-      return _matmul(x, y)
-  return fn
-
-
 def _inputs():
   rng = np.random.default_rng(0)
   return (rng.standard_normal((SIZE, SIZE), np.float32),
           rng.standard_normal((SIZE, SIZE), np.float32))
-
-
-_RACES = pallas_cpu.CompilerParams(detect_races=True)
 
 
 @case(name="races_matmul_512",
@@ -65,16 +54,10 @@ _RACES = pallas_cpu.CompilerParams(detect_races=True)
                    "reference jnp.dot"),
       make_inputs=_inputs, reference=lambda x, y: jnp.dot(x, y),
       grid_steps=(SIZE // BLOCK) ** 3, rtol=1e-4, atol=2e-3, quick=False,
-      variants={
-          "plain": lambda: _in(pallas_cpu.force_cpu_backend),
-          "races": lambda: _in(lambda: pallas_cpu.force_cpu_backend(_RACES)),
-          "tpu_races": lambda: _in(lambda: pltpu.force_tpu_interpret_mode(
-              pltpu.InterpretParams(detect_races=True))),
-      },
-      variant_ratios={"races/plain": ("races", "plain"),
-                      "tpu_races/races": ("tpu_races", "races")},
-      # The roadmap's budget for the instrumented build; interpret mode's
-      # detector scans every access's history in Python.
-      targets={"races/plain": ("<=", 5.0), "tpu_races/races": (">=", 10.0)})
+      variants=race_variants(_matmul), variant_ratios=RACE_RATIOS,
+      # The issue's budget for the instrumented build (ThreadSanitizer's
+      # own is 5-15x); interpret mode's detector scans every access's
+      # history in Python.
+      targets=RACE_TARGETS)
 def _races_matmul(backend):
   return testing.on_backend(_matmul, backend)

@@ -123,9 +123,7 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
     ctx = RuleContext(kctx, eqn, [a.aval for a in eqn.invars],
                       [v.aval for v in eqn.outvars], line,
                       [counts.get(v, 0) > 0 for v in eqn.outvars])
-    # (The race-detecting build keeps every ref access a rule of its own.)
-    match = (None if kctx.params.detect_races
-             else fusion.match_dot_accumulate(jaxpr, i, users))
+    match = fusion.match_dot_accumulate(jaxpr, i, users)
     if match is not None:
       swap = jaxpr.eqns[match.fused[1]]
       ctx.accumulate_into = fusion.AccumulateTarget(

@@ -44,9 +44,8 @@ void RaceDetector::AddBuffer(char* base, int64_t nbytes, int64_t elem_bytes,
   b.name = std::move(name);
   b.ncells = (nbytes + elem_bytes - 1) / elem_bytes;
   const int64_t chunks = (b.ncells + kChunk - 1) / kChunk;
-  b.cells.assign(b.ncells, Cell{});
-  b.rep.assign(chunks, Cell{});
-  b.uniform.assign(chunks, 1);
+  b.pages.clear();
+  b.pages.resize((chunks + kPageChunks - 1) / kPageChunks);
   b.shared.clear();
 }
 
@@ -190,16 +189,22 @@ void RaceDetector::Check(Buffer& b, Cell& c, int64_t key, int64_t lo,
 }
 
 void RaceDetector::Split(Buffer& b, int64_t chunk) {
+  Page& page = b.PageOf(chunk);
+  const int64_t k = chunk % kPageChunks;
+  if (page.cells == nullptr) {
+    page.cells = std::make_unique<Cell[]>(kPageChunks * kChunk);
+  }
+  std::fill(page.cells.get() + k * kChunk, page.cells.get() + (k + 1) * kChunk,
+            page.rep[k]);
   const int64_t lo = chunk * kChunk;
   const int64_t hi = std::min(lo + kChunk, b.ncells);
-  std::fill(b.cells.begin() + lo, b.cells.begin() + hi, b.rep[chunk]);
   auto it = b.shared.find(~chunk);
   if (it != b.shared.end()) {
     std::vector<AccessRecord> readers = std::move(it->second);
     b.shared.erase(it);
     for (int64_t i = lo; i < hi; ++i) b.shared[i] = readers;
   }
-  b.uniform[chunk] = 0;
+  page.uniform[k] = 0;
 }
 
 void RaceDetector::CheckRange(Buffer& b, int64_t lo, int64_t hi,
@@ -209,25 +214,29 @@ void RaceDetector::CheckRange(Buffer& b, int64_t lo, int64_t hi,
     const int64_t chunk = k / kChunk;
     const int64_t first = chunk * kChunk;
     const int64_t last = std::min(first + kChunk, b.ncells) - 1;
+    Page& page = b.PageOf(chunk);
+    const int64_t c = chunk % kPageChunks;
     if (k == first && hi >= last) {  // the whole chunk
-      if (b.uniform[chunk]) {
-        Check(b, b.rep[chunk], ~chunk, first, last, actor, write, now, found);
+      if (page.uniform[c]) {
+        Check(b, page.rep[c], ~chunk, first, last, actor, write, now, found);
       } else {
+        Cell* cells = page.cells.get() + c * kChunk;
         for (int64_t i = first; i <= last; ++i) {
-          Check(b, b.cells[i], i, i, i, actor, write, now, found);
+          Check(b, cells[i - first], i, i, i, actor, write, now, found);
         }
         if (write) {  // every cell now holds this write, and no reads
-          b.rep[chunk] = b.cells[first];
-          b.uniform[chunk] = 1;
+          page.rep[c] = cells[0];
+          page.uniform[c] = 1;
         }
       }
       k = last + 1;
       continue;
     }
-    if (b.uniform[chunk]) Split(b, chunk);
+    if (page.uniform[c]) Split(b, chunk);
+    Cell* cells = page.cells.get() + c * kChunk;
     const int64_t stop = std::min(hi, last);
     for (; k <= stop; ++k) {
-      Check(b, b.cells[k], k, k, k, actor, write, now, found);
+      Check(b, cells[k - first], k, k, k, actor, write, now, found);
     }
   }
 }

@@ -19,7 +19,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <algorithm>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <tuple>
@@ -96,20 +98,33 @@ class RaceDetector {
   // Cells come in chunks of kChunk; a chunk whose cells all hold the same
   // state keeps it once (`rep`), so an access that covers whole chunks --
   // a block's row -- checks and updates one state per chunk, not per
-  // element (the range fast path).
+  // element (the range fast path).  Chunks come in pages of kPageChunks,
+  // allocated when first touched, their cells when a chunk first splits:
+  // a large operand the kernel reads a few pages of (paged attention's KV
+  // cache) costs a pointer per page.
   static constexpr int64_t kChunk = 64;
+  static constexpr int64_t kPageChunks = 64;
+  struct Page {
+    Cell rep[kPageChunks];
+    uint8_t uniform[kPageChunks];
+    std::unique_ptr<Cell[]> cells;  // kPageChunks * kChunk, once split
+    Page() { std::fill(uniform, uniform + kPageChunks, 1); }
+  };
   struct Buffer {
     char* base;
     int64_t nbytes;
     int64_t elem_bytes;
     std::string name;
     int64_t ncells = 0;
-    std::vector<Cell> cells;      // valid where the chunk is not uniform
-    std::vector<Cell> rep;        // per chunk: the state of a uniform chunk
-    std::vector<uint8_t> uniform;
+    std::vector<std::unique_ptr<Page>> pages;
     // Elements read concurrently by several actors: every reader's last
     // read; keyed by cell, or by ~chunk for a uniform chunk's state.
     std::unordered_map<int64_t, std::vector<AccessRecord>> shared;
+    Page& PageOf(int64_t chunk) {
+      auto& p = pages[chunk / kPageChunks];
+      if (p == nullptr) p = std::make_unique<Page>();
+      return *p;
+    }
   };
   // What one access found: by (kind, the other access's site), the cells
   // and the other access.

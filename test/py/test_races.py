@@ -344,3 +344,41 @@ def test_fuzzed_wait_placement(late, order, mode):
   assert found == any(late)
   if not any(late):
     assert_same(got, x)
+
+
+def test_a_fused_dot_accumulation_is_an_access_too():
+  """``o_ref[...] += jnp.dot(...)`` is fused into the matmul microkernel
+  (lowering/fusion.py); its write still reaches the detector: over a
+  parallel dimension split on two cores, a race."""
+  def kernel(x_ref, w_ref, o_ref):
+    @pl.when(pl.program_id(0) == 0)
+    def _():
+      o_ref[...] = jnp.zeros_like(o_ref)
+    o_ref[...] += jnp.dot(x_ref[...], w_ref[...],
+                          preferred_element_type=jnp.float32)
+
+  def build(x):
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((128, 128), x.dtype),
+        grid=(4,),
+        in_specs=[pl.BlockSpec((128, 128), lambda i: (i, 0)),
+                  pl.BlockSpec((128, 128), lambda i: (0, 0))],
+        out_specs=pl.BlockSpec((128, 128), lambda i: (0, 0)),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel",)))(x, x[:128])
+
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((512, 128)),
+                  jnp.float32)
+  text = pallas_cpu.lower(build, x, params=pallas_cpu.CompilerParams(
+      detect_races=True)).as_text("kernel")
+  assert "pallas_cpu_rt_matmul" in text  # the fused path
+  for cores, racy in ((2, True), (1, False)):
+    got, found = _compiled(build, x, pallas_cpu.CompilerParams(
+        detect_races=True, num_cores=cores))
+    assert found == racy
+    if racy:
+      assert any("output 0" in r.buffer for r in pallas_cpu.race_reports())
+    else:
+      np.testing.assert_allclose(
+          got, (x.reshape(4, 128, 128) @ x[:128]).sum(0), rtol=1e-4,
+          atol=1e-3)

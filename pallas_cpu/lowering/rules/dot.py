@@ -27,7 +27,7 @@ from mlir.dialects import arith, memref, scf
 from pallas_cpu import abi
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.memory import apply_transforms
+from pallas_cpu.lowering.rules.memory import apply_transforms, note_access
 from pallas_cpu.lowering.rules.reductions import (
     accumulator_dtype, emit_generic, fill, result)
 from pallas_cpu.lowering.scalars import convert
@@ -226,6 +226,8 @@ def _accumulator_view(ctx, target, lhs, rhs) -> ir.Value | None:
     return None
   target.flush(view.root)
   target.accepted = True
+  # The fused swap writes the view (its get already read it).
+  note_access(ctx, view, write=True)
   return view.memref
 
 
