@@ -82,23 +82,9 @@ StridedWindow Contiguous(char* base, const std::vector<int64_t>& sizes) {
   return w;
 }
 
-// Copies the data and signals the semaphore.  Throws std::bad_alloc when
-// an overlapping copy cannot get its staging buffer.
-void Execute(Launch* launch, Dma& dma) {
-  if (launch->races() != nullptr) {
-    // The DMA's own actor reads the source and writes the destination,
-    // ordered after its start and before the waits on its completion.
-    launch->RaceAccess(nullptr, dma.race_actor, dma.src.base, dma.src.sizes,
-                       dma.src.strides, dma.elem_bytes, false, dma.site,
-                       dma.grid_index);
-    launch->RaceAccess(nullptr, dma.race_actor, dma.dst.base, dma.dst.sizes,
-                       dma.dst.strides, dma.elem_bytes, true, dma.site,
-                       dma.grid_index);
-    launch->races()->CompleteDma(dma.race_actor, dma.sem);
-    if (dma.send_sem != nullptr) {
-      launch->races()->CompleteDma(dma.race_actor, dma.send_sem);
-    }
-  }
+// Copies a DMA's data (no launch state touched).  Throws std::bad_alloc
+// when an overlapping copy cannot get its staging buffer.
+void CopyData(const Dma& dma) {
   const int64_t n = dma.src.NumElements();
   if (dma.src.sizes.empty()) {
     std::memmove(dma.dst.base, dma.src.base, dma.elem_bytes);
@@ -116,9 +102,53 @@ void Execute(Launch* launch, Dma& dma) {
       CopyRec(dma.src, dma.dst, 0, dma.src.base, dma.dst.base, dma.elem_bytes);
     }
   }
+}
+
+// Copies of at least this many bytes release the launch's lock while they
+// run, so the devices and cores of a launch copy in parallel.
+constexpr int64_t kUnlockedCopyBytes = 64 * 1024;
+
+// Runs a DMA: its race-detector accesses, the copy, then the signals of its
+// semaphores.  With `lock` (the launch's, held), a large copy runs with the
+// lock released: the DMA is `busy` meanwhile -- no one else runs it, and
+// queues wait before dropping it.  Throws std::bad_alloc (see CopyData).
+void Execute(Launch* launch, Dma& dma,
+             std::unique_lock<std::mutex>* lock = nullptr) {
+  if (launch->races() != nullptr) {
+    // The DMA's own actor reads the source and writes the destination,
+    // ordered after its start and before the waits on its completion.
+    launch->RaceAccess(nullptr, dma.race_actor, dma.src.base, dma.src.sizes,
+                       dma.src.strides, dma.elem_bytes, false, dma.site,
+                       dma.grid_index);
+    launch->RaceAccess(nullptr, dma.race_actor, dma.dst.base, dma.dst.sizes,
+                       dma.dst.strides, dma.elem_bytes, true, dma.site,
+                       dma.grid_index);
+    launch->races()->CompleteDma(dma.race_actor, dma.sem);
+    if (dma.send_sem != nullptr) {
+      launch->races()->CompleteDma(dma.race_actor, dma.send_sem);
+    }
+  }
+  if (lock != nullptr &&
+      dma.src.NumElements() * dma.elem_bytes >= kUnlockedCopyBytes) {
+    dma.busy = true;
+    lock->unlock();
+    try {
+      CopyData(dma);
+    } catch (...) {
+      lock->lock();
+      dma.busy = false;
+      launch->Notify();
+      throw;
+    }
+    lock->lock();
+    dma.busy = false;
+  } else {
+    CopyData(dma);
+  }
   *dma.sem += dma.units;
   if (dma.send_sem != nullptr) *dma.send_sem += dma.units;
   dma.landed = true;
+  launch->Notify();
 }
 
 // Calls fn(queue) for the DMA queue of every actor of ctx's launch still in
@@ -133,17 +163,20 @@ void ForEachQueue(PallasCpuRuntimeContext* ctx, Fn&& fn) {
 
 // Runs the newest pending DMA signalling `sem` (its write's or, for a
 // remote one, its read's completion); false if there is none.
-bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem) {
-  bool ran = false;
+bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem,
+                      std::unique_lock<std::mutex>* lock) {
+  Dma* next = nullptr;
   ForEachQueue(ctx, [&](std::deque<Dma>& q) {
-    for (size_t i = q.size(); !ran && i-- > 0;) {
-      if (!q[i].landed && (q[i].sem == sem || q[i].send_sem == sem)) {
-        Execute(ctx->launch, q[i]);
-        ran = true;
+    for (size_t i = q.size(); next == nullptr && i-- > 0;) {
+      if (!q[i].landed && !q[i].busy &&
+          (q[i].sem == sem || q[i].send_sem == sem)) {
+        next = &q[i];
       }
     }
   });
-  return ran;
+  if (next == nullptr) return false;
+  Execute(ctx->launch, *next, lock);
+  return true;
 }
 
 // A wait took `value` from `sem`: the oldest landed DMAs on it are waited
@@ -202,6 +235,17 @@ void Guarded(PallasCpuRuntimeContext* ctx, const char* what, Fn&& fn) {
 
 }  // namespace
 
+void WaitForIdleDmas(PallasCpuRuntimeContext* ctx,
+                     std::unique_lock<std::mutex>& lock) {
+  ctx->launch->WaitUntil(lock, [&] {
+    bool busy = false;
+    ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+      for (const Dma& d : q) busy = busy || d.busy;
+    });
+    return !busy;
+  });
+}
+
 int64_t StridedWindow::NumElements() const {
   int64_t n = 1;
   for (int64_t s : sizes) n *= s;
@@ -233,7 +277,8 @@ extern "C" void pallas_cpu_rt_dma_start(
             0,
             0,
             0,
-            false,
+            /*landed=*/false,
+            /*busy=*/false,
             site,
             grid_index,
             self->index};
@@ -276,7 +321,7 @@ extern "C" void pallas_cpu_rt_dma_start(
           static_cast<int32_t>(self->index));
       ctx->launch->NoteDmaStarter(started.race_actor, self->index);
     }
-    if (mode == 0) pallas_cpu::Execute(ctx->launch, ctx->dmas.back());
+    if (mode == 0) pallas_cpu::Execute(ctx->launch, ctx->dmas.back(), &lock);
   });
   ctx->launch->Notify();
 }
@@ -308,7 +353,7 @@ extern "C" int32_t pallas_cpu_rt_sem_wait(PallasCpuRuntimeContext* ctx,
   pallas_cpu::Guarded(ctx, "a semaphore wait", [&] {
     pallas_cpu::WaitState wait{counter, value, sem_id, offset, grid_index};
     ok = ctx->launch->Wait(lock, ctx->actor, wait, [&] {
-      return pallas_cpu::RunOnePendingFor(ctx, counter);
+      return pallas_cpu::RunOnePendingFor(ctx, counter, &lock);
     });
     if (!ok) return;
     *counter -= value;
@@ -421,6 +466,7 @@ extern "C" void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
                                           int64_t base, int64_t nbytes,
                                           int64_t site, int64_t grid_index) {
   auto lock = ctx->launch->Lock();
+  pallas_cpu::WaitForIdleDmas(ctx, lock);  // none is dropped mid-copy
   const char* lo = reinterpret_cast<const char*>(base);
   const int64_t me = ctx->actor->index;
   pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
@@ -455,6 +501,7 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
                                        int64_t sem_id, int64_t scoped,
                                        int64_t mode, int64_t grid_index) {
   auto lock = ctx->launch->Lock();
+  pallas_cpu::WaitForIdleDmas(ctx, lock);  // none is dropped mid-copy
   auto* sems = reinterpret_cast<int32_t*>(base);
   const char* when = scoped ? "the end of its run_scoped scope" : "kernel exit";
   for (int64_t i = 0; i < count; ++i) {
@@ -534,6 +581,7 @@ extern "C" void pallas_cpu_rt_kernel_exit(PallasCpuRuntimeContext* ctx,
   // Semaphores the kernel does not own (operands) are not checked one by
   // one; a DMA still tracked here signalled one of them.
   auto lock = ctx->launch->Lock();
+  pallas_cpu::WaitForIdleDmas(ctx, lock);  // none is dropped mid-copy
   auto& q = ctx->dmas;
   while (!q.empty()) {
     Dma& dma = q.front();

@@ -229,6 +229,7 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     // a run that failed part-way, and its buffers are gone: drop it.
     {
       auto lock = launch->Lock();
+      WaitForIdleDmas(&ctx, lock);  // another actor may be copying one
       ctx.dmas.clear();
     }
     launch->Finish(launch->actor(slot, c));

@@ -113,6 +113,14 @@ class Launch {
   bool Wait(std::unique_lock<std::mutex>& lock, Actor* self,
             const WaitState& wait, RunPending&& run_pending);
 
+  // Sleeps (the lock held by `lock`) until `ready()` or a failure.
+  template <typename Ready>
+  void WaitUntil(std::unique_lock<std::mutex>& lock, Ready&& ready) {
+    while (!ready() && !Failed()) {
+      cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+  }
+
   // Kernel entry: the actor has allocated and registered its semaphores
   // and buffers; in a coupled launch, returns once every actor has (or one
   // failed) -- the cores of a TPU, and the devices of a collective, start a

@@ -49,6 +49,7 @@ struct Dma {
   int32_t unwaited;       // units of the write's completion not yet waited
   int32_t send_unwaited;  // units of the read's completion not yet waited
   bool landed = false;
+  bool busy = false;  // being copied, the launch's lock released meanwhile
   int64_t site;       // FFI attribute `sites`: the kernel's source line
   int64_t grid_index;
   int64_t dst_actor;  // the launch's index of the actor owning `dst`
@@ -57,6 +58,11 @@ struct Dma {
 
 class Launch;
 struct Actor;
+
+// Returns once no DMA of ctx's launch is being copied outside the lock
+// (before a queue drops DMAs).  `lock` holds the launch's lock.
+void WaitForIdleDmas(PallasCpuRuntimeContext* ctx,
+                     std::unique_lock<std::mutex>& lock);
 
 // Makes `ctx` the context of allocations on this thread while alive.
 class ScopedContext {
