@@ -113,12 +113,11 @@ class Launch {
   bool Wait(std::unique_lock<std::mutex>& lock, Actor* self,
             const WaitState& wait, RunPending&& run_pending);
 
-  // Sleeps (the lock held by `lock`) until `ready()` or a failure.
+  // Sleeps (the lock held by `lock`) until `ready()` -- also after a
+  // failure: for conditions that always come true soon (a copy ending).
   template <typename Ready>
   void WaitUntil(std::unique_lock<std::mutex>& lock, Ready&& ready) {
-    while (!ready() && !Failed()) {
-      cv_.wait_for(lock, std::chrono::milliseconds(50));
-    }
+    while (!ready()) cv_.wait_for(lock, std::chrono::milliseconds(50));
   }
 
   // Kernel entry: the actor has allocated and registered its semaphores
