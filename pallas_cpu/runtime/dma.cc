@@ -18,7 +18,8 @@
 // memory or passing silently.
 #include <algorithm>
 #include <cstring>
-#include <deque>
+#include <iterator>
+#include <list>
 #include <new>
 #include <sstream>
 #include <utility>
@@ -166,11 +167,11 @@ void ForEachQueue(PallasCpuRuntimeContext* ctx, Fn&& fn) {
 bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem,
                       std::unique_lock<std::mutex>* lock) {
   Dma* next = nullptr;
-  ForEachQueue(ctx, [&](std::deque<Dma>& q) {
-    for (size_t i = q.size(); next == nullptr && i-- > 0;) {
-      if (!q[i].landed && !q[i].busy &&
-          (q[i].sem == sem || q[i].send_sem == sem)) {
-        next = &q[i];
+  ForEachQueue(ctx, [&](std::list<Dma>& q) {
+    for (auto it = q.rbegin(); next == nullptr && it != q.rend(); ++it) {
+      if (!it->landed && !it->busy &&
+          (it->sem == sem || it->send_sem == sem)) {
+        next = &*it;
       }
     }
   });
@@ -182,7 +183,7 @@ bool RunOnePendingFor(PallasCpuRuntimeContext* ctx, int32_t* sem,
 // A wait took `value` from `sem`: the oldest landed DMAs on it are waited
 // for (as far as the value goes) and forgotten once both their halves are.
 void Consume(PallasCpuRuntimeContext* ctx, int32_t* sem, int32_t value) {
-  ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+  ForEachQueue(ctx, [&](std::list<Dma>& q) {
     for (auto it = q.begin(); it != q.end() && value > 0;) {
       int32_t* left = it->sem == sem        ? &it->unwaited
                       : it->send_sem == sem ? &it->send_unwaited
@@ -239,7 +240,7 @@ void WaitForIdleDmas(PallasCpuRuntimeContext* ctx,
                      std::unique_lock<std::mutex>& lock) {
   ctx->launch->WaitUntil(lock, [&] {
     bool busy = false;
-    ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+    ForEachQueue(ctx, [&](std::list<Dma>& q) {
       for (const Dma& d : q) busy = busy || d.busy;
     });
     return !busy;
@@ -469,7 +470,7 @@ extern "C" void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
   pallas_cpu::WaitForIdleDmas(ctx, lock);  // none is dropped mid-copy
   const char* lo = reinterpret_cast<const char*>(base);
   const int64_t me = ctx->actor->index;
-  pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+  pallas_cpu::ForEachQueue(ctx, [&](std::list<Dma>& q) {
     for (auto it = q.begin(); it != q.end();) {
       // A remote DMA from this actor writes elsewhere; one from another
       // actor reads elsewhere.
@@ -507,7 +508,7 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
   for (int64_t i = 0; i < count; ++i) {
     int32_t* sem = sems + i;
     const Dma* first = nullptr;
-    pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+    pallas_cpu::ForEachQueue(ctx, [&](std::list<Dma>& q) {
       for (const Dma& d : q) {
         if (first == nullptr && (d.sem == sem || d.send_sem == sem)) {
           first = &d;
@@ -532,7 +533,7 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
     if (scoped) *sem = 0;
     // The DMAs complete (as the hardware would) unless that is an error
     // anyway; either way they are forgotten with their semaphore.
-    pallas_cpu::ForEachQueue(ctx, [&](std::deque<Dma>& q) {
+    pallas_cpu::ForEachQueue(ctx, [&](std::list<Dma>& q) {
       for (auto it = q.begin(); it != q.end();) {
         if (it->sem != sem && it->send_sem != sem) {
           ++it;

@@ -4,7 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -94,8 +94,10 @@ struct PallasCpuRuntimeContext {
   // The logical id of the device this instance runs on (shard_map).
   int64_t device = 0;
 
-  // DMAs started and not yet waited for, in start order.
-  std::deque<pallas_cpu::Dma> dmas;
+  // DMAs started and not yet waited for, in start order.  A list: a DMA
+  // being copied with the launch's lock released (busy) must stay where
+  // it is while others are erased.
+  std::list<pallas_cpu::Dma> dmas;
 
   // Kernel-exit findings reported as warnings (exit checks in "warn" mode).
   std::vector<std::string> warnings;
