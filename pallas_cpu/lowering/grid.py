@@ -192,8 +192,8 @@ class BlockWindow:
     kind = "output" if self.is_output else "input"
     race_hooks.access(
         self.kctx, window, self.dtype, write=write,
-        what=f"{'write-back' if write else 'copy-in'} of the block of "
-        f"{kind} {self.bm.origin}")
+        what=f"grid pipeline: {'write-back' if write else 'copy-in'} of "
+        f"the {kind} block of {self.bm.origin!r}")
 
   def _valid_regions(self):
     """(array window, padded-buffer window) of the in-bounds part."""

@@ -395,7 +395,8 @@ extern "C" void pallas_cpu_rt_buffer_register(PallasCpuRuntimeContext* ctx,
     ctx->launch->races()->AddBuffer(
         p, nbytes, elem_bytes,
         (site >= 0 ? ctx->Site(site) : std::string("a kernel buffer")) +
-            (who.empty() ? "" : " of " + who));
+            (who.empty() ? "" : " of " + who),
+        /*fresh=*/true);
   }
 }
 

@@ -216,7 +216,11 @@ std::string Launch::DescribeAccess(const AccessRecord& a) {
   std::ostringstream os;
   auto who = [&](int64_t actor) {
     std::string name = ActorName(actors_[actor]);
-    return name.empty() ? std::string("the kernel") : name;
+    if (!name.empty()) return name;
+    // The chunks of a parallel grid dimension are the cores it is split
+    // over (CompilerParams(num_cores)).
+    return cores_ > 1 ? "core " + std::to_string(actors_[actor].core)
+                      : std::string("the kernel");
   };
   if (races_->IsDma(a.actor)) {
     auto it = dma_starters_.find(a.actor);

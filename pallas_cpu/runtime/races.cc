@@ -34,8 +34,20 @@ RaceDetector::RaceDetector(int64_t actors)
 }
 
 void RaceDetector::AddBuffer(char* base, int64_t nbytes, int64_t elem_bytes,
-                             std::string name) {
+                             std::string name, bool fresh) {
   if (nbytes <= 0 || elem_bytes <= 0) return;
+  // A fresh buffer replaces whatever freed buffer overlapped it.
+  if (fresh) {
+    auto it = buffers_.lower_bound(base);
+    if (it != buffers_.begin()) --it;
+    while (it != buffers_.end() && it->first < base + nbytes) {
+      if (it->first + it->second.nbytes > base) {
+        it = buffers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   Buffer& b = buffers_[base];
   if (b.base == base && b.nbytes >= nbytes) return;  // shared by cores
   b.base = base;

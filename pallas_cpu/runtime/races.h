@@ -59,9 +59,12 @@ class RaceDetector {
   explicit RaceDetector(int64_t actors);
 
   // A buffer accesses may touch: [base, base + nbytes) of `elem_bytes`
-  // elements, called `name` in reports.
+  // elements, called `name` in reports.  An operand is added by every
+  // core of its device (kept once); a kernel allocation is `fresh`: its
+  // memory may be an earlier actor's freed buffer, whose history it must
+  // not inherit.
   void AddBuffer(char* base, int64_t nbytes, int64_t elem_bytes,
-                 std::string name);
+                 std::string name, bool fresh = false);
   void RemoveBuffer(char* base);
 
   // Synchronization.
