@@ -117,22 +117,20 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     }
   }
   DescriptorTable table;
-  // (element bytes, name) of every operand, for the race detector.
-  std::vector<std::pair<int64_t, std::string>> operand_names;
+  // Element bytes of every operand, for the race detector.
+  std::vector<int64_t> elem_bytes;
   for (size_t i = 0; i < n_args; ++i) {
     auto buf = args.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
     table.Add(buf->untyped_data(), buf->dimensions(), buf->size_bytes());
-    operand_names.emplace_back(ffi::ByteWidth(buf->element_type()),
-                               "input " + std::to_string(i));
+    elem_bytes.push_back(ffi::ByteWidth(buf->element_type()));
   }
   for (size_t i = 0; i < rets.size(); ++i) {
     auto buf = rets.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
     table.Add((*buf)->untyped_data(), (*buf)->dimensions(),
               (*buf)->size_bytes());
-    operand_names.emplace_back(ffi::ByteWidth((*buf)->element_type()),
-                               "output " + std::to_string(i));
+    elem_bytes.push_back(ffi::ByteWidth((*buf)->element_type()));
   }
 
   // HBM buffers the cores of a mesh kernel share: allocated once for this
@@ -150,7 +148,7 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     }
     table.Add(shared.back().get(), std::vector<int64_t>{nbytes},
               static_cast<size_t>(nbytes));
-    operand_names.emplace_back(1, "a shared HBM buffer");
+    elem_bytes.push_back(1);
   }
 
   // A kernel with a parallel grid dimension runs it in contiguous chunks,
@@ -202,17 +200,24 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
   launch->Attach(slot, actors);
   {
     auto lock = launch->Lock();
-    for (int64_t c = 0; c < chunks; ++c) {
-      launch->actor(slot, c)->regions = table.regions();
+    if (collective != 0) {  // remote DMAs name buffers by region
+      for (int64_t c = 0; c < chunks; ++c) {
+        launch->actor(slot, c)->regions = table.regions();
+      }
     }
     if (RaceDetector* races = launch->races()) {
       const auto& regions = table.regions();
       for (size_t r = 0; r < regions.size(); ++r) {
-        races->AddBuffer(regions[r].base, regions[r].nbytes,
-                         operand_names[r].first,
-                         operand_names[r].second +
-                             (devices ? " of device " + std::to_string(device)
-                                      : std::string()));
+        const int64_t n_in = static_cast<int64_t>(n_args);
+        const int64_t i = static_cast<int64_t>(r);
+        std::string name =
+            i < n_in ? "input " + std::to_string(i)
+            : i < n_in + static_cast<int64_t>(rets.size())
+                ? "output " + std::to_string(i - n_in)
+                : std::string("a shared HBM buffer");
+        if (devices) name += " of device " + std::to_string(device);
+        races->AddBuffer(regions[r].base, regions[r].nbytes, elem_bytes[r],
+                         std::move(name));
       }
     }
   }
