@@ -73,6 +73,12 @@ def rt_matmul(a: str, b: str) -> str:
 
 # -- enumerations passed as integers ------------------------------------------
 DMA_MODES = {"eager": 0, "on_wait": 1}        # pallas_cpu_rt_dma_start `mode`
+# pallas_cpu_rt_dma_start `add` (PallasCpuDmaAdd): overwrite, or accumulate
+# in the arithmetic of the element type (integers of any width and
+# signedness: DMA_ADD_INT, wrapping).
+DMA_COPY = 0
+DMA_ADD_FLOAT = {"float32": 1, "float64": 2, "bfloat16": 3, "float16": 4}
+DMA_ADD_INT = 5
 EXIT_CHECK_MODES = {"error": 0, "warn": 1, "off": 2}  # "Lifetime checks"
 # FFI attribute `detect_races`: off, report races, or fail the call.
 RACE_MODES = {None: 0, "report": 1, "raise": 2}

@@ -108,6 +108,13 @@ def subview(src: ir.Value, offsets: Sequence[Index], sizes: Sequence[Index],
   t = ir.MemRefType(src.type)
   rank = t.rank
   steps = list(steps) if steps is not None else [1] * rank
+  # The step of a window of one element is immaterial; left in, it makes
+  # the stride of that kept unit dimension differ from the source's, and
+  # MLIR cannot then tell which unit dimensions a rank-reducing subview
+  # drops (x_ref.at[i, pl.ds(j, 1, stride=3), :] aborted in
+  # SubViewOp::getDroppedDims).
+  steps = [1 if isinstance(n, int) and n == 1 else s
+           for s, n in zip(steps, sizes)]
   src_strides = types.memref_strides(t)
   static_offsets, dyn_offsets = [], []
   for o in offsets:

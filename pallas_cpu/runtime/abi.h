@@ -168,14 +168,27 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_exit_barrier(PallasCpuRuntimeContext* ctx,
 // destination window and `sem` are taken as the same buffer and semaphore
 // of the same core on that device, and the send semaphore (`send_sem_id`
 // >= 0) of the sender is signalled when the read is done.  `site` names the
-// start's source line (FFI attribute `sites`).
+// start's source line (FFI attribute `sites`).  `add` (a PallasCpuDmaAdd)
+// makes it an accumulating DMA (`start(add=True)`): each destination
+// element becomes destination + source, in the element type's arithmetic;
+// accumulating DMAs run under the launch's lock, so concurrent ones into the
+// same destination (from other cores or devices) each add all of theirs.
 // ---------------------------------------------------------------------------
+enum PallasCpuDmaAdd : int64_t {
+  kPallasCpuDmaCopy = 0,    // overwrite (add=False)
+  kPallasCpuDmaAddF32 = 1,  // IEEE add, round to nearest even
+  kPallasCpuDmaAddF64 = 2,
+  kPallasCpuDmaAddBf16 = 3,  // added in f32, rounded to nearest even
+  kPallasCpuDmaAddF16 = 4,   // added in f32, rounded to nearest even
+  kPallasCpuDmaAddInt = 5,   // two's complement, wrapping (signed and
+                             // unsigned alike), `elem_bytes` wide
+};
 PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
     PallasCpuRuntimeContext* ctx, int64_t src_rank, void* src_desc,
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int32_t* send_alloc,
     int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
-    int64_t device, int64_t mode, int64_t regular, int64_t site,
+    int64_t device, int64_t mode, int64_t regular, int64_t add, int64_t site,
     int64_t grid_index);
 
 // ---------------------------------------------------------------------------

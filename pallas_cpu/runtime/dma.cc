@@ -17,6 +17,7 @@
 // exit, are reported with the DMA's source line instead of touching freed
 // memory or passing silently.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <iterator>
 #include <list>
@@ -83,9 +84,158 @@ StridedWindow Contiguous(char* base, const std::vector<int64_t>& sizes) {
   return w;
 }
 
+// -- accumulating DMAs (add=True) ---------------------------------------------
+template <typename T>
+T LoadAs(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <typename T>
+void StoreAs(char* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+float Bf16ToF32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  return LoadAs<float>(reinterpret_cast<const char*>(&bits));
+}
+
+uint16_t F32ToBf16(float f) {  // round to nearest even; NaNs stay quiet NaNs
+  uint32_t u = LoadAs<uint32_t>(reinterpret_cast<const char*>(&f));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float F16ToF32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {
+    float v = std::ldexp(static_cast<float>(m), -24);  // zero or subnormal
+    return sign ? -v : v;
+  }
+  uint32_t bits = e == 31 ? sign | 0x7f800000u | (m << 13)
+                          : sign | ((e + 112u) << 23) | (m << 13);
+  return LoadAs<float>(reinterpret_cast<const char*>(&bits));
+}
+
+uint16_t F32ToF16(float value) {  // round to nearest even (F. Giesen's)
+  const uint32_t f32_inf = 255u << 23, f16_max = (127u + 16u) << 23;
+  const uint32_t denorm_magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+  uint32_t f = LoadAs<uint32_t>(reinterpret_cast<const char*>(&value));
+  uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  uint16_t o;
+  if (f >= f16_max) {
+    o = f > f32_inf ? 0x7e00 : 0x7c00;  // NaN stays NaN, overflow is inf
+  } else if (f < (113u << 23)) {  // a subnormal f16 (or zero)
+    float fv = LoadAs<float>(reinterpret_cast<const char*>(&f)) +
+               LoadAs<float>(reinterpret_cast<const char*>(&denorm_magic));
+    o = static_cast<uint16_t>(
+        LoadAs<uint32_t>(reinterpret_cast<const char*>(&fv)) - denorm_magic);
+  } else {
+    uint32_t odd = (f >> 13) & 1u;
+    f -= 112u << 23;  // rebias the exponent
+    f += 0xfffu + odd;
+    o = static_cast<uint16_t>(f >> 13);
+  }
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+
+// dst += src for one element of each kind.
+struct AddF32 {
+  void operator()(char* d, const char* s) const {
+    StoreAs(d, LoadAs<float>(d) + LoadAs<float>(s));
+  }
+};
+struct AddF64 {
+  void operator()(char* d, const char* s) const {
+    StoreAs(d, LoadAs<double>(d) + LoadAs<double>(s));
+  }
+};
+struct AddBf16 {
+  void operator()(char* d, const char* s) const {
+    StoreAs(d, F32ToBf16(Bf16ToF32(LoadAs<uint16_t>(d)) +
+                         Bf16ToF32(LoadAs<uint16_t>(s))));
+  }
+};
+struct AddF16 {
+  void operator()(char* d, const char* s) const {
+    StoreAs(d, F32ToF16(F16ToF32(LoadAs<uint16_t>(d)) +
+                        F16ToF32(LoadAs<uint16_t>(s))));
+  }
+};
+template <typename U>  // an unsigned type: wrapping two's complement
+struct AddInt {
+  void operator()(char* d, const char* s) const {
+    StoreAs(d, static_cast<U>(LoadAs<U>(d) + LoadAs<U>(s)));
+  }
+};
+
+template <typename Op>
+void AddRec(const StridedWindow& src, const StridedWindow& dst, size_t dim,
+            const char* s, char* d, int64_t elem_bytes, Op op) {
+  const int64_t n = src.sizes[dim];
+  const int64_t ss = src.strides[dim] * elem_bytes;
+  const int64_t ds = dst.strides[dim] * elem_bytes;
+  if (dim + 1 == src.sizes.size()) {
+    for (int64_t i = 0; i < n; ++i) op(d + i * ds, s + i * ss);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    AddRec(src, dst, dim + 1, s + i * ss, d + i * ds, elem_bytes, op);
+  }
+}
+
+template <typename Op>
+void AddWindows(const StridedWindow& src, const StridedWindow& dst,
+                int64_t elem_bytes, Op op) {
+  if (src.sizes.empty()) {
+    op(dst.base, src.base);
+  } else {
+    AddRec(src, dst, 0, src.base, dst.base, elem_bytes, op);
+  }
+}
+
+void AddWindows(const StridedWindow& src, const StridedWindow& dst,
+                int64_t elem_bytes, int64_t kind) {
+  switch (kind) {
+    case kPallasCpuDmaAddF32: return AddWindows(src, dst, elem_bytes, AddF32{});
+    case kPallasCpuDmaAddF64: return AddWindows(src, dst, elem_bytes, AddF64{});
+    case kPallasCpuDmaAddBf16:
+      return AddWindows(src, dst, elem_bytes, AddBf16{});
+    case kPallasCpuDmaAddF16: return AddWindows(src, dst, elem_bytes, AddF16{});
+    default:
+      switch (elem_bytes) {
+        case 1: return AddWindows(src, dst, elem_bytes, AddInt<uint8_t>{});
+        case 2: return AddWindows(src, dst, elem_bytes, AddInt<uint16_t>{});
+        case 4: return AddWindows(src, dst, elem_bytes, AddInt<uint32_t>{});
+        default: return AddWindows(src, dst, elem_bytes, AddInt<uint64_t>{});
+      }
+  }
+}
+
 // Copies a DMA's data (no launch state touched).  Throws std::bad_alloc
 // when an overlapping copy cannot get its staging buffer.
 void CopyData(const Dma& dma) {
+  if (dma.add != kPallasCpuDmaCopy) {
+    const int64_t n = dma.src.NumElements();
+    if (n == 0) return;
+    Extent s = ExtentOf(dma.src, dma.elem_bytes);
+    Extent d = ExtentOf(dma.dst, dma.elem_bytes);
+    if (!dma.src.sizes.empty() && s.lo <= d.hi && d.lo <= s.hi) {
+      // Overlapping windows: the source as it was before any element is
+      // added, as for a copy.
+      std::vector<char> staging(n * dma.elem_bytes);
+      StridedWindow tmp = Contiguous(staging.data(), dma.src.sizes);
+      CopyRec(dma.src, tmp, 0, dma.src.base, tmp.base, dma.elem_bytes);
+      AddWindows(tmp, dma.dst, dma.elem_bytes, dma.add);
+    } else {
+      AddWindows(dma.src, dma.dst, dma.elem_bytes, dma.add);
+    }
+    return;
+  }
   const int64_t n = dma.src.NumElements();
   if (dma.src.sizes.empty()) {
     std::memmove(dma.dst.base, dma.src.base, dma.elem_bytes);
@@ -129,7 +279,9 @@ void Execute(Launch* launch, Dma& dma,
       launch->races()->CompleteDma(dma.race_actor, dma.send_sem);
     }
   }
-  if (lock != nullptr &&
+  // (An accumulating DMA keeps the lock: its read-modify-write of the
+  // destination is atomic towards every other DMA and core.)
+  if (lock != nullptr && dma.add == kPallasCpuDmaCopy &&
       dma.src.NumElements() * dma.elem_bytes >= kUnlockedCopyBytes) {
     dma.busy = true;
     lock->unlock();
@@ -263,7 +415,7 @@ extern "C" void pallas_cpu_rt_dma_start(
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int32_t* send_alloc,
     int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
-    int64_t device, int64_t mode, int64_t regular, int64_t site,
+    int64_t device, int64_t mode, int64_t regular, int64_t add, int64_t site,
     int64_t grid_index) {
   (void)sem_alloc;
   (void)send_alloc;
@@ -310,6 +462,7 @@ extern "C" void pallas_cpu_rt_dma_start(
       dma.dst_actor = target->index;
       if (send_sem_id >= 0) dma.send_sem = send_sem + send_offset;
     }
+    dma.add = add;
     dma.units = regular ? 1
                         : static_cast<int32_t>(dma.src.NumElements() *
                                                elem_bytes);
@@ -560,11 +713,11 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
       int32_t* sem_alloc, int32_t* sem, int64_t sem_offset, int64_t sem_id,   \
       int32_t* send_alloc, int32_t* send_sem, int64_t send_offset,            \
       int64_t send_sem_id, int64_t device, int64_t mode, int64_t regular,     \
-      int64_t site, int64_t grid_index) {                                     \
+      int64_t add, int64_t site, int64_t grid_index) {                        \
     pallas_cpu_rt_dma_start(ctx, src_rank, src_desc, dst_rank, dst_desc,      \
                             elem_bytes, sem_alloc, sem, sem_offset, sem_id,   \
                             send_alloc, send_sem, send_offset, send_sem_id,   \
-                            device, mode, regular, site, grid_index);         \
+                            device, mode, regular, add, site, grid_index);    \
   }
 PALLAS_CPU_DMA_START_FOR(f16)
 PALLAS_CPU_DMA_START_FOR(bf16)

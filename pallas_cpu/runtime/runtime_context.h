@@ -54,6 +54,9 @@ struct Dma {
   int64_t grid_index;
   int64_t dst_actor;  // the launch's index of the actor owning `dst`
   int32_t race_actor = -1;  // its actor in the race detector (races.h)
+  // add=True: the element arithmetic that accumulates the source into the
+  // destination (DmaAdd in abi.h); kDmaCopy overwrites.
+  int64_t add = 0;
 };
 
 class Launch;

@@ -25,7 +25,7 @@ def _call(kernel, scratch):
 
 
 # CHECK-LABEL: TEST: test_dma_start_and_wait
-# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_sem_wait(!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> i32
 # CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[X:.*]]: memref<64x128xf32, "hbm">
 # CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
@@ -37,8 +37,9 @@ def _call(kernel, scratch):
 # CHECK: %[[DST_U:.*]] = memref.cast {{.*}} to memref<*xf32>
 # The element size (4 bytes), the semaphore and its id, no send semaphore
 # (-1) nor target device (-1: a local copy), the on_wait mode (1), a DMA
-# semaphore (0: completion counts bytes) and the start's site id (0):
-# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}
+# semaphore (0: completion counts bytes), a copy (0: not add=True) and the
+# start's site id (0):
+# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}
 # The wait is for the 8x128xf32 destination's 4096 bytes:
 # CHECK: %[[BYTES:.*]] = arith.constant 4096 : i32
 # CHECK: call @pallas_cpu_rt_sem_wait(%[[RT]], %{{.*}}, %[[BYTES]],
@@ -68,6 +69,21 @@ def test_semaphore_signal_wait_read():
     o_ref[...] = jnp.full((8, 128), pl.semaphore_read(sems.at[2]),
                           jnp.float32)
   print(lower_text(_call(kernel, [pltpu.SemaphoreType.REGULAR((3,))]), X))
+
+
+# CHECK-LABEL: TEST: test_add_flag
+# add=True on bf16 elements: the runtime's bf16 accumulation (3), after the
+# DMA-semaphore flag (0), before the site id:
+# CHECK: call @pallas_cpu_rt_dma_start_bf16({{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c3_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) :
+@run_test
+def test_add_flag():
+  def kernel(x_hbm, o_hbm, sem):
+    pltpu.async_copy(x_hbm, o_hbm, sem, add=True).wait()
+  x = jnp.ones((8, 128), jnp.bfloat16)
+  print(lower_text(lambda x: pallas_cpu.pallas_call(
+      kernel, out_shape=x, in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
+      out_specs=pl.BlockSpec(memory_space=pl.ANY),
+      scratch_shapes=[pltpu.SemaphoreType.DMA])(x), x))
 
 
 # CHECK-LABEL: TEST: test_eager_mode_flag

@@ -5,7 +5,8 @@ barrier semaphores), through the C++ runtime (runtime/dma.cc).
 A DMA passes its source and destination windows as unranked memrefs, so one
 runtime entry point per element type copies between any two strided views;
 completion signals the semaphore with the bytes copied, and a wait
-decrements, as in TPU interpret mode."""
+decrements, as in TPU interpret mode.  ``start(add=True)`` accumulates into
+the destination instead (``_add_kind``)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -44,8 +45,6 @@ def _core_axes(kctx) -> tuple:
 @register(tpu_primitives.dma_start_p, barrier=True)
 def _dma_start(ctx, *args, tree, device_id_type, priority, add):
   src, dst, sem, src_sem, device_id = tree.unflatten(args)
-  if add:
-    raise NotImplementedError("pallas_cpu: DMA with add=True")
   kctx = ctx.kernel
   src_view, _ = view_of(ctx, src)
   dst_view, _ = view_of(ctx, dst)
@@ -53,6 +52,7 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
     raise ValueError(f"pallas_cpu: DMA from {src_view.shape} {src_view.dtype} "
                      f"to {dst_view.shape} {dst_view.dtype}: shapes and dtypes "
                      "must match")
+  add_kind = _add_kind(dst_view.dtype) if add else abi.DMA_COPY
   sem_view = _semaphore(ctx, sem)
   _, _, sem_aval, _, _ = tree.unflatten(ctx.avals_in)
   # A remote copy (device_id given) lands in the same buffer of the same
@@ -74,9 +74,29 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
       _i64(sem_view.sem_id), send_view.memref,
       _i64(send_view.sem_id if src_sem is not None else -1), device,
       _i64(abi.DMA_MODES[kctx.params.dma_execution_mode]),
-      _i64(0 if _is_dma_semaphore(sem_aval) else 1),
+      _i64(0 if _is_dma_semaphore(sem_aval) else 1), _i64(add_kind),
       _i64(kctx.site(f"DMA start at {ctx.source}")), kctx.grid_index()])
   return []
+
+
+def _add_kind(dtype) -> int:
+  """The runtime's arithmetic for ``start(add=True)``: each destination
+  element becomes ``dst + src`` in the element type (floats rounded to
+  nearest even, 16-bit ones added in f32 as XLA adds them; integers wrap).
+
+  Mosaic's TensorCore lowering rejects add=True in this JAX (the SparseCore
+  one takes it for indexed gathers/scatters only), interpret=True's
+  discharge rule raises NotImplementedError, and TPU interpret mode ignores
+  the flag (it overwrites): the meaning here is the one the flag names, an
+  accumulating copy, checked against ``dst + src`` computed by jnp."""
+  dtype = np.dtype(dtype)
+  if dtype.name in abi.DMA_ADD_FLOAT:
+    return abi.DMA_ADD_FLOAT[dtype.name]
+  if np.issubdtype(dtype, np.integer):
+    return abi.DMA_ADD_INT
+  raise NotImplementedError(
+      f"pallas_cpu: DMA with add=True of {dtype} elements (supported: "
+      "float32, float64, bfloat16, float16 and integers)")
 
 
 def _is_dma_semaphore(aval) -> bool:
