@@ -25,6 +25,7 @@ RUNTIME_INFO_ATTR = "pallas_cpu.runtime_info"
 # code"); the functions that take a memref of one element type carry it in
 # their name -----------------------------------------------------------------
 RT_FAILED = "pallas_cpu_rt_failed"
+RT_BLOCK_INDEX = "pallas_cpu_rt_block_index"
 RT_BLOCK_OUT_OF_BOUNDS = "pallas_cpu_rt_block_out_of_bounds"
 RT_INDEX_OUT_OF_BOUNDS = "pallas_cpu_rt_index_out_of_bounds"
 RT_OUTPUT_BLOCK_CHANGED = "pallas_cpu_rt_output_block_changed"

@@ -263,6 +263,11 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
       root = (*root, "copy")
     windows.append(BlockWindow(kctx, i, arr, bm, root, is_output=is_output,
                                n_inputs=n_in, private=private))
+    # The kernel's parameter name, as interpret mode names the operand in
+    # its errors.
+    names = jaxpr.debug_info.arg_names if jaxpr.debug_info else None
+    windows[-1].arg_name = (names[n_index + i] if names and
+                            n_index + i < len(names) else "unknown")
 
   # Per output window, the element offset of the previous step's block.
   i64 = ir.IntegerType.get_signless(64)
@@ -491,9 +496,13 @@ def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
   if_op = scf.IfOp(changed)
   with ir.InsertionPoint(if_op.then_block):
     output = w.operand_index - (w.n_inputs)
+    # The output's geometry, for the message (abi.h): array dims; block
+    # dims, 0 for a squeezed one.
+    geometry = (",".join(str(d.array_size) for d in w.dims) + ";" + ",".join(
+        str(d.size if d.kind == "blocked" else 0) for d in w.dims))
     kctx.call_runtime(abi.RT_OUTPUT_BLOCK_CHANGED, [
         kctx.runtime_ctx, arith.constant(i64, output), offset,
-        kctx.grid_index()])
+        arith.constant(i64, kctx.site(geometry)), kctx.grid_index()])
     memref.store(offset, last, [])
     scf.YieldOp([])
 
@@ -511,13 +520,22 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
     bad = _or(cmpi("slt", s, views.as_index(0)), cmpi("sge", s, limit))
     if_op = scf.IfOp(bad)
     with ir.InsertionPoint(if_op.then_block):
-      args = [kctx.runtime_ctx]
-      for x in (w.operand_index, dim):
-        args.append(arith.constant(i64, x))
-      args.append(arith.index_cast(i64, s))
-      args.append(arith.constant(i64, d.size))
-      args.append(arith.constant(i64, d.array_size))
-      kctx.call_runtime(abi.RT_BLOCK_OUT_OF_BOUNDS, args)
+      # The whole block index first (the message names it as interpret
+      # mode does), then this dimension's window.
+      for k, (dk, sk) in enumerate(zip(w.dims, starts)):
+        sk = views.as_index(sk)
+        if dk.kind == "blocked":
+          sk = arith.divsi(sk, views.as_index(dk.size))
+        kctx.call_runtime(abi.RT_BLOCK_INDEX, [
+            kctx.runtime_ctx, arith.constant(i64, k), arith.index_cast(i64, sk)])
+      kind = "output" if w.is_output else "input"
+      k = w.operand_index - (w.n_inputs if w.is_output else 0)
+      site = kctx.site(f'{kind} "{w.arg_name}"\toperand {w.operand_index}'
+                       f'\t{kind} {k}')
+      kctx.call_runtime(abi.RT_BLOCK_OUT_OF_BOUNDS, [
+          kctx.runtime_ctx, arith.constant(i64, site), arith.constant(i64, dim),
+          arith.index_cast(i64, s), arith.constant(i64, d.size),
+          arith.constant(i64, d.array_size), kctx.grid_index()])
       scf.YieldOp([])
     true = arith.constant(ir.IntegerType.get_signless(1), 1)
     ok = _and(ok, arith.xori(bad, true))

@@ -64,29 +64,42 @@ PALLAS_CPU_EXPORT int64_t pallas_cpu_rt_num_registered_kernels(void);
 // Called from generated code.
 // ---------------------------------------------------------------------------
 
-// A block index map produced a window outside its operand.  The grid point
-// is skipped and the custom call fails with a message naming the operand.
-PALLAS_CPU_EXPORT void pallas_cpu_rt_block_out_of_bounds(PallasCpuRuntimeContext* ctx,
-                                       int64_t operand, int64_t dim,
-                                       int64_t start, int64_t size,
-                                       int64_t limit);
+// Error messages start with TPU interpret mode's own words for the same
+// error ("Out-of-bounds block index (2, 0) for input "x_ref" in iteration
+// (2,)", "Out-of-bounds read of ...", "Revisited block ... of output 0 in
+// iteration (2,)"), so tests that match on them pass on either; our detail
+// follows.
+//
+// A block index map produced a window outside its operand: generated code
+// first passes the block index, one pallas_cpu_rt_block_index per
+// dimension, then the failing dimension's window.  `site` (FFI attribute
+// `sites`) reads `input "x_ref"<TAB>operand 0<TAB>input 0` (interpret
+// mode's name, then ours).  The grid point is skipped and the call fails.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_block_index(PallasCpuRuntimeContext* ctx,
+                                                 int64_t dim, int64_t index);
+PALLAS_CPU_EXPORT void pallas_cpu_rt_block_out_of_bounds(
+    PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
+    int64_t size, int64_t limit, int64_t grid_index);
 
 // Returns 1 once any error has been recorded for this call.
 PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx);
 
 // A dynamic ref index left its ref: reported; the generated code clamps the
-// index so that no access leaves the buffer.
+// index so that no access leaves the buffer.  `site` reads `Out-of-bounds
+// read of input 0 'x_ref'<TAB><source line>` (swap, masked swap, write...).
 PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
-    PallasCpuRuntimeContext* ctx, int64_t dim, int64_t start, int64_t size,
-    int64_t limit, int64_t grid_index);
+    PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
+    int64_t size, int64_t limit, int64_t grid_index);
 
 // The block of output `output` (identified by the element offset of its
 // window) differs from the previous grid step's.  Revisiting a block that
 // an earlier, non-adjacent step wrote is an error, as in interpret mode: on
-// a TPU the earlier write-back would be lost.
+// a TPU the earlier write-back would be lost.  `site` gives the output's
+// geometry for the message: `<array dims>;<block dims>`, comma-separated,
+// a squeezed block dimension as 0.
 PALLAS_CPU_EXPORT void pallas_cpu_rt_output_block_changed(
     PallasCpuRuntimeContext* ctx, int64_t output, int64_t block_offset,
-    int64_t grid_index);
+    int64_t site, int64_t grid_index);
 
 // pl.debug_print: records the raw bits of its scalar operands (a rank-1
 // i64 memref); printed through the Python printer when the call ends.

@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <cstdio>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "abi.h"
 #include "launch.h"
@@ -128,6 +131,13 @@ std::string PallasCpuRuntimeContext::GridPoint(int64_t linear) const {
   return os.str();
 }
 
+std::string PallasCpuRuntimeContext::Iteration(int64_t linear) const {
+  std::string g = GridPoint(linear);  // "grid point (i, j)"
+  std::string t = g.substr(g.find('('));
+  if (kernel->grid.size() == 1) t.insert(t.size() - 1, ",");
+  return t;
+}
+
 std::string PallasCpuRuntimeContext::SemaphoreName(int64_t sem_id,
                                                    int64_t offset) const {
   std::ostringstream os;
@@ -142,23 +152,68 @@ std::string PallasCpuRuntimeContext::SemaphoreName(int64_t sem_id,
   return os.str();
 }
 
-extern "C" void pallas_cpu_rt_block_out_of_bounds(PallasCpuRuntimeContext* ctx,
-                                                  int64_t operand, int64_t dim,
-                                                  int64_t start, int64_t size,
-                                                  int64_t limit) {
+namespace {
+// "a<TAB>b" -> {"a", "b"}.
+std::pair<std::string, std::string> SplitTab(const std::string& s) {
+  size_t tab = s.find('\t');
+  if (tab == std::string::npos) return {s, ""};
+  return {s.substr(0, tab), s.substr(tab + 1)};
+}
+
+std::vector<int64_t> ParseInts(const std::string& s) {
+  std::vector<int64_t> out;
+  std::istringstream is(s);
+  std::string item;
+  while (std::getline(is, item, ',')) {
+    if (!item.empty()) out.push_back(std::strtoll(item.c_str(), nullptr, 10));
+  }
+  return out;
+}
+}  // namespace
+
+extern "C" void pallas_cpu_rt_block_index(PallasCpuRuntimeContext* ctx,
+                                          int64_t dim, int64_t index) {
+  if (dim < 0) return;
+  if (ctx->block_index.size() <= static_cast<size_t>(dim)) {
+    ctx->block_index.resize(dim + 1);
+  }
+  ctx->block_index[dim] = index;
+}
+
+extern "C" void pallas_cpu_rt_block_out_of_bounds(
+    PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
+    int64_t size, int64_t limit, int64_t grid_index) {
+  auto [name, rest] = SplitTab(ctx->Site(site));
+  auto [operand, which] = SplitTab(rest);
   std::ostringstream os;
-  os << "block window out of bounds: operand " << operand << ", dimension "
-     << dim << ": window [" << start << ", " << start + size
-     << ") does not start inside [0, " << limit << ")";
+  // TPU interpret mode: 'Out-of-bounds block index (2, 0) for input "x_ref"
+  // in iteration (2,) on device 0 (core 0): reading [...] ...'.
+  os << "Out-of-bounds block index (";
+  const auto& idx = ctx->block_index;
+  for (size_t d = 0; d < idx.size(); ++d) {
+    os << (d ? ", " : "") << idx[d];
+  }
+  os << (idx.size() == 1 ? ",)" : ")") << " for " << name << " in iteration "
+     << ctx->Iteration(grid_index) << ": block window out of bounds: "
+     << operand << ", dimension " << dim << ": window [" << start << ", "
+     << start + size << ") does not start inside [0, " << limit << ") ("
+     << which << ", at " << ctx->GridPoint(grid_index) << ")";
+  ctx->block_index.clear();
   ctx->Fail(os.str());
 }
 
 extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
-                                                  int64_t dim, int64_t start,
-                                                  int64_t size, int64_t limit,
+                                                  int64_t site, int64_t dim,
+                                                  int64_t start, int64_t size,
+                                                  int64_t limit,
                                                   int64_t grid_index) {
+  auto [what, where] = SplitTab(ctx->Site(site));
   std::ostringstream os;
-  os << "ref index out of bounds at " << ctx->GridPoint(grid_index)
+  // TPU interpret mode: "Out-of-bounds read of (<buffer>): reading [...]
+  // but buffer has shape ..." (swap, masked swap, write for the others).
+  os << what << " in iteration " << ctx->Iteration(grid_index)
+     << (where.empty() ? "" : " at " + where)
+     << ": ref index out of bounds at " << ctx->GridPoint(grid_index)
      << ": dimension " << dim << ": slice [" << start << ", " << start + size
      << ") is not inside [0, " << limit << ")";
   ctx->Fail(os.str());
@@ -168,9 +223,42 @@ extern "C" int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx) {
   return ctx->failed.load(std::memory_order_acquire) ? 1 : 0;
 }
 
+namespace {
+// The block at element offset `offset` of a row-major array, as interpret
+// mode prints its range: "(slice(0, 8, 1), slice(0, 128, 1))", a squeezed
+// dimension as its index.  `geometry` is "<array dims>;<block dims>".
+std::string BlockRange(const std::string& geometry, int64_t offset) {
+  size_t semi = geometry.find(';');
+  if (semi == std::string::npos) return "at element offset " + std::to_string(offset);
+  std::vector<int64_t> dims = ParseInts(geometry.substr(0, semi));
+  std::vector<int64_t> block = ParseInts(geometry.substr(semi + 1));
+  if (dims.size() != block.size()) return "at element offset " + std::to_string(offset);
+  std::vector<int64_t> starts(dims.size());
+  int64_t rest = offset;
+  for (size_t d = dims.size(); d-- > 0;) {
+    int64_t n = dims[d] > 0 ? dims[d] : 1;
+    starts[d] = rest % n;
+    rest /= n;
+  }
+  std::ostringstream os;
+  os << "(";
+  for (size_t d = 0; d < dims.size(); ++d) {
+    os << (d ? ", " : "");
+    if (block[d] == 0) {
+      os << starts[d];
+    } else {
+      os << "slice(" << starts[d] << ", " << starts[d] + block[d] << ", 1)";
+    }
+  }
+  os << (dims.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+}  // namespace
+
 extern "C" void pallas_cpu_rt_output_block_changed(PallasCpuRuntimeContext* ctx,
                                                    int64_t output,
                                                    int64_t block_offset,
+                                                   int64_t site,
                                                    int64_t grid_index) {
   if (output < 0) return;
   if (ctx->visited_blocks.size() <= static_cast<size_t>(output)) {
@@ -180,9 +268,17 @@ extern "C" void pallas_cpu_rt_output_block_changed(PallasCpuRuntimeContext* ctx,
       ctx->visited_blocks[output].emplace(block_offset, grid_index);
   if (fresh) return;
   std::ostringstream os;
-  os << "revisited block at element offset " << block_offset << " of output "
-     << output << " at " << ctx->GridPoint(grid_index)
-     << "; it was first visited at " << ctx->GridPoint(it->second)
+  // TPU interpret mode: "Revisited block (slice(0, 8, 1), ...) of output 0
+  // in iteration (2,). The block was previously visited in iterations (0,)
+  // through (0,) ."
+  os << "Revisited block " << BlockRange(ctx->Site(site), block_offset)
+     << " of output " << output << " in iteration "
+     << ctx->Iteration(grid_index)
+     << ". The block was previously visited from iteration "
+     << ctx->Iteration(it->second) << " on: revisited block at element offset "
+     << block_offset << " of output " << output << " at "
+     << ctx->GridPoint(grid_index) << "; it was first visited at "
+     << ctx->GridPoint(it->second)
      << " and left in between (its earlier write-back would be lost on TPU)";
   ctx->Fail(os.str());
 }

@@ -111,12 +111,19 @@ struct PallasCpuRuntimeContext {
   // Per output: block offset -> grid index of its first visit.
   std::vector<std::unordered_map<int64_t, int64_t>> visited_blocks;
 
+  // The block index being reported out of bounds
+  // (pallas_cpu_rt_block_index), one entry per dimension.
+  std::vector<int64_t> block_index;
+
   // Keeps the first error only: later ones are usually consequences.  The
   // other actors of the launch stop waiting (errors.cc).
   void Fail(std::string msg);
 
   // "grid point (i, j)" for a row-major linear index.
   std::string GridPoint(int64_t linear) const;
+  // The same grid point as interpret mode names an iteration: a Python
+  // tuple, "(i,)" or "(i, j)".
+  std::string Iteration(int64_t linear) const;
   std::string SemaphoreName(int64_t sem_id, int64_t offset) const;
   std::string Site(int64_t site) const;
   // Names the allocation(s) a failed request of `requested` bytes was for.

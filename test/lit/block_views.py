@@ -109,7 +109,7 @@ def copy2_kernel(x_ref, o_ref, p_ref):
 # a revisit of a block left earlier) before the body runs.  o's block is
 # i // 2, p's is i % 2; outputs are numbered among the outputs.
 # CHECK-LABEL: TEST: test_output_block_revisit_tracking
-# CHECK-DAG: func.func private @pallas_cpu_rt_output_block_changed(!llvm.ptr, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_output_block_changed(!llvm.ptr, i64, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[P:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK-DAG: %[[NONE:.*]] = arith.constant -1 : i64
@@ -132,7 +132,7 @@ def copy2_kernel(x_ref, o_ref, p_ref):
 # CHECK: %[[O_NEW:.*]] = arith.cmpi ne, %[[O_OFF64]], %[[O_PREV]] : i64
 # CHECK: scf.if %[[O_NEW]] {
 # CHECK: %[[STEP:.*]] = arith.index_cast %[[I]] : index to i64
-# CHECK: func.call @pallas_cpu_rt_output_block_changed(%[[RT]], %[[OUT0]], %[[O_OFF64]], %[[STEP]]) : (!llvm.ptr, i64, i64, i64) -> ()
+# CHECK: func.call @pallas_cpu_rt_output_block_changed(%[[RT]], %[[OUT0]], %[[O_OFF64]], %{{.*}}, %[[STEP]]) : (!llvm.ptr, i64, i64, i64, i64) -> ()
 # CHECK-NEXT: memref.store %[[O_OFF64]], %[[LAST_O]][] : memref<i64, "vmem">
 # CHECK-NEXT: }
 #
@@ -144,7 +144,7 @@ def copy2_kernel(x_ref, o_ref, p_ref):
 # CHECK: %[[P_PREV:.*]] = memref.load %[[LAST_P]][] : memref<i64, "vmem">
 # CHECK: %[[P_NEW:.*]] = arith.cmpi ne, %[[P_OFF64]], %[[P_PREV]] : i64
 # CHECK: scf.if %[[P_NEW]] {
-# CHECK: func.call @pallas_cpu_rt_output_block_changed(%[[RT]], %[[OUT1]], %[[P_OFF64]], %{{.*}}) : (!llvm.ptr, i64, i64, i64) -> ()
+# CHECK: func.call @pallas_cpu_rt_output_block_changed(%[[RT]], %[[OUT1]], %[[P_OFF64]], %{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64) -> ()
 # CHECK-NEXT: memref.store %[[P_OFF64]], %[[LAST_P]][] : memref<i64, "vmem">
 # CHECK-NEXT: }
 #

@@ -31,11 +31,12 @@ def copy(x):
 
 # As lowered: every dimension of every block operand whose start is not a
 # compile-time constant is checked, start < 0 || start >= array size, and
-# the call reports (runtime context, block operand, dimension, start, block
-# size, array size).  Constant starts inside the array (the column block 0
+# the call reports (runtime context, site naming the operand, dimension,
+# start, block size, array size, grid point), after the block index
+# (@pallas_cpu_rt_block_index, one call per dimension).  Constant starts inside the array (the column block 0
 # here) need no check.
 # CHECK-LABEL: TEST: test_every_dimension_is_checked
-# CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %{{[^:]+}}: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}})
 # CHECK: scf.for
 #
@@ -47,20 +48,18 @@ def copy(x):
 # CHECK-NEXT: %[[GE:.*]] = arith.cmpi sge, %[[ROW]], %[[C16]] : index
 # CHECK-NEXT: %[[BAD0:.*]] = arith.ori %[[LT]], %[[GE]] : i1
 # CHECK-NEXT: scf.if %[[BAD0]] {
-# CHECK-DAG: %[[OPERAND:.*]] = arith.constant 0 : i64
+# CHECK: func.call @pallas_cpu_rt_block_index(%[[RT]]
 # CHECK-DAG: %[[START:.*]] = arith.index_cast %[[ROW]] : index to i64
 # CHECK-DAG: %[[SIZE:.*]] = arith.constant 8 : i64
 # CHECK-DAG: %[[LIMIT:.*]] = arith.constant 16 : i64
-# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[OPERAND]], %{{.*}}, %[[START]], %[[SIZE]], %[[LIMIT]]) : (!llvm.ptr, i64, i64, i64, i64, i64) -> ()
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %{{.*}}, %{{.*}}, %[[START]], %[[SIZE]], %[[LIMIT]], %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64, i64, i64) -> ()
 # CHECK-NEXT: }
 # CHECK: %[[OK0:.*]] = arith.xori %[[BAD0]], %{{.*}} : i1
 # Dimension 1 starts at the constant 0: no check, a static window offset.
 # CHECK-NOT: arith.constant 128 : i64
 #
 # Operand 1 (the output) gets the same row check.
-# CHECK: %[[OPERAND2:.*]] = arith.constant 1 : i64
-# CHECK-NEXT: %[[DIM2:.*]] = arith.constant 0 : i64
-# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[OPERAND2]], %[[DIM2]],
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}})
 # CHECK: %[[OK_O:.*]] = arith.xori %{{.*}}, %{{.*}} : i1
 #
 # The body runs only when every window is in bounds (the output's revisit
@@ -104,8 +103,8 @@ def gather(idx, x):
 # and is checked at run time.  Block operands are numbered without the
 # scalar prefetch operands: x is block operand 0, the output 1.
 # CHECK-LABEL: TEST: test_data_dependent_index_map
-# CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
-# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[IDX:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}},
 # CHECK-DAG: %[[I0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
@@ -124,7 +123,7 @@ def gather(idx, x):
 # CHECK-NEXT: %[[BAD_I:.*]] = arith.ori %[[LT_I]], %[[GT_I]] : i1
 # CHECK-NEXT: scf.if %[[BAD_I]] {
 # CHECK: %[[I64:.*]] = arith.index_cast %[[I]] : index to i64
-# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %[[I0]], %[[I64]], %[[I1]], %[[I2]], %{{.*}})
+# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %{{.*}}, %[[I0]], %[[I64]], %[[I1]], %[[I2]], %{{.*}})
 # CHECK-NEXT: }
 # CHECK: %[[I_UP:.*]] = arith.maxsi %[[I]], %[[C0]] : index
 # CHECK: %[[AT:.*]] = arith.minsi %[[I_UP]], %[[C1]] : index
@@ -137,12 +136,12 @@ def gather(idx, x):
 # CHECK-NEXT: %[[GE:.*]] = arith.cmpi sge, %[[START]], %[[C16]] : index
 # CHECK-NEXT: %[[BAD:.*]] = arith.ori %[[LT]], %[[GE]] : i1
 # CHECK-NEXT: scf.if %[[BAD]] {
-# CHECK-NEXT: %[[START64:.*]] = arith.index_cast %[[START]] : index to i64
-# CHECK-NEXT: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[I0]], %[[I0]], %[[START64]], %[[I8]], %[[I16]])
+# CHECK: func.call @pallas_cpu_rt_block_index(%[[RT]], %[[I0]],
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %{{.*}}, %[[I0]], %{{.*}}, %[[I8]], %[[I16]], %{{.*}})
 # CHECK-NEXT: }
 # CHECK-NEXT: %[[X_OK:.*]] = arith.xori %[[BAD]], %{{.*}} : i1
 # CHECK: %[[OSTART:.*]] = arith.muli %[[I]], %[[C8]] : index
-# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %[[I1]], %[[I0]], %{{.*}}, %[[I8]], %[[I16]])
+# CHECK: func.call @pallas_cpu_rt_block_out_of_bounds(%[[RT]], %{{.*}}, %[[I0]], %{{.*}}, %[[I8]], %[[I16]], %{{.*}})
 # CHECK: %[[ALL_OK:.*]] = arith.andi %[[X_OK]], %{{.*}} : i1
 # CHECK: scf.if %[[ALL_OK]] {
 # CHECK-NEXT: memref.subview %{{.*}}[%[[START]], 0] [8, 128] [1, 1]
@@ -170,11 +169,11 @@ def dynamic_index(s, x):
 
 # Ref indices traced from values: pl.ds(s[0], 8) must start in [0, 32 - 8],
 # the integer index s[1] in [0, 31].  Out of range, the runtime is told
-# (dimension, start, size, ref size, grid point) and the start is clamped so
+# (site, dimension, start, size, ref size, grid point) and the start is clamped so
 # that the access stays inside the ref.  Static indices (s_ref[0],
 # o_ref[0:8, :], o_ref[8, :]) need no check once canonicalized.
 # CHECK-LABEL: TEST: test_dynamic_ref_indices
-# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[S:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}},
 # CHECK-DAG: %[[DIM0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
@@ -196,7 +195,7 @@ def dynamic_index(s, x):
 # CHECK-NEXT: scf.if %[[BAD]] {
 # CHECK: %[[START64:.*]] = arith.index_cast %[[START]] : index to i64
 # CHECK: %[[STEP:.*]] = arith.index_cast %[[I]] : index to i64
-# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %[[DIM0]], %[[START64]], %[[I8]], %[[I32]], %[[STEP]]) : (!llvm.ptr, i64, i64, i64, i64, i64) -> ()
+# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %{{.*}}, %[[DIM0]], %[[START64]], %[[I8]], %[[I32]], %[[STEP]]) : (!llvm.ptr, i64, i64, i64, i64, i64, i64) -> ()
 # CHECK-NEXT: }
 # CHECK: %[[UP:.*]] = arith.maxsi %[[START]], %[[C0]] : index
 # CHECK: %[[CLAMPED:.*]] = arith.minsi %[[UP]], %[[C24]] : index
@@ -212,7 +211,7 @@ def dynamic_index(s, x):
 # CHECK-NEXT: %[[GT1:.*]] = arith.cmpi sgt, %[[ROW]], %[[C31]] : index
 # CHECK-NEXT: %[[BAD1:.*]] = arith.ori %[[LT1]], %[[GT1]] : i1
 # CHECK-NEXT: scf.if %[[BAD1]] {
-# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %[[DIM0]], %{{.*}}, %[[I1]], %[[I32]], %{{.*}})
+# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %{{.*}}, %[[DIM0]], %{{.*}}, %[[I1]], %[[I32]], %{{.*}})
 # CHECK-NEXT: }
 # CHECK: %[[UP1:.*]] = arith.maxsi %[[ROW]], %[[C0]] : index
 # CHECK: %[[CLAMPED1:.*]] = arith.minsi %[[UP1]], %[[C31]] : index

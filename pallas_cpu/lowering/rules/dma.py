@@ -46,8 +46,13 @@ def _core_axes(kctx) -> tuple:
 def _dma_start(ctx, *args, tree, device_id_type, priority, add):
   src, dst, sem, src_sem, device_id = tree.unflatten(args)
   kctx = ctx.kernel
+  # (A window out of bounds is reported as TPU interpret mode words it: an
+  # "Out-of-bounds read" of the source, "write" of the destination.)
+  ctx.ref_access = "read"
   src_view, _ = view_of(ctx, src)
+  ctx.ref_access = "write"
   dst_view, _ = view_of(ctx, dst)
+  ctx.ref_access = None
   if src_view.shape != dst_view.shape or src_view.dtype != dst_view.dtype:
     raise ValueError(f"pallas_cpu: DMA from {src_view.shape} {src_view.dtype} "
                      f"to {dst_view.shape} {dst_view.dtype}: shapes and dtypes "
@@ -190,7 +195,21 @@ def _transformed(sem, transforms):
 
 
 def _is_true(x) -> bool:
-  return bool(x) if isinstance(x, (bool, int, np.bool_)) else True
+  """A static flag (``decrement``): a Python value, or a constant operand
+  (a jaxpr literal reaches the rule as a constant scalar)."""
+  if isinstance(x, (bool, int, np.bool_, np.integer)):
+    return bool(x)
+  if isinstance(x, values.Scalar):
+    const = views.constant_int(x.value)
+    if const is not None:
+      return bool(const)
+    op = getattr(x.value.owner, "operation", x.value.owner)
+    if isinstance(op, ir.Operation) and op.name == "arith.constant":
+      attr = op.attributes["value"]
+      if isinstance(attr, ir.BoolAttr):
+        return bool(ir.BoolAttr(attr).value)
+  raise NotImplementedError("pallas_cpu: a semaphore wait whose `decrement` "
+                            "is not a constant")
 
 
 @register(tpu_primitives.get_barrier_semaphore_p)

@@ -54,8 +54,33 @@ def view_of(ctx, x) -> tuple[Ref, tuple]:
   return apply_indexers(ctx, x, ())
 
 
+# What a ref operation does to its window, in TPU interpret mode's words for
+# an out-of-bounds one ("Out-of-bounds read of ...").  A rule whose refs
+# differ (a DMA reads one and writes the other) sets ``ctx.ref_access``
+# while it resolves each.
+_ACCESS = {"get": "read", "masked_load": "read", "swap": "swap",
+           "masked_swap": "masked swap", "addupdate": "swap"}
+
+
+def _access_site(ctx, ref, shape, transformed: bool) -> int:
+  """The site id of a dynamic window's bounds report (abi.h,
+  pallas_cpu_rt_index_out_of_bounds)."""
+  access = getattr(ctx, "ref_access", None)
+  if access is None:
+    eqn = getattr(ctx, "eqn", None)
+    name = eqn.primitive.name if eqn is not None else ""
+    access = _ACCESS.get(name, "access")
+  if ref is None:
+    desc = f"a ref of shape {tuple(shape)}"
+  else:
+    desc = f"{buffers.describe_ref(ctx.kernel, ref)} of shape {tuple(ref.shape)}"
+    if transformed:
+      desc = f"a view of shape {tuple(shape)} of {desc}"
+  return ctx.kernel.site(f"Out-of-bounds {access} of {desc}\t{ctx.source}")
+
+
 def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
-                   dim: int) -> ir.Value:
+                   dim: int, site: int) -> ir.Value:
   """A dynamic slice start, reported and clamped when the slice leaves its
   ref, so that no access ever leaves the buffer."""
   extent = (size - 1) * step + 1 if size else 0
@@ -68,7 +93,8 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
     i64 = ir.IntegerType.get_signless(64)
     kctx = ctx.kernel
     kctx.call_runtime(abi.RT_INDEX_OUT_OF_BOUNDS, [
-        kctx.runtime_ctx, arith.constant(i64, dim), arith.index_cast(i64, idx),
+        kctx.runtime_ctx, arith.constant(i64, site), arith.constant(i64, dim),
+        arith.index_cast(i64, idx),
         arith.constant(i64, extent), arith.constant(i64, limit),
         kctx.grid_index()])
     scf.YieldOp([])
@@ -92,12 +118,16 @@ def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
     offsets.append(start)
     sizes.append(size)
     steps.append(step)
+  site = None
   for d, start in enumerate(offsets):
     if isinstance(start, int):
       _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
                     transformed)
     else:
-      offsets[d] = _checked_start(ctx, start, sizes[d], steps[d], shape[d], d)
+      if site is None:
+        site = _access_site(ctx, ref, shape, transformed)
+      offsets[d] = _checked_start(ctx, start, sizes[d], steps[d], shape[d], d,
+                                  site)
   if (all(o == 0 for o in offsets) and sizes == list(shape)
       and all(s == 1 for s in steps) and not drop):
     return None  # x_ref[...]: the whole ref
