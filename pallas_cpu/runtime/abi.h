@@ -86,10 +86,14 @@ PALLAS_CPU_EXPORT int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx);
 
 // A dynamic ref index left its ref: reported; the generated code clamps the
 // index so that no access leaves the buffer.  `site` reads `Out-of-bounds
-// read of input 0 'x_ref'<TAB><source line>` (swap, masked swap, write...).
-PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
+// read of input 0 'x_ref'<TAB><source line>` (swap, masked swap, write...);
+// the form without a site says "Out-of-bounds access".
+PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds_at(
     PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
     int64_t size, int64_t limit, int64_t grid_index);
+PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
+    PallasCpuRuntimeContext* ctx, int64_t dim, int64_t start, int64_t size,
+    int64_t limit, int64_t grid_index);
 
 // The block of output `output` (identified by the element offset of its
 // window) differs from the previous grid step's.  Revisiting a block that

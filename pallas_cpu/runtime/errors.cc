@@ -202,12 +202,11 @@ extern "C" void pallas_cpu_rt_block_out_of_bounds(
   ctx->Fail(os.str());
 }
 
-extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
-                                                  int64_t site, int64_t dim,
-                                                  int64_t start, int64_t size,
-                                                  int64_t limit,
-                                                  int64_t grid_index) {
-  auto [what, where] = SplitTab(ctx->Site(site));
+namespace {
+void IndexOutOfBounds(PallasCpuRuntimeContext* ctx, const std::string& site,
+                      int64_t dim, int64_t start, int64_t size, int64_t limit,
+                      int64_t grid_index) {
+  auto [what, where] = SplitTab(site);
   std::ostringstream os;
   // TPU interpret mode: "Out-of-bounds read of (<buffer>): reading [...]
   // but buffer has shape ..." (swap, masked swap, write for the others).
@@ -217,6 +216,21 @@ extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
      << ": dimension " << dim << ": slice [" << start << ", " << start + size
      << ") is not inside [0, " << limit << ")";
   ctx->Fail(os.str());
+}
+}  // namespace
+
+extern "C" void pallas_cpu_rt_index_out_of_bounds_at(
+    PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
+    int64_t size, int64_t limit, int64_t grid_index) {
+  IndexOutOfBounds(ctx, ctx->Site(site), dim, start, size, limit, grid_index);
+}
+
+extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
+                                                  int64_t dim, int64_t start,
+                                                  int64_t size, int64_t limit,
+                                                  int64_t grid_index) {
+  IndexOutOfBounds(ctx, "Out-of-bounds access of a ref", dim, start, size,
+                   limit, grid_index);
 }
 
 extern "C" int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx) {

@@ -2,7 +2,7 @@
 """Block index maps are checked at run time: a window that does not start
 inside its array calls @pallas_cpu_rt_block_out_of_bounds and the grid
 point is skipped.  Dynamic ref indices are checked too: a slice that leaves
-its ref calls @pallas_cpu_rt_index_out_of_bounds and its start is clamped
+its ref calls @pallas_cpu_rt_index_out_of_bounds_at and its start is clamped
 into the ref."""
 import os
 import sys
@@ -104,7 +104,7 @@ def gather(idx, x):
 # scalar prefetch operands: x is block operand 0, the output 1.
 # CHECK-LABEL: TEST: test_data_dependent_index_map
 # CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
-# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds_at(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[IDX:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}},
 # CHECK-DAG: %[[I0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
@@ -123,7 +123,7 @@ def gather(idx, x):
 # CHECK-NEXT: %[[BAD_I:.*]] = arith.ori %[[LT_I]], %[[GT_I]] : i1
 # CHECK-NEXT: scf.if %[[BAD_I]] {
 # CHECK: %[[I64:.*]] = arith.index_cast %[[I]] : index to i64
-# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %{{.*}}, %[[I0]], %[[I64]], %[[I1]], %[[I2]], %{{.*}})
+# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds_at(%[[RT]], %{{.*}}, %[[I0]], %[[I64]], %[[I1]], %[[I2]], %{{.*}})
 # CHECK-NEXT: }
 # CHECK: %[[I_UP:.*]] = arith.maxsi %[[I]], %[[C0]] : index
 # CHECK: %[[AT:.*]] = arith.minsi %[[I_UP]], %[[C1]] : index
@@ -173,7 +173,7 @@ def dynamic_index(s, x):
 # that the access stays inside the ref.  Static indices (s_ref[0],
 # o_ref[0:8, :], o_ref[8, :]) need no check once canonicalized.
 # CHECK-LABEL: TEST: test_dynamic_ref_indices
-# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_index_out_of_bounds_at(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[S:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}},
 # CHECK-DAG: %[[DIM0:.*]] = arith.constant 0 : i64
 # CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
@@ -183,7 +183,7 @@ def dynamic_index(s, x):
 # CHECK-DAG: %[[C24:.*]] = arith.constant 24 : index
 # CHECK-DAG: %[[C31:.*]] = arith.constant 31 : index
 # CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
-# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds
+# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds_at
 #
 # pl.ds(s[0], 8):
 # CHECK: %[[S0_REF:.*]] = memref.subview %[[S]][0] [1] [1]
@@ -195,12 +195,12 @@ def dynamic_index(s, x):
 # CHECK-NEXT: scf.if %[[BAD]] {
 # CHECK: %[[START64:.*]] = arith.index_cast %[[START]] : index to i64
 # CHECK: %[[STEP:.*]] = arith.index_cast %[[I]] : index to i64
-# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %{{.*}}, %[[DIM0]], %[[START64]], %[[I8]], %[[I32]], %[[STEP]]) : (!llvm.ptr, i64, i64, i64, i64, i64, i64) -> ()
+# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds_at(%[[RT]], %{{.*}}, %[[DIM0]], %[[START64]], %[[I8]], %[[I32]], %[[STEP]]) : (!llvm.ptr, i64, i64, i64, i64, i64, i64) -> ()
 # CHECK-NEXT: }
 # CHECK: %[[UP:.*]] = arith.maxsi %[[START]], %[[C0]] : index
 # CHECK: %[[CLAMPED:.*]] = arith.minsi %[[UP]], %[[C24]] : index
 # CHECK: memref.subview %{{.*}}[%[[CLAMPED]], 0] [8, 128] [1, 1]
-# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds
+# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds_at
 # CHECK: linalg.generic
 #
 # x_ref[s[1], :]:
@@ -211,14 +211,14 @@ def dynamic_index(s, x):
 # CHECK-NEXT: %[[GT1:.*]] = arith.cmpi sgt, %[[ROW]], %[[C31]] : index
 # CHECK-NEXT: %[[BAD1:.*]] = arith.ori %[[LT1]], %[[GT1]] : i1
 # CHECK-NEXT: scf.if %[[BAD1]] {
-# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds(%[[RT]], %{{.*}}, %[[DIM0]], %{{.*}}, %[[I1]], %[[I32]], %{{.*}})
+# CHECK: func.call @pallas_cpu_rt_index_out_of_bounds_at(%[[RT]], %{{.*}}, %[[DIM0]], %{{.*}}, %[[I1]], %[[I32]], %{{.*}})
 # CHECK-NEXT: }
 # CHECK: %[[UP1:.*]] = arith.maxsi %[[ROW]], %[[C0]] : index
 # CHECK: %[[CLAMPED1:.*]] = arith.minsi %[[UP1]], %[[C31]] : index
 # CHECK: memref.subview %{{.*}}[%[[CLAMPED1]], 0] [1, 128] [1, 1] : {{.*}} to memref<128xf32
-# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds
+# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds_at
 # CHECK: memref.subview %{{.*}}[8, 0] [1, 128] [1, 1]
-# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds
+# CHECK-NOT: @pallas_cpu_rt_index_out_of_bounds_at
 # CHECK: return
 @run_test
 def test_dynamic_ref_indices():

@@ -59,7 +59,7 @@ def printing_kernel(x_ref, y_ref, o_ref):
 # CHECK-SAME: \22has_placeholders\22: true, {{.*}}},
 # CHECK-SAME: {\22dtypes\22: [\22bool\22, \22bfloat16\22], \22fmt\22: \22flag {} y={}\22,
 # CHECK-SAME: \22has_placeholders\22: true, {{.*}}}],
-# CHECK-SAME: \22semaphore_names\22: [], \22shared_buffers\22: [], \22sites\22: []}"
+# CHECK-SAME: \22semaphore_names\22: [], \22shared_buffers\22: [], \22sites\22: [{{.*}}]}"
 # CHECK: func.func private @pallas_cpu_rt_debug_print(!llvm.ptr, i64, memref<?xi64, strided<[1], offset: ?>>)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr,
 # CHECK-DAG: %[[ID0:.*]] = arith.constant 0 : i64
@@ -106,7 +106,7 @@ def test_debug_check():
     pl.debug_check(pl.program_id(0) < 1, "only step 0 is allowed")
     # CHECK: pallas_cpu.runtime_info = "{{.*}}\22check_messages\22: [
     # CHECK-SAME: \22only step 0 is allowed (at {{.*}}debug.py:[[# @LINE - 2]]:{{[0-9]+}} ({{.*}}checking_kernel))\22],
-    # CHECK-SAME: \22debug_prints\22: [], \22semaphore_names\22: [], \22shared_buffers\22: [], \22sites\22: []}"
+    # CHECK-SAME: \22debug_prints\22: [], \22semaphore_names\22: [], \22shared_buffers\22: [], \22sites\22: [{{.*}}]}"
     o_ref[...] = x_ref[...]
 
   with pl.enable_debug_checks(True):
@@ -135,7 +135,7 @@ def check_kernel(x_ref, o_ref):
 # With debug checks off (the default) the check costs nothing: no message,
 # no runtime call.
 # CHECK-LABEL: TEST: test_debug_check_disabled
-# CHECK: pallas_cpu.runtime_info = "{{.*}}\22check_messages\22: [], \22collective\22: false, \22debug_prints\22: [], \22semaphore_names\22: [], \22shared_buffers\22: [], \22sites\22: []}"
+# CHECK: pallas_cpu.runtime_info = "{{.*}}\22check_messages\22: [], \22collective\22: false, \22debug_prints\22: [], \22semaphore_names\22: [], \22shared_buffers\22: [], \22sites\22: [{{.*}}]}"
 # CHECK-NOT: pallas_cpu_rt_check_failed
 # CHECK: return
 @run_test

@@ -38,8 +38,8 @@ def _call(kernel, scratch):
 # The element size (4 bytes), the semaphore and its id, no send semaphore
 # (-1) nor target device (-1: a local copy), the on_wait mode (1), a DMA
 # semaphore (0: completion counts bytes), a copy (0: not add=True) and the
-# start's site id (0):
-# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}
+# start's site id:
+# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c{{[0-9]+}}_i64{{.*}}
 # The wait is for the 8x128xf32 destination's 4096 bytes:
 # CHECK: %[[BYTES:.*]] = arith.constant 4096 : i32
 # CHECK: call @pallas_cpu_rt_sem_wait(%[[RT]], %{{.*}}, %[[BYTES]],
@@ -135,7 +135,7 @@ def test_regular_semaphore_dma():
 # CHECK: scf.if %[[OK]] {
 # CHECK: call @pallas_cpu_rt_dma_start_f32(
 # CHECK: memref.extract_aligned_pointer_as_index %{{.*}} : memref<8x128xf32, strided<[128, 1], offset: ?>> -> index
-# CHECK: call @pallas_cpu_rt_buffer_exit(%[[RT]], %{{.*}}, %c4096_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64) -> ()
+# CHECK: call @pallas_cpu_rt_buffer_exit(%[[RT]], %{{.*}}, %c4096_i64{{.*}}, %c{{[0-9]+}}_i64{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64) -> ()
 # CHECK: call @pallas_cpu_rt_sem_exit(%[[RT]], %{{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %{{.*}}) : (!llvm.ptr, i64, i64, i64, i64, i64, i64) -> ()
 # CHECK: call @pallas_cpu_rt_sem_exit(%[[RT]], %{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %{{.*}})
 # CHECK: call @pallas_cpu_rt_kernel_exit(%[[RT]], %c0_i64{{.*}}, %{{.*}})

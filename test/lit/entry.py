@@ -40,8 +40,8 @@ def add(x, y, **kwargs):
 # (The semaphore names are a module attribute of their own or an entry of
 # the pallas_cpu.runtime_info JSON string: either spelling matches.)
 # CHECK-SAME: semaphore_names{{[^[]*}}[]
-# CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
-# CHECK-DAG: func.func private @pallas_cpu_rt_output_block_changed(!llvm.ptr, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_output_block_changed(!llvm.ptr, i64, i64, i64, i64)
 # (Arguments are captured with [^:]+ so that a capture is one name.)
 # CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %[[LO:[^:]+]]: i64, %[[HI:[^:]+]]: i64, %[[X:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[Y:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}) attributes {llvm.emit_c_interface}
 # The operands are viewed through a strided layout with a dynamic offset.

@@ -142,7 +142,7 @@ def test_flat_stage_edge_blocks():
 # CHECK: module attributes {{{.*}}pallas_cpu.kernel_name = "log1p_kernel"
 # CHECK-SAME: pallas_cpu.opt_level = 3 : i32
 # CHECK-DAG: llvm.func @log1pf(f32) -> f32
-# CHECK-DAG: llvm.func @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64)
+# CHECK-DAG: llvm.func @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # (The argument lists are long and repetitive: [^:]+ keeps captures to one
 # name.)
 # CHECK: llvm.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr{{( \{llvm.noalias\})?}}, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr{{( \{llvm.noalias\})?}}, %{{[^:]+}}: !llvm.ptr{{( \{llvm.noalias\})?}}, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr{{( \{llvm.noalias\})?}},

@@ -64,7 +64,7 @@ _ACCESS = {"get": "read", "masked_load": "read", "swap": "swap",
 
 def _access_site(ctx, ref, shape, transformed: bool) -> int:
   """The site id of a dynamic window's bounds report (abi.h,
-  pallas_cpu_rt_index_out_of_bounds)."""
+  pallas_cpu_rt_index_out_of_bounds_at)."""
   access = getattr(ctx, "ref_access", None)
   if access is None:
     eqn = getattr(ctx, "eqn", None)
@@ -80,7 +80,7 @@ def _access_site(ctx, ref, shape, transformed: bool) -> int:
 
 
 def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
-                   dim: int, site: int) -> ir.Value:
+                   dim: int, site: int | None = None) -> ir.Value:
   """A dynamic slice start, reported and clamped when the slice leaves its
   ref, so that no access ever leaves the buffer."""
   extent = (size - 1) * step + 1 if size else 0
@@ -92,8 +92,11 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
   with ir.InsertionPoint(if_op.then_block):
     i64 = ir.IntegerType.get_signless(64)
     kctx = ctx.kernel
-    kctx.call_runtime(abi.RT_INDEX_OUT_OF_BOUNDS, [
-        kctx.runtime_ctx, arith.constant(i64, site), arith.constant(i64, dim),
+    where = [] if site is None else [arith.constant(i64, site)]
+    kctx.call_runtime(
+        abi.RT_INDEX_OUT_OF_BOUNDS if site is None
+        else abi.RT_INDEX_OUT_OF_BOUNDS_AT, [
+        kctx.runtime_ctx, *where, arith.constant(i64, dim),
         arith.index_cast(i64, idx),
         arith.constant(i64, extent), arith.constant(i64, limit),
         kctx.grid_index()])
