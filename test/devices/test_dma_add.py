@@ -76,7 +76,17 @@ def test_every_device_adds_into_device_0():
   def kernel(x_ref, o_ref, send, recv):
     me = jax.lax.axis_index("x")
     pltpu.sync_copy(x_ref, o_ref)
-    _barrier(n)
+    # Device 0's output holds its x before anyone adds into it.
+    barrier = pltpu.get_barrier_semaphore()
+
+    @pl.when(me == 0)
+    def _():
+      for d in range(1, n):
+        pl.semaphore_signal(barrier, 1, device_id=(d,), device_id_type=MESH)
+
+    @pl.when(me != 0)
+    def _():
+      pl.semaphore_wait(barrier, 1)
     copy = pltpu.make_async_remote_copy(x_ref, o_ref, send, recv,
                                         device_id=(0,), device_id_type=MESH)
 
