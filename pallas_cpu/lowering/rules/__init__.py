@@ -8,6 +8,7 @@ from pallas_cpu.lowering.rules import (  # noqa: F401
     debug,
     dma,
     dot,
+    dynamic_slicing,
     elementwise,
     grid_queries,
     layout,

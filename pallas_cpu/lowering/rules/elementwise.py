@@ -221,6 +221,21 @@ for _p, _fn in [
   register(_p)(_float_unary(_fn))
 
 
+# Beyond Mosaic's table: jnp.arcsin & co. bind these primitives directly
+# (Mosaic rejects them).  math-to-libm turns each into its libm call (glibc:
+# within 1 ulp in f32 and f64); XLA -- interpret mode -- expands them
+# (acos as 2 atan2(sqrt(1 - x^2), 1 + x), ...), so the two agree within a
+# few ulps, not bitwise (test/py/test_beyond_mosaic.py).
+for _p, _fn in [
+    (lax.acos_p, math.acos), (lax.asin_p, math.asin), (lax.atan_p, math.atan),
+    (lax.acosh_p, math.acosh), (lax.asinh_p, math.asinh),
+    (lax.atanh_p, math.atanh), (lax.sinh_p, math.sinh),
+    (lax.cosh_p, math.cosh), (lax.cbrt_p, math.cbrt),
+    (special.erfc_p, math.erfc),
+]:
+  register(_p)(_float_unary(_fn))
+
+
 @register(lax.round_p)
 def _round(ctx, x, *, rounding_method):
   away = int(rounding_method) == int(lax.RoundingMethod.AWAY_FROM_ZERO)
@@ -229,9 +244,15 @@ def _round(ctx, x, *, rounding_method):
 
 @register(lax.pow_p)
 def _pow(ctx, x, y, **_):
-  if not types.is_float(_in_dtype(ctx, 1)):
-    raise NotImplementedError("pow with an integer exponent")
-  return elementwise(ctx, lambda a: math.powf(a[0], a[1]), [x, y])
+  xdt, ydt = _in_dtype(ctx, 0), _in_dtype(ctx, 1)
+  if not types.is_float(xdt):
+    raise NotImplementedError(f"pow with a {xdt} base")
+  if types.is_float(ydt):
+    return elementwise(ctx, lambda a: math.powf(a[0], a[1]), [x, y])
+  # An integer exponent (x ** n_array): XLA converts it to the base's dtype
+  # and takes the float power (jax's _pow_lower), so does interpret mode.
+  return elementwise(
+      ctx, lambda a: math.powf(a[0], convert(a[1], ydt, xdt)), [x, y])
 
 
 @register(lax.atan2_p)

@@ -1,5 +1,6 @@
 """Reductions: ``reduce_{sum,max,min,prod,and,or}`` and ``argmax``/``argmin``
-over any subset of axes.
+over any subset of axes; the cumulative ``cum{sum,prod,max,min,logsumexp}``
+along one axis, either direction (beyond Mosaic's table).
 
 Each lowers to one ``linalg.generic`` whose iteration space is the operand's
 shape, with ``reduction`` iterators on the reduced axes, into a fresh buffer
@@ -12,17 +13,28 @@ Semantics follow XLA: float max/min propagate NaN (``arith.maximumf``);
 argmax/argmin pick the first index of the extreme value, and the first NaN
 if there is one.  Loops run in index order, so float sums are sequential
 (XLA reassociates them: the last bits may differ).
+
+A cumulative reduction is a sequential scan, each step combining the
+previous result with the next slice by JAX's own reducer (``lax.add`` ...
+``logaddexp``, re-lowered with ``lower_fun``), rounded to the operand's
+dtype; interpret mode's reduce_window (which XLA rewrites into a tree for
+long axes) adds in another order, so float cumsums and cumprods agree to
+rounding, max/min and integer ones exactly.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import numpy as np
+import jax
 from jax._src.lax import lax
+from jax._src.lax import other as lax_other
+from jax._src.lax.control_flow import loops
 from mlir import ir
 from mlir.dialects import arith, linalg, scf
 
 from pallas_cpu.lowering import types, values, views
+from pallas_cpu.lowering.jaxpr import lower_fun
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.scalars import cmpf, cmpi, const, convert
 
@@ -328,3 +340,54 @@ def _argmax(ctx, x, *, axes, index_dtype, **_):
 @register(lax.argmin_p)
 def _argmin(ctx, x, *, axes, index_dtype, **_):
   return _arg_reduce(ctx, x, axes, index_dtype, False)
+
+
+# -- cumsum / cumprod / cummax / cummin / cumlogsumexp ------------------------
+def _cumulative(combine, identity):
+  def rule(ctx, x, *, axis, reverse):
+    dtype = np.dtype(ctx.avals_in[0].dtype)
+    if isinstance(x, values.Scalar):
+      raise ValueError("a cumulative reduction of a scalar")
+    shape = tuple(x.shape)
+    rank, n = len(shape), shape[axis]
+    if n == 0:
+      return x
+    kctx = ctx.kernel
+    src = views.with_layout(kctx.materialize(x))
+    out = kctx.alloc(shape, dtype)
+    dst = views.with_layout(out)
+    step_shape = tuple(1 if d == axis else s for d, s in enumerate(shape))
+    step_aval = jax.core.ShapedArray(step_shape, dtype)
+
+    def at(buf, k):  # the slice at position k along the axis (kept, size 1)
+      return views.subview(buf, [k if d == axis else 0 for d in range(rank)],
+                           list(step_shape))
+
+    def step(prev, k):
+      new = lower_fun(ctx, combine, prev, values.load_array(at(src, k), dtype),
+                      avals_in=[step_aval, step_aval])
+      kctx.store(new, at(dst, k))
+
+    first = kctx.constant(identity(dtype), dtype)
+    step(values.Array(values.Splat(first.value), step_shape, dtype),
+         n - 1 if reverse else 0)
+    loop = scf.ForOp(views.as_index(1), views.as_index(n), views.as_index(1))
+    with ir.InsertionPoint(loop.body):
+      i = loop.induction_variable
+      if reverse:  # k = n - 1 - i, after k + 1 = n - i
+        k = arith.subi(views.as_index(n - 1), i)
+        prev = arith.subi(views.as_index(n), i)
+      else:
+        k, prev = i, arith.subi(i, views.as_index(1))
+      step(values.load_array(at(dst, prev), dtype), k)
+      scf.YieldOp([])
+    return values.load_array(out, dtype)
+  return rule
+
+
+register(loops.cumsum_p)(_cumulative(lax.add, lax._get_sum_identity))
+register(loops.cumprod_p)(_cumulative(lax.mul, lax._get_prod_identity))
+register(loops.cummax_p)(_cumulative(lax.max, lax._get_max_identity))
+register(loops.cummin_p)(_cumulative(lax.min, lax._get_min_identity))
+register(loops.cumlogsumexp_p)(
+    _cumulative(lax_other.logaddexp, lambda dt: -np.inf))
