@@ -90,12 +90,35 @@ def decode_scalar(bits: int, dtype: str):
   ).view(dt)[0]
 
 
+def decode_operands(values, dtypes, shapes=None) -> list:
+  """The debug_print operands from the raw bits the kernel recorded: one
+  i64 per element, arrays in row-major order (rules/debug.py)."""
+  shapes = shapes or [[]] * len(dtypes)
+  args, pos = [], 0
+  for dtype, shape in zip(dtypes, shapes):
+    if not shape:
+      args.append(decode_scalar(values[pos], dtype))
+      pos += 1
+      continue
+    size = int(np.prod(shape))
+    raw = np.array(values[pos:pos + size], np.int64).view(np.uint64)
+    dt = jax.numpy.dtype(dtype)
+    if dt == np.bool_:
+      arr = (raw & np.uint64(1)).astype(np.bool_)
+    else:
+      uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[dt.itemsize]
+      arr = raw.astype(uint).view(dt)  # astype keeps the low bits
+    args.append(arr.reshape(shape))
+    pos += size
+  return args
+
+
 def _print_record(table_ptr, table_len, print_id, values, n) -> None:
   """Prints one pl.debug_print record exactly as interpret mode would."""
   try:
     from jax._src import debugging
     entry = _print_table(ctypes.string_at(table_ptr, table_len).decode())[print_id]
-    args = [decode_scalar(values[i], dt) for i, dt in enumerate(entry["dtypes"])]
+    args = decode_operands(values, entry["dtypes"], entry.get("shapes"))
     debugging._format_print_callback(
         entry["fmt"], dict(entry["np_printoptions"]),
         entry["has_placeholders"], None, *args)

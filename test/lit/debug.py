@@ -156,13 +156,24 @@ def test_checkify_check_needs_checkify():
   print_error(kernel)
 
 
-# Only scalars can be printed so far.
+# An array is recorded element by element, row-major, in the same i64
+# buffer as the scalars (2x128 bools, then the int32 at 256): a generic
+# writes the bits through an expand_shape of the buffer's window; the
+# table entry carries the shapes the runtime rebuilds the arrays with.
 # CHECK-LABEL: TEST: test_debug_print_of_an_array
-# CHECK-NEXT: NotImplementedError: pallas_cpu: debug_print of arrays (only scalars so far)
+# CHECK: \22debug_prints\22: [{\22dtypes\22: [\22bool\22, \22int32\22], \22fmt\22: \22row {} at {}\22,
+# CHECK-SAME: \22shapes\22: {{\[\[}}2, 128], []]}]
+# CHECK: %[[ARGS:.*]] = memref.alloc() {alignment = 64 : i64} : memref<257xi64, "vmem">
+# CHECK: %[[WIN:.*]] = memref.subview %[[ARGS]][0] [256] [1]
+# CHECK-NEXT: %[[ROWS:.*]] = memref.expand_shape %[[WIN]] {{\[\[}}0, 1]] output_shape [2, 128] {{.*}} into memref<2x128xi64, "vmem">
+# CHECK-NEXT: linalg.generic {{.*}} outs(%[[ROWS]] : memref<2x128xi64, "vmem">)
+# CHECK: arith.extui %{{.*}} : i1 to i64
+# CHECK: %[[PID:.*]] = arith.extui %{{.*}} : i32 to i64
+# CHECK-NEXT: memref.store %[[PID]], %[[ARGS]][%{{.*}}] : memref<257xi64, "vmem">
+# CHECK: func.call @pallas_cpu_rt_debug_print(
 @run_test
 def test_debug_print_of_an_array():
   def kernel(x_ref, o_ref):
-    pl.debug_print("row {}", x_ref[0])
-    # CHECK-NEXT: while lowering primitive 'debug_print' at {{.*}}debug.py:[[# @LINE - 1]]:{{[0-9]+}} ({{.*}}kernel)
+    pl.debug_print("row {} at {}", x_ref[0:2] > 0, pl.program_id(0))
     o_ref[...] = x_ref[...]
-  print_error(kernel)
+  print(lower(kernel))

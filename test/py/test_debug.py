@@ -63,3 +63,59 @@ def test_debug_callback_is_dropped_with_a_warning():
     out = jax.jit(pallas_cpu.pallas_call(kernel, out_shape=X))(X)
   assert (out == X * 2).all()
   assert not calls
+
+
+# One print per kernel: interpret mode's prints are unordered effects, which
+# XLA may emit in another order than the program's within a grid step.
+VECTOR_PRINTS = {
+    "block": lambda x: pl.debug_print("block {}: {}", pl.program_id(0), x),
+    "no_placeholders": lambda x: pl.debug_print("row", x[1, :6], x[2, 2]),
+    "bool_bf16_int8": lambda x: pl.debug_print(
+        "{} {} {}", x[:2, :3] > 1, x[0, :4].astype(jnp.bfloat16),
+        (x[3, :5] * 10).astype(jnp.int8)),
+    "f8_uint": lambda x: pl.debug_print(
+        "f8 {} u {}", x[0, :4].astype(jnp.float8_e4m3fn),
+        x[4, :3].astype(jnp.uint32)),
+    "splat": lambda x: pl.debug_print(
+        "splat {}", jnp.full((2, 3), pl.program_id(0), jnp.int32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_PRINTS))
+def test_debug_print_of_vectors_matches_interpret_mode(name, capsys):
+  """Arrays print as interpret mode prints them (numpy's str under the
+  print's np.printoptions; an 8x128 block elided with "..."), any mix of
+  arrays and scalars, every dtype: more than Mosaic's "scalars, or one
+  vector ending the format"."""
+  def kernel(x_ref, o_ref):
+    VECTOR_PRINTS[name](x_ref[...])
+    o_ref[...] = x_ref[...]
+
+  def printed(backend):
+    capsys.readouterr()
+    jax.block_until_ready(pallas_cpu.pallas_call(
+        kernel, out_shape=X, grid=(2,), in_specs=[SPEC], out_specs=SPEC,
+        backend=backend)(X))
+    return capsys.readouterr().out
+
+  got = printed("cpu")
+  assert got == printed("interpret")
+  assert got.count("\n") >= 2
+  if name == "block":
+    assert "..." in got
+
+
+def test_debug_print_of_a_float64_vector_matches_interpret_mode(capsys):
+  def kernel(x_ref, o_ref):
+    pl.debug_print("x64 {}", x_ref[0, :5] / 3)
+    o_ref[...] = x_ref[...]
+
+  with jax.enable_x64(True):
+    x = jnp.arange(8 * 128, dtype=jnp.float64).reshape(8, 128)
+    outs = []
+    for backend in ("cpu", "interpret"):
+      capsys.readouterr()
+      jax.block_until_ready(pallas_cpu.pallas_call(
+          kernel, out_shape=x, backend=backend)(x))
+      outs.append(capsys.readouterr().out)
+  assert outs[0] == outs[1] == "x64 [0.         0.33333333 0.66666667 1.         1.33333333]\n"

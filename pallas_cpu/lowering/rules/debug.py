@@ -16,47 +16,65 @@ from mlir import ir
 from mlir.dialects import arith, memref, scf
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import types, views
+from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.scalars import i64
 
 
 def _raw_bits(v: ir.Value, dtype) -> ir.Value:
-  """A scalar's bits, zero-extended to i64 (decoded by runtime_lib)."""
-  i64 = ir.IntegerType.get_signless(64)
-  width = types.bitwidth(dtype)
-  if types.is_float(dtype):
-    v = arith.bitcast(ir.IntegerType.get_signless(width), v)
-  if width == 64:
+  """A register value's bits as stored in memory (bool: 0/1, float8: its
+  byte), zero-extended to i64 (decoded by runtime_lib)."""
+  v = values.to_memory(v, dtype)
+  if not isinstance(v.type, ir.IntegerType):
+    v = arith.bitcast(ir.IntegerType.get_signless(types.bitwidth(dtype)), v)
+  if ir.IntegerType(v.type).width == 64:
     return v
-  return arith.extui(i64, v)
+  return arith.extui(ir.IntegerType.get_signless(64), v)
 
 
 @register(debugging.debug_print_p, barrier=True)
 def _debug_print(ctx, *dyn_args, fmt, ordered, in_tree, static_args,
                  np_printoptions, has_placeholders, **_):
+  """Records the raw bits of every printed element (scalars, and arrays
+  element by element in row-major order: interpret mode prints any mix,
+  beyond Mosaic's "scalars or one vector") in one i64 buffer; the runtime
+  hands them with the print id to runtime_lib, which rebuilds the values
+  from the table entry's dtypes and shapes and formats them with JAX's own
+  formatter."""
   if ordered:
     raise NotImplementedError("ordered debug_print")
   args, kwargs = debugging.merge_callback_args(in_tree, dyn_args, static_args)
   if kwargs:
     raise ValueError("debug_print in a kernel takes positional arguments only")
-  if any(np.shape(a) for a in ctx.avals_in):
-    raise NotImplementedError(
-        "pallas_cpu: debug_print of arrays (only scalars so far)")
   kctx = ctx.kernel
-  dtypes = [str(np.dtype(a.dtype)) for a in ctx.avals_in]
+  shapes = [tuple(int(d) for d in np.shape(a)) for a in ctx.avals_in]
+  sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
   print_id = len(kctx.debug_prints)
   kctx.debug_prints.append({
-      "fmt": fmt, "has_placeholders": bool(has_placeholders), "dtypes": dtypes,
+      "fmt": fmt, "has_placeholders": bool(has_placeholders),
+      "dtypes": [str(np.dtype(a.dtype)) for a in ctx.avals_in],
+      "shapes": [list(s) for s in shapes],
       "np_printoptions": [list(kv) for kv in dict(np_printoptions).items()]})
-  n = len(dyn_args)
-  buf = kctx.alloc((max(n, 1),), np.int64)
-  for i, (a, aval) in enumerate(zip(dyn_args, ctx.avals_in)):
-    bits = _raw_bits(scalar_of(kctx, a).value, aval.dtype)
-    memref.store(bits, buf, [views.as_index(i)])
+  n = sum(sizes)
+  buf = views.with_layout(kctx.alloc((max(n, 1),), np.int64))
+  pos = 0
+  for a, aval, shape, size in zip(dyn_args, ctx.avals_in, shapes, sizes):
+    dtype = np.dtype(aval.dtype)
+    if not shape:
+      bits = _raw_bits(scalar_of(kctx, a).value, dtype)
+      memref.store(bits, buf, [views.as_index(pos)])
+    elif size:
+      if isinstance(a, values.Scalar):  # a splat
+        a = values.Array(values.Splat(a.value), shape, dtype)
+      raw = values.Array(
+          values.Op(lambda v, dt=dtype: _raw_bits(v[0], dt), (a.node,)),
+          shape, np.dtype(np.int64))
+      kctx.store(raw, views.reshape(views.subview(buf, [pos], [size], [1]),
+                                    shape))
+    pos += size
   window = views.space_cast(
-      views.subview(views.with_layout(buf), [0], [n], [1]), None)
+      views.subview(buf, [0], [n], [1]), None)
   # One declaration for every arity: a dynamically sized memref.
   dynamic = ir.MemRefType.get([ir.ShapedType.get_dynamic_size()],
                               ir.IntegerType.get_signless(64),
