@@ -6,10 +6,14 @@ import sys
 
 
 def _coverage() -> int:
+  """Mosaic's TensorCore table against ours, then what we lower beyond it
+  (primitives jnp binds that Mosaic rejects: jnp.arcsin, jnp.cumsum, ...),
+  by the rule family (``rules/<family>.py``) that lowers each."""
   from jax._src.pallas.mosaic import lowering as mosaic
   from pallas_cpu.lowering import registry
   from pallas_cpu.lowering import rules  # noqa: F401  (fill the table)
-  ours = {p.name for p in registry.registered()}
+  table = registry.registered()
+  ours = {p.name for p in table}
   mosaic_tc = sorted({p.name for p in mosaic.lowering_rules[
       mosaic.MOSAIC_CORE_TYPE_TC if hasattr(mosaic, "MOSAIC_CORE_TYPE_TC")
       else next(iter(mosaic.lowering_rules))]})
@@ -17,10 +21,19 @@ def _coverage() -> int:
   missing = [p for p in mosaic_tc if p not in ours]
   print(f"Mosaic TensorCore primitives lowered: {len(have)}/{len(mosaic_tc)}")
   print("lowered:     " + ", ".join(have))
-  print("not lowered: " + ", ".join(missing))
-  extra = sorted(ours - set(mosaic_tc))
-  if extra:
-    print("also lowered (not in Mosaic's table): " + ", ".join(extra))
+  print("not lowered: " + (", ".join(missing) or "(none)"))
+  families: dict[str, set[str]] = {}
+  for prim, rule in table.items():
+    if prim.name not in mosaic_tc:
+      family = rule.fn.__module__.rsplit(".", 1)[-1]
+      families.setdefault(family, set()).add(prim.name)
+  n = sum(len(v) for v in families.values())
+  print()
+  print(f"Beyond Mosaic's table: {n} more primitives lowered (Mosaic has no "
+        "rule for them), by rule family:")
+  width = max((len(f) for f in families), default=0) + 1
+  for family in sorted(families):
+    print(f"  {family + ':':<{width}} " + ", ".join(sorted(families[family])))
   return 0
 
 

@@ -323,6 +323,35 @@ def test_dynamic_update_slice_of_a_value(offset):
   assert_same(got, want)
 
 
+# -- python -m pallas_cpu coverage ------------------------------------------------
+def test_coverage_command_lists_what_we_lower_beyond_mosaic(capsys):
+  """The report counts Mosaic's TensorCore table, then lists by rule family
+  every primitive we lower beyond it -- each registered here and absent
+  from Mosaic's table."""
+  from jax._src.pallas.mosaic import lowering as mosaic
+
+  from pallas_cpu import __main__ as cli
+  from pallas_cpu.lowering import registry
+  assert cli.main(["coverage"]) == 0
+  out = capsys.readouterr().out
+  head, beyond = out.split("\nBeyond Mosaic's table: ")
+  assert head.startswith("Mosaic TensorCore primitives lowered: ")
+  listed = {}
+  for line in beyond.splitlines()[1:]:
+    family, names = line.split(":", 1)
+    listed[family.strip()] = names.strip().split(", ")
+  assert beyond.startswith(f"{sum(map(len, listed.values()))} more")
+  assert {"acos", "asin", "atan", "acosh", "asinh", "atanh", "sinh", "cosh",
+          "cbrt", "erfc"} <= set(listed["elementwise"])
+  assert {"cumsum", "cumprod", "cummax", "cummin",
+          "cumlogsumexp"} <= set(listed["reductions"])
+  assert listed["dynamic_slicing"] == ["dynamic_slice", "dynamic_update_slice"]
+  ours = {p.name for p in registry.registered()}
+  theirs = {p.name for table in mosaic.lowering_rules.values() for p in table}
+  for names in listed.values():
+    assert set(names) <= ours - theirs
+
+
 if __name__ == "__main__":  # the measured maxima over many seeds
   import sys
   for dt in DTYPES:
