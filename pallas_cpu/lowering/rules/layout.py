@@ -14,11 +14,13 @@
   rev, roll and a cropping pad read a ref operand where it lies (no copy).
 - ``gather`` in Mosaic's take_along_axis form is a lazy elementwise node
   that ``memref.load``s the materialized operand at the clamped (or
-  checked, for ``mode="fill"``) index, so it fuses with its consumer.
+  checked, for ``mode="fill"``) index, so it fuses with its consumer; every
+  other gather goes to rules/shape.py's general one.
 - ``masked_load``/``masked_swap`` (``pl.load``/``pl.store``/``pltpu.load``/
   ``pltpu.store``): without a mask they are plain ref reads/writes; with a
   mask, a store is one generic selecting between the new and the old value
-  in place.
+  in place.  A masked window may cross the ref's end (rules/memory.py's
+  ``Crossing``); index arrays go through interpret mode's discharge.
 - ``multiple_of`` and ``stop_gradient`` are identities.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from jax._src import ad_util
 from jax._src import core as jax_core
+from jax._src import tree_util
 from jax._src.lax import lax
 from jax._src.lax import slicing
 from jax._src.pallas import primitives as pallas_primitives
@@ -383,28 +386,23 @@ def _gather(ctx, x, indices, *, dimension_numbers, slice_sizes, unique_indices,
   out_shape = tuple(out_aval.shape)
   rank = len(out_shape)
   dn = dimension_numbers
+  mode = slicing.GatherScatterMode.from_any(mode)
   if not (len(in_aval.shape) == rank and rank >= 1
           and tuple(idx_aval.shape[:-1]) == out_shape
-          and idx_aval.shape[-1] == 1):
-    raise NotImplementedError(
-        "pallas_cpu supports only take_along_axis-like gathers (as Mosaic "
-        f"does): operand {in_aval.str_short()}, indices "
-        f"{idx_aval.str_short()}, result {out_aval.str_short()}")
-  if not (tuple(slice_sizes) == (1,) * rank and not dn.offset_dims
+          and idx_aval.shape[-1] == 1
+          and tuple(slice_sizes) == (1,) * rank and not dn.offset_dims
           and tuple(dn.collapsed_slice_dims) == tuple(dn.start_index_map)
           and len(dn.collapsed_slice_dims) == 1
           and tuple(dn.operand_batching_dims)
           == tuple(dn.start_indices_batching_dims)
-          and len(dn.operand_batching_dims) == rank - 1):
-    raise NotImplementedError(
-        "pallas_cpu supports only take_along_axis-like gathers (as Mosaic "
-        f"does); unsupported gather dimension numbers {dn} with slice sizes "
-        f"{tuple(slice_sizes)}")
-  mode = slicing.GatherScatterMode.from_any(mode)
-  if mode not in (slicing.GatherScatterMode.CLIP,
-                  slicing.GatherScatterMode.FILL_OR_DROP,
-                  slicing.GatherScatterMode.PROMISE_IN_BOUNDS):
-    raise NotImplementedError(f"gather with mode {mode}")
+          and len(dn.operand_batching_dims) == rank - 1
+          and mode in (slicing.GatherScatterMode.CLIP,
+                       slicing.GatherScatterMode.FILL_OR_DROP,
+                       slicing.GatherScatterMode.PROMISE_IN_BOUNDS)):
+    # Every other form (x[idx], jnp.take, jnp.diagonal...): rules/shape.py.
+    return shape_rules.gather(ctx, x, indices, dimension_numbers=dn,
+                              slice_sizes=slice_sizes, mode=mode,
+                              fill_value=fill_value)
   (axis,) = dn.collapsed_slice_dims
   n = int(in_aval.shape[axis])
   dtype = np.dtype(out_aval.dtype)
@@ -462,7 +460,17 @@ def _select_build(a):
 def _masked_load(ctx, *args, args_tree, **_):
   (_, ref), (tr_tree, tr), (_, mask), (_, other) = _split_args(args_tree,
                                                                 args)
-  out = memory_rules.get(ctx, ref[0], *tr, tree=tr_tree)
+  crossing = None
+  if mask:  # the window may cross the ref's end (memory_rules.Crossing)
+    crossing = memory_rules.resolve_masked(
+        ctx, ref[0], tree_util.tree_unflatten(tr_tree, tr), mask[0])
+  if crossing is None:
+    out = memory_rules.get(ctx, ref[0], *tr, tree=tr_tree)
+  else:
+    view, key, crossing = crossing
+    memory_rules.note_access(ctx, crossing.access, write=False)
+    crossing.check(ctx, broadcast(mask[0], tuple(view.shape)))
+    out = memory_rules.load(view, key)
   # As in interpret mode: masked-off elements are read too (their value is
   # unspecified), and replaced by ``other`` when it is given.
   if not mask or not other:
@@ -479,12 +487,24 @@ def _masked_swap(ctx, *args, args_tree, **_):
   if not mask:
     return memory_rules.swap(ctx, ref, val, *tr, tree=tr_tree)
   kctx = ctx.kernel
-  view, key = memory_rules.apply_transforms(ctx, ref, tr_tree, tr)
+  transforms = tree_util.tree_unflatten(tr_tree, tr)
+  if memory_rules.split_at_index_arrays(transforms)[1]:
+    # Through an array of indices: interpret mode's discharge (a scatter).
+    return memory_rules.swap_through_index_arrays(ctx, ref, transforms, val,
+                                                  mask[0])
+  crossing = memory_rules.resolve_masked(ctx, ref, transforms, mask[0])
+  if crossing is None:
+    view, key = memory_rules.apply_transforms(ctx, ref, tr_tree, tr)
+  else:  # the window may cross the ref's end (memory_rules.Crossing)
+    view, key, crossing = crossing
   # (A masked store reads the window to keep masked-off elements: the race
   # detector sees the whole window written, as TPU interpret mode does.)
-  memory_rules.note_access(ctx, view, write=True)
+  memory_rules.note_access(ctx, crossing.access if crossing else view,
+                           write=True)
   shape = tuple(view.shape)
   mask = broadcast(mask[0], shape)
+  if crossing is not None:
+    crossing.check(ctx, mask)
   old = None
   if ctx.outs_used[0]:
     # The old value, and everything the returned value needs, is read
@@ -504,6 +524,8 @@ def _masked_swap(ctx, *args, args_tree, **_):
   # Only mask-true elements change: select(mask, new, old), written in place.
   kctx.store(elementwise(ctx, _select_build, [mask, val, current]),
              view.memref)
+  if crossing is not None:
+    crossing.write_back()
   if old is None:
     return None
   # As interpret mode returns it: the old value where the mask is true, the

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
+from jax._src import core as jax_core
 from jax._src import tree_util
 from jax._src.state import indexing
 from jax._src.pallas import primitives as pallas_primitives
+from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
 from jax._src.state import types as state_types
 from mlir import ir
-from mlir.dialects import arith, builtin, scf
+from mlir.dialects import arith, builtin, linalg, memref, scf
 
 from pallas_cpu import abi
 from pallas_cpu.lowering import (bit_views, buffers, race_hooks, types,
@@ -251,6 +254,259 @@ def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
   return view, key
 
 
+# -- masked accesses whose window crosses the ref's end ------------------------
+# ``pl.load(ref, (pl.ds(start, n),), mask=m)`` / ``pl.store(..., mask=m)``
+# with start + n > len: interpret mode allows it (it pads the ref with the
+# uninitialized value, reads see the padding, writes there are dropped); TPU
+# does not.  Here such a window is a private copy of the window: filled with
+# the uninitialized value, the in-bounds part copied in (and back, for a
+# store) -- masked-off elements past the end are never read or written in
+# the ref.  A mask that is true past the end is a run-time "ref index out of
+# bounds" error, as an unmasked access is.
+# TPU-compatibility hook (pallas_cpu/tpu_checks.py): a kernel reaching
+# ``_crossing_window`` (its window may cross the end) is one TPU rejects.
+
+
+@dataclasses.dataclass
+class Crossing:
+  """A masked access's window that may cross its ref's end."""
+  access: Ref                 # the in-bounds part of the window, in the ref
+  inside: ir.Value            # i1: the window lies inside the ref
+  copy: ir.Value              # the in-bounds part of the private copy
+  dims: list                  # (window dim, kept dim, start, extent, limit,
+                              #  in-bounds count)
+  shape: tuple                # the window's (the view's) shape
+
+  def check(self, ctx, mask: values.Value) -> None:
+    """Reports (at run time) a mask that is true past the ref's end;
+    ``mask`` has the view's shape."""
+    kctx = ctx.kernel
+    if_op = scf.IfOp(arith.xori(self.inside, _true()))
+    with ir.InsertionPoint(if_op.then_block):
+      flag = kctx.alloc((), np.int8)
+      i8 = ir.IntegerType.get_signless(8)
+      for d, kept, start, extent, limit, count in self.dims:
+        memref.store(arith.constant(i8, 0), flag, [])
+
+        def body(ivs, kept=kept, count=count):
+          m = (mask.value if isinstance(mask, values.Scalar)
+               else values.evaluate_at(mask.node, ivs))
+          past = arith.cmpi(arith.CmpIPredicate.sge, ivs[kept], count)
+          hit = scf.IfOp(arith.andi(m, past))
+          with ir.InsertionPoint(hit.then_block):
+            memref.store(arith.constant(i8, 1), flag, [])
+            scf.YieldOp([])
+        _loop_nest([views.as_index(n) for n in self.shape], body)
+        found = arith.cmpi(arith.CmpIPredicate.ne, memref.load(flag, []),
+                           arith.constant(i8, 0))
+        report = scf.IfOp(found)
+        with ir.InsertionPoint(report.then_block):
+          i64 = ir.IntegerType.get_signless(64)
+          kctx.call_runtime(abi.RT_INDEX_OUT_OF_BOUNDS, [
+              kctx.runtime_ctx, arith.constant(i64, d),
+              arith.index_cast(i64, start), arith.constant(i64, extent),
+              arith.constant(i64, limit), kctx.grid_index()])
+          scf.YieldOp([])
+      scf.YieldOp([])
+
+  def write_back(self) -> None:
+    """After a store: the in-bounds part of the copy goes to the ref."""
+    if_op = scf.IfOp(arith.xori(self.inside, _true()))
+    with ir.InsertionPoint(if_op.then_block):
+      linalg.copy(self.copy, outs=[self.access.memref])
+      scf.YieldOp([])
+
+
+def _true() -> ir.Value:
+  return arith.constant(ir.IntegerType.get_signless(1), 1)
+
+
+def _loop_nest(bounds, body, ivs=()):
+  if len(ivs) == len(bounds):
+    body(list(ivs))
+    return
+  loop = scf.ForOp(views.as_index(0), bounds[len(ivs)], views.as_index(1))
+  with ir.InsertionPoint(loop.body):
+    _loop_nest(bounds, body, (*ivs, loop.induction_variable))
+    scf.YieldOp([])
+
+
+def _is_constant_true(v) -> bool:
+  node = v.node if isinstance(v, values.Array) else None
+  value = v.value if isinstance(v, values.Scalar) else (
+      node.value if isinstance(node, values.Splat) else None)
+  if value is None:
+    return False
+  op = getattr(value.owner, "operation", value.owner)
+  if not (isinstance(op, ir.Operation) and op.name == "arith.constant"):
+    return False
+  attr = op.attributes["value"]
+  if isinstance(attr, ir.BoolAttr):
+    return ir.BoolAttr(attr).value
+  return views.constant_int(value) in (1, -1)
+
+
+def _is_whole(ctx, t: indexing.NDIndexer) -> bool:
+  """Whether an indexer selects the whole view it indexes."""
+  return len(t.indices) == len(t.shape) and all(
+      isinstance(i, indexing.Slice) and _index(ctx, i.start) == 0
+      and int(i.stride) == 1 and int(i.size) == n
+      for i, n in zip(t.indices, t.shape))
+
+
+def resolve_masked(ctx, ref: Ref, transforms, mask):
+  """For a masked load or store: (view, key, Crossing) where the window
+  the last indexer selects (any after it select the whole of it) may
+  cross the ref's end; None where it cannot (the caller resolves the
+  transforms as usual), or where the mask is statically all true (an
+  unmasked access)."""
+  transforms = list(transforms)
+  k = len(transforms) - 1
+  while k >= 0 and isinstance(transforms[k], indexing.NDIndexer) and \
+      _is_whole(ctx, transforms[k]):
+    k -= 1
+  if (mask is None or _is_constant_true(mask) or k < 0
+      or not isinstance(transforms[k], indexing.NDIndexer)
+      or split_at_index_arrays(transforms)[1]
+      or any(isinstance(t, state_types.BitcastTransform)
+             for t in transforms[:k])):
+    return None
+  t = transforms[k]
+  if not _may_cross(ctx, t):
+    return None
+  before, key = resolve(ctx, ref, transforms[:k])
+  return _crossing_window(ctx, before, key, t, ref, k > 0)
+
+
+def _may_cross(ctx, t: indexing.NDIndexer) -> bool:
+  for idx, limit in zip(t.indices, t.shape):
+    if not isinstance(idx, indexing.Slice) or not int(idx.size):
+      continue
+    start = _index(ctx, idx.start)
+    if not isinstance(start, int):
+      return True
+    extent = (int(idx.size) - 1) * int(idx.stride) + 1
+    if 0 <= start <= limit and start + extent > limit:
+      return True
+  return False
+
+
+def _checked_crossing_start(ctx, start: ir.Value, extent: int, limit: int,
+                            dim: int) -> ir.Value:
+  """A crossing window's dynamic start: reported (and clamped) when
+  negative or past the end."""
+  idx = views.as_index(start)
+  lo, hi = views.as_index(0), views.as_index(limit)
+  bad = arith.ori(arith.cmpi(arith.CmpIPredicate.slt, idx, lo),
+                  arith.cmpi(arith.CmpIPredicate.sgt, idx, hi))
+  if_op = scf.IfOp(bad)
+  with ir.InsertionPoint(if_op.then_block):
+    i64 = ir.IntegerType.get_signless(64)
+    kctx = ctx.kernel
+    kctx.call_runtime(abi.RT_INDEX_OUT_OF_BOUNDS, [
+        kctx.runtime_ctx, arith.constant(i64, dim), arith.index_cast(i64, idx),
+        arith.constant(i64, extent), arith.constant(i64, limit),
+        kctx.grid_index()])
+    scf.YieldOp([])
+  return arith.minsi(arith.maxsi(idx, lo), hi)
+
+
+def _crossing_window(ctx, view: Ref, key, t: indexing.NDIndexer, ref,
+                     transformed: bool):
+  """The window ``t`` selects, where it may cross the view's end: the view
+  in place when inside (checked at run time), else a private copy; None
+  when no dimension can cross (static windows inside)."""
+  kctx = ctx.kernel
+  shape = view.shape
+  offsets, sizes, steps, drop = [], [], [], []
+  for d, idx in enumerate(t.indices):
+    if isinstance(idx, indexing.Slice):
+      start, size, step = _index(ctx, idx.start), int(idx.size), int(idx.stride)
+    else:
+      start, size, step = _index(ctx, idx), 1, 1
+      drop.append(d)
+    offsets.append(start)
+    sizes.append(size)
+    steps.append(step)
+  cross = []
+  for d in range(len(offsets)):
+    extent = (sizes[d] - 1) * steps[d] + 1 if sizes[d] else 0
+    start, limit = offsets[d], shape[d]
+    if d in drop or not sizes[d]:
+      can_cross = False
+    elif isinstance(start, int):
+      can_cross = 0 <= start <= limit and start + extent > limit
+    else:
+      can_cross = True
+    if can_cross:
+      cross.append(d)
+    elif isinstance(start, int):
+      _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
+                    transformed)
+    else:
+      offsets[d] = _checked_start(ctx, start, sizes[d], steps[d], limit, d)
+  if not cross:
+    return None
+  # Crossing dims: a negative start is still an error (reported, clamped);
+  # the in-bounds count is clamp(ceil((limit - start) / step), 0, size).
+  # A static start past the end: never inside (no in-place window, whose
+  # static bounds MLIR would reject).
+  never_inside = any(isinstance(offsets[d], int) for d in cross)
+  inside, counts, dims = None, list(sizes), []
+  clipped = list(offsets)
+  kept = [d for d in range(len(sizes)) if d not in drop]
+  for d in cross:
+    extent = (sizes[d] - 1) * steps[d] + 1
+    limit = shape[d]
+    if isinstance(offsets[d], int):
+      start = views.as_index(offsets[d])
+    else:
+      start = _checked_crossing_start(ctx, offsets[d], extent, limit, d)
+    offsets[d] = clipped[d] = start
+    rest = arith.subi(views.as_index(limit), start)
+    n = arith.divsi(arith.addi(rest, views.as_index(steps[d] - 1)),
+                    views.as_index(steps[d]))
+    counts[d] = arith.minsi(n, views.as_index(sizes[d]))
+    ok = arith.cmpi(arith.CmpIPredicate.sle,
+                    arith.addi(start, views.as_index(extent)),
+                    views.as_index(limit))
+    inside = ok if inside is None else arith.andi(inside, ok)
+    dims.append((d, kept.index(d), start, extent, limit, counts[d]))
+  win_shape = [sizes[d] for d in kept]
+  mt = ir.MemRefType(view.memref.type)
+  space = mt.memory_space
+  space_name = ir.StringAttr(space).value if space is not None else "vmem"
+  copy = views.with_layout(kctx.alloc(win_shape, view.dtype, space_name,
+                                      name="the window copy of a masked "
+                                      f"access at {ctx.source}"))
+  access = views.subview(view.memref, clipped, counts, steps, drop)
+  copy_part = views.subview(copy, [0] * len(kept), [counts[d] for d in kept])
+  common = types.memref_type(win_shape, view.dtype, space,
+                             [None] * len(win_shape))
+
+  def fetch():
+    kctx.store(buffers.uninitialized_scalar(kctx, view.dtype), copy)
+    linalg.copy(access, outs=[copy_part])
+    return views.with_layout(copy, [None] * len(win_shape))
+
+  if never_inside:
+    inside = arith.constant(ir.IntegerType.get_signless(1), 0)
+    window = fetch()
+  else:
+    if_op = scf.IfOp(inside, [common], has_else=True)
+    with ir.InsertionPoint(if_op.then_block):
+      inplace = views.subview(view.memref, offsets, sizes, steps, drop)
+      scf.YieldOp([views.with_layout(inplace, [None] * len(win_shape))])
+    with ir.InsertionPoint(if_op.else_block):
+      scf.YieldOp([fetch()])
+    window = if_op.results[0]
+  new_view = dataclasses.replace(view, memref=window)
+  new_key = (key, "masked window", id(copy))
+  crossing = Crossing(dataclasses.replace(view, memref=access), inside,
+                      copy_part, dims, tuple(win_shape))
+  return new_view, new_key, crossing
+
+
 def load(view: Ref, key) -> values.Value:
   """The value of a memref view (lazy; a scalar load now at rank 0)."""
   if not view.shape:
@@ -277,12 +533,95 @@ def note_access(ctx, view, *, write: bool) -> None:
                       f"{ctx.source}")
 
 
+def _is_index_array(i) -> bool:
+  return isinstance(i, values.Array) and i.shape != ()
+
+
+def split_at_index_arrays(transforms) -> tuple[list, list]:
+  """The transforms before the first indexer holding an array of indices
+  (a view), and the rest (a gather/scatter), empty when there is none."""
+  transforms = list(transforms)
+  for k, t in enumerate(transforms):
+    if isinstance(t, indexing.NDIndexer) and any(
+        _is_index_array(i) for i in t.indices):
+      return transforms[:k], transforms[k:]
+  return transforms, []
+
+
+def _leaf_avals(leaves):
+  return [jax_core.ShapedArray(tuple(v.shape), v.dtype) for v in leaves]
+
+
+def indexed_read(ctx, value: values.Value, rest) -> values.Value:
+  """``value`` (a view's contents) through ``rest``, transforms that index
+  with arrays: lowered from the discharge rule interpret mode runs
+  (``state.discharge.transform_array``: numpy indexing, a ``gather``), so
+  out-of-bounds and negative indices behave exactly as there."""
+  leaves, tree = tree_util.tree_flatten(rest)
+
+  def fn(x, *flat):
+    return state_discharge.transform_array(
+        x, tree_util.tree_unflatten(tree, flat))
+  return jaxpr_lowering.lower_fun(
+      ctx, fn, value, *leaves, avals_in=_leaf_avals([value, *leaves]))
+
+
+def indexed_write(ctx, value: values.Value, rest, val: values.Value,
+                  mask: values.Value | None = None):
+  """(the old value at ``rest``, ``value`` with ``val`` written at
+  ``rest``): ``transform_swap_array``, interpret mode's discharge of a swap
+  through array indices (a ``scatter``: later duplicates win, out-of-bounds
+  updates dropped as there).  With a ``mask`` (``pl.store``), masked-off
+  elements keep their old value and the old value is returned where the
+  mask is true, the stored one elsewhere, as ``masked_swap``'s discharge
+  does."""
+  leaves, tree = tree_util.tree_flatten(rest)
+  extra = [] if mask is None else [mask]
+
+  def fn(x, v, *flat):
+    m, flat = (flat[0], flat[1:]) if extra else (None, flat)
+    t = tree_util.tree_unflatten(tree, flat)
+    if m is None:
+      return state_discharge.transform_swap_array(x, t, v)
+    old = state_discharge.transform_array(x, t)
+    _, new_x = state_discharge.transform_swap_array(x, t,
+                                                    jnp.where(m, v, old))
+    return jnp.where(m, old, v), new_x
+  old, new = jaxpr_lowering.lower_fun(
+      ctx, fn, value, val, *extra, *leaves,
+      avals_in=_leaf_avals([value, val, *extra, *leaves]),
+      multiple_results=True)
+  return old, new
+
+
+def swap_through_index_arrays(ctx, ref: Ref, transforms, val,
+                              mask: values.Value | None = None):
+  """``o_ref[idx] = v`` (``pl.store(o_ref, (idx,), v, mask=m)``) through an
+  array of indices: the whole view before the index array is rewritten
+  with the scattered value (``indexed_write``); the old value if used."""
+  kctx = ctx.kernel
+  before, rest = split_at_index_arrays(transforms)
+  view, key = resolve(ctx, ref, before)
+  note_access(ctx, view, write=False)
+  old, new = indexed_write(ctx, _load_any(ctx, view, key), rest, val, mask)
+  old = kctx.as_temp(old) if ctx.outs_used[0] else None
+  note_access(ctx, view, write=True)
+  _store_any(ctx, view, key, new)
+  return old
+
+
 @register(state_primitives.get_p)
 def get(ctx, ref, *idx, tree):
-  """``ref[idx]`` (also the unmasked part of masked loads, rules/layout.py)."""
-  view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
+  """``ref[idx]`` (also the unmasked part of masked loads, rules/layout.py);
+  an index array (``x_ref[idx_ref[...], :]``) reads the view before it and
+  gathers from it."""
+  before, rest = split_at_index_arrays(tree_util.tree_unflatten(tree, idx))
+  view, key = resolve(ctx, ref, before)
   note_access(ctx, view, write=False)
-  return _load_any(ctx, view, key)
+  value = _load_any(ctx, view, key)
+  if rest:
+    return indexed_read(ctx, value, rest)
+  return value
 
 
 def reads_differently(node, root, key) -> bool:
@@ -302,20 +641,29 @@ def swap(ctx, ref, val, *idx, tree):
   """``ref[idx] = val``, returning the old value when it is used (also
   unmasked stores, rules/layout.py)."""
   kctx = ctx.kernel
-  view, key = resolve(ctx, ref, tree_util.tree_unflatten(tree, idx))
+  transforms = tree_util.tree_unflatten(tree, idx)
+  if split_at_index_arrays(transforms)[1]:
+    return swap_through_index_arrays(ctx, ref, transforms, val)
+  view, key = resolve(ctx, ref, transforms)
   old = None
   if ctx.outs_used[0]:
     note_access(ctx, view, write=False)
     old = kctx.as_temp(_load_any(ctx, view, key))
   note_access(ctx, view, write=True)
+  _store_any(ctx, view, key, val)
+  return old
+
+
+def _store_any(ctx, view, key, val) -> None:
+  """Writes ``val`` into a view, computing it first where it reads the
+  view's storage anywhere else than where it writes."""
   if isinstance(view, bit_views.BitView):
     bit_views.store(ctx, view, val, reads_differently)
-    return old
+    return
   if isinstance(val, values.Array) and reads_differently(val.node, view.root,
                                                          key):
-    val = kctx.as_temp(val)
-  kctx.store(val, view.memref)
-  return old
+    val = ctx.kernel.as_temp(val)
+  ctx.kernel.store(val, view.memref)
 
 
 @register(pallas_primitives.run_scoped_p, barrier=True)
