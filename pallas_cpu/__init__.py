@@ -11,6 +11,7 @@ from pallas_cpu.params import CompilerParams
 from pallas_cpu.races import (RaceReport, race_reports, races_found,
                               reset_races)
 from pallas_cpu.runtime_lib import KernelExitWarning
+from pallas_cpu.tpu_checks import TpuCompatibilityError, TpuCompatibilityWarning
 from pallas_cpu import registration as _registration
 
 _registration.install()
@@ -18,4 +19,4 @@ _registration.install()
 __all__ = ["pallas_call", "force_cpu_backend", "lower", "CompilerParams",
            "CompilationError", "LoweringError", "UnsupportedError",
            "KernelExitWarning", "RaceReport", "race_reports", "races_found",
-           "reset_races"]
+           "reset_races", "TpuCompatibilityError", "TpuCompatibilityWarning"]

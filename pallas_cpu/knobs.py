@@ -52,6 +52,12 @@ class Knobs:
   """PALLAS_CPU_NUM_THREADS=n: threads for parallel grid dimensions (default
   0: the machine's cores)."""
 
+  tpu_checks: str
+  """PALLAS_CPU_TPU_CHECKS=error|warn|off: what a kernel Mosaic would not
+  compile for the targeted TPU generation is (default "warn": one
+  TpuCompatibilityWarning per kernel); CompilerParams(tpu_checks=...)
+  overrides it (tpu_checks.py)."""
+
 
 def read() -> Knobs:
   """Reads the knobs now (tests change the environment between calls)."""
@@ -63,7 +69,16 @@ def read() -> Knobs:
       num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
       detect_races=_flag("PALLAS_CPU_DETECT_RACES"),
       cache_dir=_cache_dir(),
+      tpu_checks=_choice("PALLAS_CPU_TPU_CHECKS", ("error", "warn", "off"),
+                         "warn"),
   )
+
+
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+  value = os.environ.get(name, "").strip().lower() or default
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+  return value
 
 
 def _cache_dir() -> str | None:

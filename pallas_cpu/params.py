@@ -60,6 +60,16 @@ class CompilerParams:
       and signals, barrier semaphores, inside shard_map) starts on all of
       them together; a device that has not arrived after this many seconds
       fails the call on the others, naming the devices that did arrive.
+    tpu_checks: what a kernel Mosaic would not compile for ``tpu_generation``
+      is, checked once per kernel before it is compiled (tpu_checks.py: JAX's
+      own Mosaic lowering run offline, plus VMEM/SMEM capacity and dtype
+      checks it cannot make): "error" (a ``TpuCompatibilityError``), "warn"
+      (one ``TpuCompatibilityWarning`` per kernel) or "off".  None takes
+      PALLAS_CPU_TPU_CHECKS (default "warn").
+    tpu_generation: the TPU the checks target, as JAX names it
+      (``jax._src.pallas.mosaic.tpu_info.ChipVersion``: "v5e", "v5p", "v6e",
+      "7x"...; "v7x" and device kinds such as "TPU v6 lite" are accepted).
+      None: the newest generation the installed jax knows.
   """
   uninitialized_memory: Literal["nan", "zero"] = "nan"
   dma_execution_mode: Literal["eager", "on_wait"] = "on_wait"
@@ -73,6 +83,8 @@ class CompilerParams:
   detect_races: bool = False
   on_race: Literal["report", "raise"] = "report"
   num_cores: int = 1
+  tpu_checks: Literal["error", "warn", "off"] | None = None
+  tpu_generation: str | None = None
 
   def __post_init__(self):
     if self.uninitialized_memory not in ("nan", "zero"):
@@ -104,6 +116,12 @@ class CompilerParams:
                        f"{self.device_timeout_s!r}")
     if self.opt_level is not None and self.opt_level not in (0, 1, 2, 3):
       raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
+    if self.tpu_checks not in (None, "error", "warn", "off"):
+      raise ValueError("tpu_checks must be 'error', 'warn' or 'off', got "
+                       f"{self.tpu_checks!r}")
+    if self.tpu_generation is not None:
+      from pallas_cpu import tpu_checks
+      tpu_checks.validate_generation(self.tpu_generation)
 
 
 def from_interpret_params(p) -> CompilerParams:

@@ -21,6 +21,7 @@ from pallas_cpu import abi, compiler, knobs, runtime_lib
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu import params as params_lib
+from pallas_cpu import tpu_checks
 from pallas_cpu.params import CpuBackend
 
 
@@ -172,6 +173,8 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   mesh_axes = device_mesh(ctx)
   spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend, mesh_axes)
   text, info = kernel_ir(spec)
+  tpu_checks.check_kernel(params, ctx.avals_in, spec.params, kernel_ir=text,
+                          mesh_axes=mesh_axes)
   if params.get("debug"):
     print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
   compiled = compiler.compile_kernel(text)
