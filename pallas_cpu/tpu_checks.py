@@ -36,7 +36,6 @@ import math
 import threading
 import types
 import warnings
-from typing import Any
 
 from pallas_cpu import knobs
 
