@@ -29,9 +29,28 @@ from pallas_cpu.lowering.scalars import cmpi
 
 @dataclasses.dataclass
 class _Dim:
-  kind: str        # "blocked" | "squeezed"
+  kind: str        # "blocked" | "squeezed" | "element"
   size: int        # block size along the array dimension
   array_size: int
+  pad_lo: int = 0  # Element(size, padding=(pad_lo, pad_hi))
+  pad_hi: int = 0
+
+  @property
+  def extent(self) -> int:
+    """Element: the padded length the index map's element offsets address
+    -- the array with its padding, rounded up to whole blocks, as
+    interpret mode pads it; a window starts in [0, extent - size]."""
+    total = self.pad_lo + self.array_size + self.pad_hi
+    return -(-total // self.size) * self.size
+
+  @property
+  def may_cross(self) -> bool:
+    """Whether a block can leave the array (an edge: a padded copy)."""
+    if self.kind == "blocked":
+      return self.array_size % self.size != 0
+    if self.kind == "element":
+      return self.pad_lo > 0 or self.extent != self.array_size
+    return False
 
 
 def _block_dims(bm, origin: str) -> list[_Dim]:
@@ -41,10 +60,21 @@ def _block_dims(bm, origin: str) -> list[_Dim]:
       dims.append(_Dim("blocked", b.block_size, n))
     elif isinstance(b, pallas_core.Squeezed):
       dims.append(_Dim("squeezed", 1, n))
+    elif isinstance(b, pallas_core.Element):
+      # The index map gives the block's first element in the array padded
+      # by (pad_lo, pad_hi): padding reads the uninitialized value, writes
+      # there are dropped (interpret mode's semantics).
+      lo, hi = (int(p) for p in b.padding)
+      if b.block_size <= 0 or lo < 0 or hi < 0:
+        raise ValueError(f"pallas_cpu: invalid block dimension {b} of "
+                         f"{origin}")
+      dims.append(_Dim("element", b.block_size, n, lo, hi))
     else:
       raise NotImplementedError(
-          f"pallas_cpu: block dimension {b} of {origin} is not supported yet "
-          "(supported: Blocked, Squeezed/None)")
+          f"pallas_cpu: block dimension {b!r} of {origin} is not supported "
+          "(supported: Blocked, Element, Squeezed/None; BoundedSlice and "
+          "Indirect have no pallas_call semantics in interpret mode or "
+          "Mosaic -- they are emit_pipeline block dimensions)")
   return dims
 
 
@@ -95,12 +125,11 @@ class BlockWindow:
           f"dimension are not supported (pass it with "
           f"memory_space=pl.ANY, or skip the pallas_call)")
     self.dims = _block_dims(bm, bm.origin)
-    self.edge_dims = [k for k, d in enumerate(self.dims)
-                      if d.kind == "blocked" and d.array_size % d.size]
+    self.edge_dims = [k for k, d in enumerate(self.dims) if d.may_cross]
     self.private = private or any(d.size > d.array_size for d in self.dims)
     self.may_edge = bool(self.edge_dims) and not self.private
     self.copies = self.private or self.may_edge
-    self.kept = [i for i, d in enumerate(self.dims) if d.kind == "blocked"]
+    self.kept = [i for i, d in enumerate(self.dims) if d.kind != "squeezed"]
     self.block_shape = tuple(self.dims[i].size for i in self.kept)
     if self.copies:
       full = tuple(d.size for d in self.dims)
@@ -140,6 +169,9 @@ class BlockWindow:
                        views.as_index(self.dims[k].size))
       self.in_bounds = _and(self.in_bounds, cmpi(
           "sle", end, views.as_index(self.dims[k].array_size)))
+      if self.dims[k].pad_lo:
+        self.in_bounds = _and(self.in_bounds, cmpi(
+            "sge", views.as_index(starts[k]), views.as_index(0)))
     if_op = scf.IfOp(self.in_bounds, [self.view_type], has_else=True)
     with ir.InsertionPoint(if_op.then_block):
       memref.store(arith.constant(ir.IntegerType.get_signless(64), -1),
@@ -197,27 +229,46 @@ class BlockWindow:
 
   def _valid_regions(self):
     """(array window, padded-buffer window) of the in-bounds part."""
-    sizes = []
+    sizes, src_offsets, dst_offsets = [], [], []
     for d, s in zip(self.dims, self.starts):
+      if d.kind == "element" and (d.may_cross or d.size > d.array_size):
+        # [max(s, 0), min(s + size, n)) of the array, from max(-s, 0) in
+        # the block (empty when the block lies in the padding).
+        s = views.as_index(s)
+        zero = views.as_index(0)
+        lo = arith.minsi(arith.maxsi(s, zero), views.as_index(d.array_size))
+        hi = arith.minsi(arith.addi(s, views.as_index(d.size)),
+                         views.as_index(d.array_size))
+        sizes.append(arith.maxsi(arith.subi(hi, lo), zero))
+        src_offsets.append(lo)
+        dst_offsets.append(arith.minsi(arith.maxsi(arith.subi(lo, s), zero),
+                                       views.as_index(d.size)))
+        continue
       if d.kind == "blocked" and (d.array_size % d.size or
                                   d.size > d.array_size):
         rest = arith.subi(views.as_index(d.array_size), views.as_index(s))
         sizes.append(arith.minsi(rest, views.as_index(d.size)))
       else:
         sizes.append(d.size)
-    src = views.subview(self.array, self.starts, sizes)
-    dst = views.subview(self.pad, [0] * len(sizes), sizes)
+      src_offsets.append(s)
+      dst_offsets.append(0)
+    src = views.subview(self.array, src_offsets, sizes)
+    dst = views.subview(self.pad, dst_offsets, sizes)
     return src, dst
 
 
 def block_offset(w: BlockWindow, starts) -> ir.Value:
   """The element offset (i64) of the block at ``starts``: identifies it."""
   i64 = ir.IntegerType.get_signless(64)
-  strides = types.row_major_strides([d.array_size for d in w.dims])
+  # Element windows by their start in the padded array (>= 0, unique).
+  strides = types.row_major_strides([d.extent if d.kind == "element"
+                                     else d.array_size for d in w.dims])
   offset = arith.constant(ir.IndexType.get(), 0)
-  for s, stride in zip(starts, strides):
-    offset = arith.addi(offset, arith.muli(views.as_index(s),
-                                           views.as_index(stride)))
+  for d, s, stride in zip(w.dims, starts, strides):
+    s = views.as_index(s)
+    if d.pad_lo:
+      s = arith.addi(s, views.as_index(d.pad_lo))
+    offset = arith.addi(offset, arith.muli(s, views.as_index(stride)))
   return arith.index_cast(i64, offset)
 
 
@@ -373,6 +424,16 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
     value = scalar_of(kctx, o).value
     scale = d.size if d.kind == "blocked" else 1
     const = views.constant_int(value)
+    if d.kind == "element":
+      # The array element the window starts at (negative in the low
+      # padding); static only when the window lies inside the array.
+      if const is not None and 0 <= const - d.pad_lo <= (
+          d.array_size - d.size):
+        starts.append(const - d.pad_lo)
+      else:
+        starts.append(arith.subi(views.as_index(value),
+                                 views.as_index(d.pad_lo)))
+      continue
     if const is not None and 0 <= const * scale <= d.array_size - min(
         d.size, d.array_size):
       # A constant block index of a block inside the array (or the one
@@ -497,9 +558,11 @@ def _track_output_block(kctx, w: BlockWindow, starts, last: ir.Value) -> None:
   with ir.InsertionPoint(if_op.then_block):
     output = w.operand_index - (w.n_inputs)
     # The output's geometry, for the message (abi.h): array dims; block
-    # dims, 0 for a squeezed one.
-    geometry = (",".join(str(d.array_size) for d in w.dims) + ";" + ",".join(
-        str(d.size if d.kind == "blocked" else 0) for d in w.dims))
+    # dims, 0 for a squeezed one (an Element dimension: its padded extent,
+    # as block_offset counts it).
+    geometry = (",".join(str(d.extent if d.kind == "element" else
+                             d.array_size) for d in w.dims) + ";" + ",".join(
+        str(d.size if d.kind != "squeezed" else 0) for d in w.dims))
     kctx.call_runtime(abi.RT_OUTPUT_BLOCK_CHANGED, [
         kctx.runtime_ctx, arith.constant(i64, output), offset,
         arith.constant(i64, kctx.site(geometry)), kctx.grid_index()])
@@ -512,11 +575,22 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
   ok = None
   i64 = ir.IntegerType.get_signless(64)
   for dim, (d, s) in enumerate(zip(w.dims, starts)):
-    if isinstance(s, int):
-      if 0 <= s < d.array_size:
-        continue  # statically inside
+    if d.kind == "element":
+      # The window must start in [0, extent - size] of the padded array
+      # (interpret mode would clamp it there); reported in those terms.
+      if isinstance(s, int) and 0 <= s + d.pad_lo <= d.extent - d.size:
+        continue
       s = views.as_index(s)
-    limit = views.as_index(d.array_size)
+      if d.pad_lo:
+        s = arith.addi(s, views.as_index(d.pad_lo))
+      array_size = d.extent - d.size + 1
+    else:
+      if isinstance(s, int):
+        if 0 <= s < d.array_size:
+          continue  # statically inside
+        s = views.as_index(s)
+      array_size = d.array_size
+    limit = views.as_index(array_size)
     bad = _or(cmpi("slt", s, views.as_index(0)), cmpi("sge", s, limit))
     if_op = scf.IfOp(bad)
     with ir.InsertionPoint(if_op.then_block):
@@ -526,6 +600,8 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
         sk = views.as_index(sk)
         if dk.kind == "blocked":
           sk = arith.divsi(sk, views.as_index(dk.size))
+        elif dk.pad_lo:  # Element: the offset the index map gave
+          sk = arith.addi(sk, views.as_index(dk.pad_lo))
         kctx.call_runtime(abi.RT_BLOCK_INDEX, [
             kctx.runtime_ctx, arith.constant(i64, k), arith.index_cast(i64, sk)])
       kind = "output" if w.is_output else "input"
@@ -535,7 +611,7 @@ def _check_in_bounds(kctx, w: BlockWindow, starts) -> ir.Value:
       kctx.call_runtime(abi.RT_BLOCK_OUT_OF_BOUNDS, [
           kctx.runtime_ctx, arith.constant(i64, site), arith.constant(i64, dim),
           arith.index_cast(i64, s), arith.constant(i64, d.size),
-          arith.constant(i64, d.array_size), kctx.grid_index()])
+          arith.constant(i64, array_size), kctx.grid_index()])
       scf.YieldOp([])
     true = arith.constant(ir.IntegerType.get_signless(1), 1)
     ok = _and(ok, arith.xori(bad, true))
