@@ -89,6 +89,10 @@ class Case:
       default_factory=dict)
   variant_ratios: dict[str, tuple[str, str]] = dataclasses.field(
       default_factory=dict)
+  # False: the cells call build(backend)'s callable and the reference as
+  # they are, never under jax.jit -- for a case whose every call traces
+  # and compiles fresh kernels (the test-suite case): first calls only.
+  jit: bool = True
 
   def __post_init__(self):
     clash = set(self.variants) & set(ALL_BACKENDS)

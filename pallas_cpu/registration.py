@@ -8,16 +8,18 @@ goes to JAX's own rule, unchanged.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
+import threading
 
 import numpy as np
 
 from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
-from mlir import ir as pallas_ir  # the MLIR bindings we build kernels with
 
-from pallas_cpu import abi, compiler, knobs, runtime_lib
+from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu import params as params_lib
@@ -146,7 +148,7 @@ def kernel_ir(spec: kernel_lowering.KernelSpec
   """The 'kernel' stage text -- what the HLO carries (no debug locations, so
   the fingerprint does not depend on file paths) -- and the kernel's runtime
   info (semaphore names, debug prints, check messages)."""
-  with pallas_ir.Context(), pallas_ir.Location.unknown():
+  with mlir_context.kernel_context():
     module = kernel_lowering.lower_kernel(spec)
     module.operation.verify()
     return (module.operation.get_asm(enable_debug_info=False),
@@ -177,9 +179,8 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                           mesh_axes=mesh_axes)
   if params.get("debug"):
     print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
-  compiled = compiler.compile_kernel(text)
   runtime_lib.ensure_registered()
-  runtime_lib.register_kernel(compiled.fingerprint, compiled.entry_address)
+  kernel_id = compile_in_background(text)
   # HLO operand indices count the dynamic grid bounds that come first.
   n_dyn = spec.grid_mapping.num_dynamic_grid_bounds
   call = mlir_ffi_lowering(tuple((n_dyn + i, o)
@@ -190,7 +191,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
     in_nodes = (*in_nodes, _device_id_operand(ctx, [a for a, _ in mesh_axes]))
     ctx = ctx.replace(avals_in=[*ctx.avals_in,
                                 jax_core.ShapedArray((), np.int32)])
-  return call(ctx, *in_nodes, kernel_id=compiled.fingerprint, kernel_ir=text,
+  return call(ctx, *in_nodes, kernel_id=kernel_id, kernel_ir=text,
               kernel_name=spec.name, **info.ffi_attributes(),
               # (0 for a dynamic dimension: messages then count steps)
               grid=np.asarray([g if isinstance(g, int) else 0
@@ -209,6 +210,52 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
               race_cores=np.int64(spec.params.num_cores),
               device_timeout_ms=np.int64(
                   round(spec.params.device_timeout_s * 1000)))
+
+
+class _Compiles:
+  """The thread that builds kernels while JAX goes on (XLA compiles the
+  HLO around the custom call, which needs only the kernel's id); one per
+  process (a forked child starts its own)."""
+
+  def __init__(self):
+    self._executor = None
+    self._pid = None
+    self._lock = threading.Lock()
+
+  def submit(self, fn) -> None:
+    with self._lock:
+      if self._executor is None or self._pid != os.getpid():
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="pallas_cpu-compile")
+        self._pid = os.getpid()
+      self._executor.submit(fn)
+
+
+_compiles = _Compiles()
+
+
+def compile_in_background(text: str) -> str:
+  """Starts building the kernel ``text`` and returns its id at once.
+
+  The build runs on a background thread while XLA compiles the program
+  around the kernel (for a small kernel the two take about as long).  The
+  first execution finds the kernel registered, or asks the compile hook
+  (runtime_lib), which waits for this build through the compiler's cache
+  lock.  A build that fails here is not reported here: the hook builds the
+  kernel again and the error reaches the caller with the execution."""
+  knob_values = knobs.read()  # as the caller set them, not as later
+
+  kernel_id = compiler.kernel_id(text, knob_values)
+
+  def build():
+    try:
+      compiled = compiler.compile_kernel(text, knob_values)
+    except Exception:  # noqa: BLE001 - re-raised by the hook's own build
+      return
+    runtime_lib.register_kernel(kernel_id, compiled.entry_address)
+
+  _compiles.submit(build)
+  return kernel_id
 
 
 @functools.cache

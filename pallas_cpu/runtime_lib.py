@@ -63,8 +63,10 @@ def _compile_from_runtime(ir_ptr, ir_len, err, err_len) -> int:
     kernel_ir = ctypes.string_at(ir_ptr, ir_len).decode()
     compiled = compiler.compile_kernel(kernel_ir)
     return compiled.entry_address
-  except BaseException:  # noqa: BLE001 - reported through the FFI error
-    msg = traceback.format_exc().encode()[: err_len - 1]
+  except BaseException as e:  # noqa: BLE001 - reported through the FFI error
+    # What failed first (the buffer is short), then where.
+    msg = (f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+           .encode()[: err_len - 1])
     ctypes.memmove(err, msg + b"\0", len(msg) + 1)
     return 0
 

@@ -19,6 +19,7 @@ FAMILIES = (
     "races",        # race detection: the instrumented build's cost
     "collectives",  # remote DMAs across 8 devices vs lax collectives
     "overhead",     # per-grid-step cost: empty and tiny steps
+    "suite",        # fifty fresh small kernels: a test suite's first calls
 )
 
 for _family in FAMILIES:
