@@ -175,12 +175,12 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   mesh_axes = device_mesh(ctx)
   spec = kernel_spec(params, ctx.avals_in, ctx.avals_out, backend, mesh_axes)
   text, info = kernel_ir(spec)
-  tpu_checks.check_kernel(params, ctx.avals_in, spec.params, kernel_ir=text,
-                          mesh_axes=mesh_axes)
+  checks = tpu_checks.check_kernel_later(
+      params, ctx.avals_in, spec.params, kernel_ir=text, mesh_axes=mesh_axes)
   if params.get("debug"):
     print(f"pallas_cpu kernel '{spec.name}' (stage 'kernel'):\n{text}")
   runtime_lib.ensure_registered()
-  kernel_id = compile_in_background(text)
+  kernel_id = compile_in_background(text, first=checks)
   # HLO operand indices count the dynamic grid bounds that come first.
   n_dyn = spec.grid_mapping.num_dynamic_grid_bounds
   call = mlir_ffi_lowering(tuple((n_dyn + i, o)
@@ -234,7 +234,7 @@ class _Compiles:
 _compiles = _Compiles()
 
 
-def compile_in_background(text: str) -> str:
+def compile_in_background(text: str, first=None) -> str:
   """Starts building the kernel ``text`` and returns its id at once.
 
   The build runs on a background thread while XLA compiles the program
@@ -242,12 +242,18 @@ def compile_in_background(text: str) -> str:
   first execution finds the kernel registered, or asks the compile hook
   (runtime_lib), which waits for this build through the compiler's cache
   lock.  A build that fails here is not reported here: the hook builds the
-  kernel again and the error reaches the caller with the execution."""
+  kernel again and the error reaches the caller with the execution.
+  ``first`` runs before the build (the TPU checks that only warn)."""
   knob_values = knobs.read()  # as the caller set them, not as later
 
   kernel_id = compiler.kernel_id(text, knob_values)
 
   def build():
+    if first is not None:  # the TPU checks, when they only warn
+      try:
+        first()
+      except Exception:  # noqa: BLE001 - a failed check never fails a call
+        pass
     try:
       compiled = compiler.compile_kernel(text, knob_values)
     except Exception:  # noqa: BLE001 - re-raised by the hook's own build

@@ -136,14 +136,40 @@ _warned: set[str] = set()
 _lock = threading.Lock()
 
 
+def check_kernel_later(params: dict, avals_in, cpu_params, *,
+                       kernel_ir: str = "", mesh_axes: tuple = ()):
+  """``check_kernel``, or -- when it would only warn and has no verdict
+  for this kernel yet -- a function that runs it, for the thread that
+  builds the kernel while XLA compiles (the check lowers the kernel with
+  Mosaic: 5-40 ms).  None when there is nothing left to do.  The warning
+  then comes from that thread, before the kernel's first execution (which
+  waits for the build)."""
+  mode = cpu_params.tpu_checks or knobs.read().tpu_checks
+  if mode == "warn":
+    try:
+      key = _key(params, cpu_params, kernel_ir, mesh_axes)
+    except Exception:  # noqa: BLE001 - check_kernel reports it
+      key = None
+    with _lock:
+      known = key in _verdicts
+    if key is not None and not known:
+      return functools.partial(check_kernel, params, avals_in, cpu_params,
+                               kernel_ir=kernel_ir, mesh_axes=mesh_axes,
+                               mode=mode)
+  check_kernel(params, avals_in, cpu_params, kernel_ir=kernel_ir,
+               mesh_axes=mesh_axes, mode=mode)
+  return None
+
+
 def check_kernel(params: dict, avals_in, cpu_params, *, kernel_ir: str = "",
-                 mesh_axes: tuple = ()) -> Verdict | None:
+                 mesh_axes: tuple = (), mode: str | None = None
+                 ) -> Verdict | None:
   """Checks the pallas_call ``params`` (its equation's parameters) for the
   TPU of ``cpu_params.tpu_generation`` and acts on the verdict as
   ``cpu_params.tpu_checks`` (or PALLAS_CPU_TPU_CHECKS) says: raise
   ``TpuCompatibilityError``, warn once per kernel, or nothing.  The verdict
   is cached by ``kernel_ir`` (the kernel's IR text) and the TPU options."""
-  mode = cpu_params.tpu_checks or knobs.read().tpu_checks
+  mode = mode or cpu_params.tpu_checks or knobs.read().tpu_checks
   if mode == "off":
     return None
   try:
