@@ -29,6 +29,7 @@ RT_BLOCK_INDEX = "pallas_cpu_rt_block_index"
 RT_BLOCK_OUT_OF_BOUNDS = "pallas_cpu_rt_block_out_of_bounds"
 RT_INDEX_OUT_OF_BOUNDS = "pallas_cpu_rt_index_out_of_bounds"
 RT_INDEX_OUT_OF_BOUNDS_AT = "pallas_cpu_rt_index_out_of_bounds_at"
+RT_CROSSING_WINDOW_AT = "pallas_cpu_rt_crossing_window_at"
 RT_OUTPUT_BLOCK_CHANGED = "pallas_cpu_rt_output_block_changed"
 RT_DEBUG_PRINT = "pallas_cpu_rt_debug_print"
 RT_CHECK_FAILED = "pallas_cpu_rt_check_failed"
@@ -82,6 +83,8 @@ DMA_COPY = 0
 DMA_ADD_FLOAT = {"float32": 1, "float64": 2, "bfloat16": 3, "float16": 4}
 DMA_ADD_INT = 5
 EXIT_CHECK_MODES = {"error": 0, "warn": 1, "off": 2}  # "Lifetime checks"
+# pallas_cpu_rt_crossing_window_at `mode` (tpu_checks; "off" calls nothing).
+TPU_CHECK_MODES = {"error": 0, "warn": 1}
 # FFI attribute `detect_races`: off, report races, or fail the call.
 RACE_MODES = {None: 0, "report": 1, "raise": 2}
 

@@ -31,6 +31,7 @@ def library() -> ctypes.CDLL:
   lib.pallas_cpu_rt_set_compiler.argtypes = [_COMPILE_FN]
   lib.pallas_cpu_rt_set_printer.argtypes = [_PRINT_FN]
   lib.pallas_cpu_rt_set_warner.argtypes = [_WARN_FN]
+  lib.pallas_cpu_rt_set_tpu_warner.argtypes = [_WARN_FN]
   lib.pallas_cpu_rt_set_race_reporter.argtypes = [_WARN_FN]
   return lib
 
@@ -49,6 +50,7 @@ def ensure_registered() -> None:
   lib.pallas_cpu_rt_set_compiler(_compile_hook)
   lib.pallas_cpu_rt_set_printer(_print_hook)
   lib.pallas_cpu_rt_set_warner(_warn_hook)
+  lib.pallas_cpu_rt_set_tpu_warner(_tpu_warn_hook)
   lib.pallas_cpu_rt_set_race_reporter(_race_hook)
 
 
@@ -136,16 +138,24 @@ class KernelExitWarning(RuntimeWarning):
   (``CompilerParams(exit_checks="warn")``)."""
 
 
-def _warn(message_ptr, length) -> None:
+def _warn(message_ptr, length, category=KernelExitWarning) -> None:
   try:
     import warnings
     warnings.warn(ctypes.string_at(message_ptr, length).decode(),
-                  KernelExitWarning, stacklevel=2)
+                  category, stacklevel=2)
   except BaseException:  # noqa: BLE001 - never unwind into C++
     traceback.print_exc()
 
 
+def _tpu_warn(message_ptr, length) -> None:
+  """A TPU-compatibility finding made at run time (a masked window that
+  crossed its ref's end, tpu_checks="warn")."""
+  from pallas_cpu.tpu_checks import TpuCompatibilityWarning
+  _warn(message_ptr, length, TpuCompatibilityWarning)
+
+
 _warn_hook = _WARN_FN(_warn)  # kept alive for C++
+_tpu_warn_hook = _WARN_FN(_tpu_warn)
 
 
 def _race(json_ptr, length) -> None:

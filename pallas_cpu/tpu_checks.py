@@ -136,6 +136,12 @@ _warned: set[str] = set()
 _lock = threading.Lock()
 
 
+def mode_of(cpu_params) -> str:
+  """What the checks do for a kernel of ``cpu_params`` (pallas_cpu's
+  CompilerParams): its ``tpu_checks``, else PALLAS_CPU_TPU_CHECKS."""
+  return cpu_params.tpu_checks or knobs.read().tpu_checks
+
+
 def check_kernel_later(params: dict, avals_in, cpu_params, *,
                        kernel_ir: str = "", mesh_axes: tuple = ()):
   """``check_kernel``, or -- when it would only warn and has no verdict
@@ -144,7 +150,7 @@ def check_kernel_later(params: dict, avals_in, cpu_params, *,
   Mosaic: 5-40 ms).  None when there is nothing left to do.  The warning
   then comes from that thread, before the kernel's first execution (which
   waits for the build)."""
-  mode = cpu_params.tpu_checks or knobs.read().tpu_checks
+  mode = mode_of(cpu_params)
   if mode == "warn":
     try:
       key = _key(params, cpu_params, kernel_ir, mesh_axes)
@@ -169,7 +175,7 @@ def check_kernel(params: dict, avals_in, cpu_params, *, kernel_ir: str = "",
   ``cpu_params.tpu_checks`` (or PALLAS_CPU_TPU_CHECKS) says: raise
   ``TpuCompatibilityError``, warn once per kernel, or nothing.  The verdict
   is cached by ``kernel_ir`` (the kernel's IR text) and the TPU options."""
-  mode = mode or cpu_params.tpu_checks or knobs.read().tpu_checks
+  mode = mode or mode_of(cpu_params)
   if mode == "off":
     return None
   try:

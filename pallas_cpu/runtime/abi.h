@@ -54,6 +54,10 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn);
 // semaphore count, a DMA never waited for), prefixed with the kernel name.
 typedef void (*PallasCpuWarnFn)(const char* message, size_t len);
 PALLAS_CPU_EXPORT void pallas_cpu_rt_set_warner(PallasCpuWarnFn fn);
+// Receives each TPU-compatibility finding made at run time in "warn" mode
+// (pallas_cpu_rt_crossing_window_at), prefixed with the kernel name: Python
+// issues it as a TpuCompatibilityWarning, the warner's as KernelExitWarning.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_set_tpu_warner(PallasCpuWarnFn fn);
 // Receives each race the instrumented build found, as a JSON object
 // (kernel, kind, buffer, first, last, earlier, later).
 PALLAS_CPU_EXPORT void pallas_cpu_rt_set_race_reporter(PallasCpuWarnFn fn);
@@ -94,6 +98,18 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds_at(
 PALLAS_CPU_EXPORT void pallas_cpu_rt_index_out_of_bounds(
     PallasCpuRuntimeContext* ctx, int64_t dim, int64_t start, int64_t size,
     int64_t limit, int64_t grid_index);
+
+// A masked load or store's window crossed its ref's end (dimension `dim`:
+// [start, start + size) against [0, limit)) while its mask kept to the
+// in-bounds elements: interpret mode allows it, a TPU does not (Mosaic does
+// not bounds-check dynamic windows).  `site` reads `masked load of input 0
+// 'x_ref' of shape (10,)<TAB><source line><TAB><what a TPU would do>`.
+// `mode` (CompilerParams(tpu_checks=...)) 0 = error: fails the call; 1 =
+// warn: a warning once per kernel and site in the process (the TPU warner).
+// Nothing once the call failed.
+PALLAS_CPU_EXPORT void pallas_cpu_rt_crossing_window_at(
+    PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
+    int64_t size, int64_t limit, int64_t mode, int64_t grid_index);
 
 // The block of output `output` (identified by the element offset of its
 // window) differs from the previous grid step's.  Revisiting a block that

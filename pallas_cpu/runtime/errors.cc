@@ -4,8 +4,10 @@
 
 #include <cstdlib>
 #include <cstdio>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -231,6 +233,54 @@ extern "C" void pallas_cpu_rt_index_out_of_bounds(PallasCpuRuntimeContext* ctx,
                                                   int64_t grid_index) {
   IndexOutOfBounds(ctx, "Out-of-bounds access of a ref", dim, start, size,
                    limit, grid_index);
+}
+
+namespace {
+// The (kernel name, site) pairs whose crossing window was reported as a
+// warning in this process: once is enough.
+struct WarnedSites {
+  std::mutex mu;
+  std::unordered_set<std::string> sites;
+};
+
+WarnedSites& GetWarnedSites() {
+  static WarnedSites* warned = new WarnedSites();  // never destroyed
+  return *warned;
+}
+}  // namespace
+
+extern "C" void pallas_cpu_rt_crossing_window_at(
+    PallasCpuRuntimeContext* ctx, int64_t site, int64_t dim, int64_t start,
+    int64_t size, int64_t limit, int64_t mode, int64_t grid_index) {
+  if (mode != 0 && mode != 1) return;
+  if (ctx->failed.load(std::memory_order_acquire)) return;
+  std::string text = ctx->Site(site);
+  if (mode == 1) {
+    WarnedSites& warned = GetWarnedSites();
+    std::lock_guard<std::mutex> lock(warned.mu);
+    if (!warned.sites.insert(ctx->kernel->name + '\n' + text).second) return;
+  }
+  auto [what, rest] = SplitTab(text);
+  auto [where, tpu] = SplitTab(rest);
+  std::ostringstream os;
+  os << what << " in iteration " << ctx->Iteration(grid_index)
+     << (where.empty() ? "" : " at " + where)
+     << ": its window crosses the ref's end at " << ctx->GridPoint(grid_index)
+     << ": dimension " << dim << ": window [" << start << ", "
+     << start + size << ") is not inside [0, " << limit
+     << "); interpret mode allows it (the mask covers only in-bounds "
+        "elements), but "
+     << (tpu.empty() ? "a TPU does not" : tpu)
+     << (mode == 0 ? " (tpu_checks='error'; 'warn' runs it as interpret "
+                     "mode does)"
+                   : " (tpu_checks='warn': reported once per access; "
+                     "tpu_checks='error' makes it an error, 'off' silences "
+                     "it)");
+  if (mode == 0) {
+    ctx->Fail(os.str());
+  } else {
+    ctx->tpu_warnings.push_back(os.str());
+  }
 }
 
 extern "C" int32_t pallas_cpu_rt_failed(PallasCpuRuntimeContext* ctx) {

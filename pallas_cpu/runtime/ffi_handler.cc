@@ -247,6 +247,9 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
   for (auto& ctx : contexts) Warn(kernel_name, ctx.warnings);
+  for (auto& ctx : contexts) {
+    Warn(kernel_name, ctx.tpu_warnings, WarningKind::kTpuCompatibility);
+  }
   {
     std::vector<RaceReport> races;
     {

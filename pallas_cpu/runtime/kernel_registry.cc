@@ -16,6 +16,7 @@ struct Registry {
   std::atomic<PallasCpuCompileFn> compiler{nullptr};
   std::atomic<PallasCpuPrintFn> printer{nullptr};
   std::atomic<PallasCpuWarnFn> warner{nullptr};
+  std::atomic<PallasCpuWarnFn> tpu_warner{nullptr};
   std::atomic<PallasCpuWarnFn> race_reporter{nullptr};
   std::mutex compile_mu;  // one compilation at a time
 };
@@ -78,8 +79,10 @@ void PrintRecords(std::string_view table,
 }
 
 void Warn(std::string_view kernel_name,
-          const std::vector<std::string>& messages) {
-  PallasCpuWarnFn warner = GetRegistry().warner.load();
+          const std::vector<std::string>& messages, WarningKind kind) {
+  PallasCpuWarnFn warner = kind == WarningKind::kTpuCompatibility
+                               ? GetRegistry().tpu_warner.load()
+                               : GetRegistry().warner.load();
   for (const std::string& m : messages) {
     std::string text = "pallas_cpu kernel '" + std::string(kernel_name) +
                        "': " + m;
@@ -137,6 +140,10 @@ extern "C" void pallas_cpu_rt_set_race_reporter(PallasCpuWarnFn fn) {
 
 extern "C" void pallas_cpu_rt_set_warner(PallasCpuWarnFn fn) {
   pallas_cpu::GetRegistry().warner.store(fn);
+}
+
+extern "C" void pallas_cpu_rt_set_tpu_warner(PallasCpuWarnFn fn) {
+  pallas_cpu::GetRegistry().tpu_warner.store(fn);
 }
 
 extern "C" void pallas_cpu_rt_set_printer(PallasCpuPrintFn fn) {

@@ -26,8 +26,12 @@ void PrintRecords(std::string_view table,
                   const std::vector<std::pair<int64_t, std::vector<int64_t>>>&
                       records);
 
-// Sends kernel-exit findings to the Python warning hook (in order).
-void Warn(std::string_view kernel_name, const std::vector<std::string>& messages);
+// Which Python warning hook a finding goes to.
+enum class WarningKind { kKernelExit, kTpuCompatibility };
+// Sends kernel-exit (or TPU-compatibility) findings to the Python warning
+// hook of their kind (in order).
+void Warn(std::string_view kernel_name, const std::vector<std::string>& messages,
+          WarningKind kind = WarningKind::kKernelExit);
 // Hands each race found to Python (as JSON; pallas_cpu/races.py).
 void ReportRaces(std::string_view kernel_name,
                  const std::vector<RaceReport>& reports);

@@ -104,6 +104,8 @@ struct PallasCpuRuntimeContext {
 
   // Kernel-exit findings reported as warnings (exit checks in "warn" mode).
   std::vector<std::string> warnings;
+  // TPU-compatibility findings reported as warnings (tpu_checks="warn").
+  std::vector<std::string> tpu_warnings;
 
   // pl.debug_print records, (print id, raw values), in execution order.
   std::vector<std::pair<int64_t, std::vector<int64_t>>> prints;

@@ -18,7 +18,7 @@ from jax._src.state import types as state_types
 from mlir import ir
 from mlir.dialects import arith, builtin, linalg, memref, scf
 
-from pallas_cpu import abi
+from pallas_cpu import abi, tpu_checks
 from pallas_cpu.lowering import (bit_views, buffers, race_hooks, types,
                                   values, views)
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
@@ -73,13 +73,17 @@ def _access_site(ctx, ref, shape, transformed: bool) -> int:
     eqn = getattr(ctx, "eqn", None)
     name = eqn.primitive.name if eqn is not None else ""
     access = _ACCESS.get(name, "access")
-  if ref is None:
-    desc = f"a ref of shape {tuple(shape)}"
-  else:
-    desc = f"{buffers.describe_ref(ctx.kernel, ref)} of shape {tuple(ref.shape)}"
-    if transformed:
-      desc = f"a view of shape {tuple(shape)} of {desc}"
+  desc = _describe_view(ctx, ref, shape, transformed)
   return ctx.kernel.site(f"Out-of-bounds {access} of {desc}\t{ctx.source}")
+
+
+def _describe_view(ctx, ref, shape, transformed: bool) -> str:
+  if ref is None:
+    return f"a ref of shape {tuple(shape)}"
+  desc = f"{buffers.describe_ref(ctx.kernel, ref)} of shape {tuple(ref.shape)}"
+  if transformed:
+    desc = f"a view of shape {tuple(shape)} of {desc}"
+  return desc
 
 
 def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
@@ -276,8 +280,13 @@ def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
 # store) -- masked-off elements past the end are never read or written in
 # the ref.  A mask that is true past the end is a run-time "ref index out of
 # bounds" error, as an unmasked access is.
-# TPU-compatibility hook (pallas_cpu/tpu_checks.py): a kernel reaching
-# ``_crossing_window`` (its window may cross the end) is one TPU rejects.
+# TPU compatibility: Mosaic does not bounds-check dynamic windows, so on a
+# TPU such an access reaches past the ref.  Only a traced start can cross
+# (JAX rejects static windows past the end at trace time), so the check is
+# at run time: under tpu_checks="warn" (pallas_cpu/tpu_checks.py) the first
+# window that crosses at a site warns (TpuCompatibilityWarning, once per
+# site in the process), under "error" it fails the call, under "off" no
+# code is generated.
 
 
 @dataclasses.dataclass
@@ -290,6 +299,7 @@ class Crossing:
                               #  in-bounds count)
   shape: tuple                # the window's (the view's) shape
   site: int                   # the bounds report's site (_access_site)
+  tpu_site: int | None = None  # the TPU check's site; None: tpu_checks off
 
   def check(self, ctx, mask: values.Value) -> None:
     """Reports (at run time) a mask that is true past the ref's end;
@@ -317,7 +327,28 @@ class Crossing:
         with ir.InsertionPoint(report.then_block):
           _report_window(ctx, self.site, d, start, extent, limit)
           scf.YieldOp([])
+      if self.tpu_site is not None:
+        self._check_for_tpu(ctx)
       scf.YieldOp([])
+
+  def _check_for_tpu(self, ctx) -> None:
+    """Reports (at run time: the window is not inside) each dimension
+    whose window crosses the ref's end, as tpu_checks says (abi.h,
+    pallas_cpu_rt_crossing_window_at)."""
+    kctx = ctx.kernel
+    i64 = ir.IntegerType.get_signless(64)
+    mode = abi.TPU_CHECK_MODES[tpu_checks.mode_of(kctx.params)]
+    for d, _, start, extent, limit, _ in self.dims:
+      end = arith.addi(start, views.as_index(extent))
+      crosses = scf.IfOp(arith.cmpi(arith.CmpIPredicate.sgt, end,
+                                    views.as_index(limit)))
+      with ir.InsertionPoint(crosses.then_block):
+        kctx.call_runtime(abi.RT_CROSSING_WINDOW_AT, [
+            kctx.runtime_ctx, arith.constant(i64, self.tpu_site),
+            arith.constant(i64, d), arith.index_cast(i64, start),
+            arith.constant(i64, extent), arith.constant(i64, limit),
+            arith.constant(i64, mode), kctx.grid_index()])
+        scf.YieldOp([])
 
   def write_back(self) -> None:
     """After a store: the in-bounds part of the copy goes to the ref."""
@@ -325,6 +356,24 @@ class Crossing:
     with ir.InsertionPoint(if_op.then_block):
       linalg.copy(self.copy, outs=[self.access.memref])
       scf.YieldOp([])
+
+
+def _tpu_site(ctx, ref, shape, transformed: bool) -> int | None:
+  """The site of a crossing window's TPU check; None when the checks are
+  off (no check generated: the mode selects the code, hence the kernel
+  id)."""
+  if tpu_checks.mode_of(ctx.kernel.params) == "off":
+    return None
+  eqn = getattr(ctx, "eqn", None)
+  store = eqn is not None and eqn.primitive.name == "masked_swap"
+  desc = _describe_view(ctx, ref, shape, transformed)
+  tpu = ("on a TPU this store's window would reach past the ref's end "
+         "(Mosaic does not bounds-check dynamic windows; only the mask "
+         "keeps the write inside)" if store else
+         "on a TPU this load would read past the ref's end (Mosaic does "
+         "not bounds-check dynamic windows)")
+  return ctx.kernel.site(f"masked {'store to' if store else 'load of'} "
+                         f"{desc}\t{ctx.source}\t{tpu}")
 
 
 def _true() -> ir.Value:
@@ -515,7 +564,8 @@ def _crossing_window(ctx, view: Ref, key, t: indexing.NDIndexer, ref,
   new_view = dataclasses.replace(view, memref=window)
   new_key = (key, "masked window", id(copy))
   crossing = Crossing(dataclasses.replace(view, memref=access), inside,
-                      copy_part, dims, tuple(win_shape), site)
+                      copy_part, dims, tuple(win_shape), site,
+                      _tpu_site(ctx, ref, shape, transformed))
   return new_view, new_key, crossing
 
 
