@@ -460,3 +460,95 @@ def test_accumulate_product_computed_before_the_read():
   xy = x @ y
   want = (0.5 + xy).at[0:8].multiply(2.0) + xy
   _acc_kernel_check(body, x, y, (16, 16), (16, 16), want)
+
+
+# -- every matmul kernel of the runtime ------------------------------------------
+# runtime/matmul.cc picks its kernel from the CPU's features; a cap lets this
+# machine run the lower ones too (what an AVX2-only machine runs).
+def _matmul_kernel_cap(cap: int) -> int:
+  import ctypes
+  from pallas_cpu import runtime_lib
+  fn = runtime_lib.library().pallas_cpu_rt_matmul_kernel
+  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64]
+  return fn(cap)
+
+
+_KERNELS = ["baseline", "avx2", "avx512", "amx"]
+_BEST = _matmul_kernel_cap(-1)
+
+
+@pytest.fixture
+def matmul_kernel(request):
+  level = _KERNELS.index(request.param)
+  try:
+    assert _matmul_kernel_cap(level) == level
+    yield request.param
+  finally:
+    _matmul_kernel_cap(len(_KERNELS))
+
+
+# (m, k, n); the lowering sends products of at least 64 lhs elements to the
+# runtime.
+_SHAPES = [(9, 129, 33), (13, 514, 45), (16, 256, 64), (130, 70, 200),
+           (1, 64, 1), (70, 2, 64)]
+
+
+def _matmul_cases():
+  for m, k, n in _SHAPES:
+    for form in ("NN", "NT", "TN", "TT"):
+      for dtypes in ((F32, F32), (BF16, BF16), (F32, BF16), (BF16, F32)):
+        yield m, k, n, form, dtypes
+
+
+def _run_products(cases):
+  """Each case as a kernel computing acc (+)= x . y twice (written, then
+  accumulated), against numpy in f64; returns the outputs."""
+  outs = []
+  for i, (m, k, n, form, (da, db)) in enumerate(cases):
+    dims = {"NN": NN, "NT": NT, "TN": TN, "TT": TT}[form]
+    a_shape = (k, m) if form in ("TN", "TT") else (m, k)
+    b_shape = (n, k) if form in ("NT", "TT") else (k, n)
+    x, y = _data(a_shape, da, 60 + i), _data(b_shape, db, 90 + i)
+
+    def kernel(x_ref, y_ref, o_ref, acc_ref):
+      prod = lambda: lax.dot_general(x_ref[...], y_ref[...], dims,
+                                     preferred_element_type=F32)
+      acc_ref[...] = prod()
+      acc_ref[...] += prod()
+      o_ref[...] = acc_ref[...]
+    got = call(kernel, jax.ShapeDtypeStruct((m, n), F32), x, y,
+               scratch_shapes=[pltpu.VMEM((m, n), F32)])
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    xa = xa.T if form in ("TN", "TT") else xa
+    ya = ya.T if form in ("NT", "TT") else ya
+    np.testing.assert_allclose(np.asarray(got), 2 * (xa @ ya), rtol=1e-5,
+                               atol=1e-4 * np.sqrt(k),
+                               err_msg=f"{m}x{k}x{n} {form} {da} {db}")
+    outs.append(np.asarray(got))
+  return outs
+
+
+@pytest.mark.parametrize("matmul_kernel", _KERNELS[:_BEST + 1], indirect=True)
+def test_every_matmul_kernel(matmul_kernel):
+  """Every kernel this machine can run: f32, bf16 and mixed operands, every
+  transposition, shapes at and across the register tiles' and k chunks'
+  edges, written and accumulated products."""
+  _run_products(list(_matmul_cases()))
+
+
+@pytest.mark.skipif(_BEST < _KERNELS.index("avx512"),
+                    reason="needs a CPU with AVX-512 (compares it with AVX2)")
+def test_avx512_kernel_gives_the_avx2_kernels_bits():
+  """The AVX-512 and AVX2 kernels sum in the same order (k chunks of 256,
+  FMAs): f32 products agree bit for bit, so results do not depend on the
+  machine's vector width."""
+  cases = [c for c in _matmul_cases() if c[4] == (F32, F32)]
+  try:
+    _matmul_kernel_cap(_KERNELS.index("avx2"))
+    want = _run_products(cases)
+    _matmul_kernel_cap(_KERNELS.index("avx512"))
+    got = _run_products(cases)
+  finally:
+    _matmul_kernel_cap(len(_KERNELS))
+  for g, w in zip(got, want):
+    assert_same(g, w)
