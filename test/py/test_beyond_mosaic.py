@@ -13,7 +13,9 @@ beyond Mosaic's table"), compiled, against ``interpret=True``:
 * ``lax.dynamic_slice``/``dynamic_update_slice`` of values at offsets read
   from SMEM or computed from ``program_id`` (XLA's clamping included).
 
-float64 runs under ``jax.enable_x64``, as the other f64 tests do.
+float64 runs under ``jax.enable_x64``, as the other f64 tests do.  Each
+family also has a property test (hypothesis over shapes, dtypes, axes and
+values; a kernel is compiled per example, so a handful of examples each).
 """
 import contextlib
 import math
@@ -23,6 +25,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -34,6 +39,15 @@ DTYPES = ["float32", "bfloat16", "float16", "float64"]
 
 def _x64(dtype):
   return jax.enable_x64(True) if "64" in str(dtype) else contextlib.nullcontext()
+
+
+# Property tests: few examples (each compiles a kernel and runs interpret
+# mode), drawn the same on every run (conftest's "suite" profile).
+PROPERTY = settings(max_examples=8, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.data_too_large])
+# Block shapes: rows, and lanes below, at and past one vreg row.
+SHAPES_2D = st.tuples(st.integers(1, 9), st.sampled_from([1, 7, 128, 131]))
 
 
 # -- transcendental functions ----------------------------------------------------
@@ -126,20 +140,32 @@ def measure(dtype, seed):
   with _x64(dtype):
     got = _run_all(dtype, xs, "cpu")
     want = _run_all(dtype, xs, "interpret")
-  wide = np.longdouble if dtype == "float64" else np.float64
   errors = {}
-  for (name, (_, ref_fn, _)), x, g, w in zip(FUNCS.items(), xs, got, want):
-    with np.errstate(all="ignore"):
-      ref = np.asarray(ref_fn(x.astype(wide))).astype(wide)
-    g, w = g.astype(wide), w.astype(wide)
-    # Overflow (sinh/cosh in f16): both give inf where the reference
-    # rounds to it.
-    over = ~np.isfinite(ref.astype(np.dtype(dtype)).astype(np.float64))
-    err_ref = _ulps(g, ref, dtype)
-    err_ref[over & (g == ref.astype(np.dtype(dtype)).astype(wide))] = 0
+  for name, x, g, w in zip(FUNCS, xs, got, want):
+    err_ref, err_interpret, _ = _errors(name, dtype, x, g, w)
     errors[name] = (float(err_ref.max()) if BOUNDS[name][0][col] else 0.0,
-                    float(_ulps(g, w, dtype).max()))
+                    float(err_interpret.max()))
   return errors
+
+
+def _errors(name, dtype, x, got, want):
+  """Per element: ulps of ``got`` (compiled) from the reference, ulps of
+  ``got`` from ``want`` (interpret mode), ulps of ``want`` from the
+  reference."""
+  wide = np.longdouble if dtype == "float64" else np.float64
+  with np.errstate(all="ignore"):
+    ref = np.asarray(FUNCS[name][1](x.astype(wide))).astype(wide)
+  got, want = got.astype(wide), want.astype(wide)
+  # Overflow (sinh/cosh in f16): a result of inf where the reference
+  # rounds to it is exact.
+  rounded = ref.astype(np.dtype(dtype)).astype(wide)
+  over = ~np.isfinite(rounded.astype(np.float64))
+
+  def from_ref(v):
+    err = _ulps(v, ref, dtype)
+    err[over & (v == rounded)] = 0
+    return err
+  return from_ref(got), _ulps(got, want, dtype), from_ref(want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -174,6 +200,39 @@ def test_transcendental_special_values(dtype):
       if not same:
         bad.append((name, float(x[i]), float(g[i]), float(want[i])))
   assert not bad, f"(op, x, got, want): {bad}"
+
+
+@PROPERTY
+@given(data=st.data(), name=st.sampled_from(sorted(FUNCS)),
+       dtype=st.sampled_from(DTYPES), shape=SHAPES_2D)
+def test_transcendental_functions_property(data, name, dtype, shape):
+  """Any block shape, values anywhere in the function's domain (its ends
+  included): within the ulp bounds of the reference; and of interpret
+  mode, except where interpret mode is the one further from the
+  reference (its XLA expansions are the less accurate side)."""
+  fn, _, (lo, hi) = FUNCS[name]
+  col = {"float32": 0, "float64": 2}.get(dtype, 1)
+  x = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(
+      lo, hi, allow_subnormal=False)), label="x").astype(np.dtype(dtype))
+  # (no subnormal inputs, as in _inputs: they flush differently)
+  x = np.where(np.abs(x.astype(np.float64)) < _info(dtype)[2], 1, x
+               ).astype(np.dtype(dtype))
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = fn(x_ref[...])
+  with _x64(dtype):
+    out = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+    got, want = (np.asarray(call(kernel, out, jnp.asarray(x), backend=b))
+                 for b in ("cpu", "interpret"))
+  err_ref, err_interpret, interpret_ref = _errors(name, dtype, x, got, want)
+  bound_ref, bound_interpret = BOUNDS[name][0][col], BOUNDS[name][1][col]
+  if bound_ref is not None:
+    bad = err_ref > bound_ref
+    assert not bad.any(), (name, dtype, x[bad][:4], got[bad][:4],
+                           err_ref[bad][:4])
+  bad = (err_interpret > bound_interpret) & ~(err_ref <= interpret_ref)
+  assert not bad.any(), (name, dtype, x[bad][:4], got[bad][:4],
+                         want[bad][:4])
 
 
 # -- cumulative reductions ---------------------------------------------------
@@ -239,6 +298,60 @@ def test_cumulative_reductions_in_float64():
     check_against_interpret(kernel, x, x, exact=False, rtol=1e-12, atol=1e-12)
 
 
+def _cumulative_bound(name, x, axis, reverse):
+  """Per element: how far two evaluation orders of a float cumsum/cumprod
+  may be apart (each is within (n - 1) eps of the sum of magnitudes, or
+  relatively for a product, n the steps so far)."""
+  eps = float(np.finfo(np.float32).eps)
+  a = np.abs(np.asarray(x, np.float64))
+  if reverse:
+    a = np.flip(a, axis)
+  steps = np.cumsum(np.ones_like(a), axis=axis)
+  total = np.cumsum(a, axis) if name == "cumsum" else np.cumprod(a, axis)
+  bound = 2 * steps * eps * total
+  return np.flip(bound, axis) if reverse else bound
+
+
+@PROPERTY
+@given(data=st.data(), name=st.sampled_from(sorted(CUMULATIVE)),
+       dtype=st.sampled_from(["float32", "int32"]), reverse=st.booleans(),
+       shape=st.one_of(SHAPES_2D, st.tuples(st.integers(1, 4),
+                                            st.integers(1, 9),
+                                            st.sampled_from([1, 128]))))
+def test_cumulative_reductions_property(data, name, dtype, reverse, shape):
+  """Any axis of a 2-D or 3-D block, either direction, with zeros of both
+  signs and NaNs among float values: max/min and integer sums and
+  products (wrapping) exactly as interpret mode and lax; float sums and
+  products within the bound of two summation orders; logsumexps to
+  1e-5."""
+  if name == "cumlogsumexp":
+    dtype = "float32"
+  axis = data.draw(st.integers(0, len(shape) - 1), label="axis")
+  fn = CUMULATIVE[name]
+  if dtype == "int32":
+    elements = st.integers(-3, 3)
+  else:
+    elements = st.one_of(st.floats(-2, 2, width=32),
+                         st.sampled_from([0.0, -0.0, np.nan]))
+  x = jnp.asarray(data.draw(hnp.arrays(np.dtype(dtype), shape,
+                                       elements=elements), label="x"))
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = fn(x_ref[...], axis=axis, reverse=reverse)
+  got = call(kernel, x, x)
+  want = call(kernel, x, x, backend="interpret")
+  if dtype == "int32" or name in ("cummax", "cummin"):
+    assert_same(got, want)
+    assert_same(got, fn(x, axis=axis, reverse=reverse))
+  elif name == "cumlogsumexp":
+    assert_same(got, want, exact=False, rtol=1e-5, atol=1e-5)
+  else:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert (np.isnan(got) == np.isnan(want)).all()
+    far = np.abs(got - want) > _cumulative_bound(name, x, axis, reverse)
+    assert not far.any(), (got[far][:4], want[far][:4])
+
+
 # -- pow with an integer exponent array -----------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64",
                                    "int32"])
@@ -259,6 +372,29 @@ def test_pow_with_an_integer_exponent_array(dtype):
   with _x64(dtype):
     x = jnp.asarray(base, dtype)
     ns = jnp.asarray(n)
+
+    def kernel(x_ref, n_ref, o_ref):
+      o_ref[...] = x_ref[...] ** n_ref[...]
+    got = check_against_interpret(kernel, x, x, ns, exact=False, rtol=1e-6,
+                                  atol=0)
+    assert_same(got, x ** ns, exact=False, rtol=1e-6, atol=0)
+
+
+@PROPERTY
+@given(data=st.data(), dtype=st.sampled_from(["float32", "bfloat16",
+                                              "float16", "float64", "int32"]),
+       shape=SHAPES_2D)
+def test_pow_with_an_integer_exponent_array_property(data, dtype, shape):
+  """Bases anywhere in [-4, 4] (zeros of both signs included), exponents
+  in [-8, 8] (an integer base: [0, 8]): as interpret mode and jnp."""
+  if dtype == "int32":
+    bases, exponents = st.integers(-5, 5), st.integers(0, 8)
+  else:
+    bases, exponents = st.floats(-4, 4), st.integers(-8, 8)
+  base = data.draw(hnp.arrays(np.float64, shape, elements=bases), label="x")
+  n = data.draw(hnp.arrays(np.int32, shape, elements=exponents), label="n")
+  with _x64(dtype):
+    x, ns = jnp.asarray(base, dtype), jnp.asarray(n)
 
     def kernel(x_ref, n_ref, o_ref):
       o_ref[...] = x_ref[...] ** n_ref[...]
@@ -321,6 +457,42 @@ def test_dynamic_update_slice_of_a_value(offset):
   want = lax.dynamic_update_slice(X * 2, jnp.full((3, 64), -1.0 * offset),
                                   (offset // 20, offset))
   assert_same(got, want)
+
+
+@PROPERTY
+@given(data=st.data(), dtype=st.sampled_from(["float32", "bfloat16",
+                                              "int32"]),
+       shape=st.tuples(st.integers(1, 12), st.integers(1, 140)))
+def test_dynamic_slicing_of_a_value_property(data, dtype, shape):
+  """Windows and updates of any size within the operand at starts read
+  from SMEM -- in range, negative, far past the end (clamped as XLA does)
+  -- several starts per compiled kernel: exactly as interpret mode and
+  lax."""
+  size = tuple(data.draw(st.integers(1, n), label="size") for n in shape)
+  upd_size = tuple(data.draw(st.integers(1, n), label="update size")
+                   for n in shape)
+  starts = data.draw(st.lists(st.tuples(st.integers(-300, 300),
+                                        st.integers(-300, 300)),
+                              min_size=1, max_size=3), label="starts")
+  x = jnp.asarray(np.arange(np.prod(shape)).reshape(shape) % 251 - 125,
+                  dtype)
+  upd = jnp.asarray(-np.arange(np.prod(upd_size)).reshape(upd_size) % 7,
+                    dtype)
+
+  def kernel(s_ref, x_ref, u_ref, o_ref, p_ref):
+    v = x_ref[...] * 2
+    o_ref[...] = lax.dynamic_slice(v, (s_ref[0], s_ref[1]), size)
+    p_ref[...] = lax.dynamic_update_slice(v, u_ref[...] + 1,
+                                          (s_ref[1], s_ref[0]))
+  outs = (jax.ShapeDtypeStruct(size, x.dtype), x)
+  for s in starts:
+    s = jnp.asarray(s, jnp.int32)
+    sliced, updated = check_against_interpret(
+        kernel, outs, s, x, upd, in_specs=[SMEM, pl.BlockSpec(),
+                                           pl.BlockSpec()])
+    assert_same(sliced, lax.dynamic_slice(x * 2, (s[0], s[1]), size))
+    assert_same(updated, lax.dynamic_update_slice(x * 2, upd + 1,
+                                                  (s[1], s[0])))
 
 
 # -- python -m pallas_cpu coverage ------------------------------------------------
