@@ -19,7 +19,7 @@ import numpy as np
 from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 
-from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib
+from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib, subbyte
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu import params as params_lib
@@ -37,16 +37,23 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
     cpu = dataclasses.replace(cpu, detect_races=True)
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
   gm = params["grid_mapping"]
+  parallel_dim = (0 if params.get("mesh") is not None
+                  else None if grid_lowering.needs_one_thread(
+                      jaxpr, gm, params["input_output_aliases"])
+                  else _parallel_dim(gm, cpu, params.get("compiler_params")))
+  # No parallel dimension: a row-local body's blocks go to the threads in
+  # row bands (race verdicts stay those of the unsplit kernel).
+  row_split = (grid_lowering.row_split_plan(
+      jaxpr, gm, params["input_output_aliases"])
+               if parallel_dim is None and params.get("mesh") is None
+               and not cpu.detect_races else None)
   return kernel_lowering.KernelSpec(
       name=mlir.sanitize_name(name), jaxpr=jaxpr,
       grid_mapping=gm, in_avals=tuple(in_avals),
       out_avals=tuple(out_avals),
       input_output_aliases=tuple(params["input_output_aliases"]),
-      params=cpu, opt_level=opt,
-      parallel_dim=(0 if params.get("mesh") is not None
-                    else None if grid_lowering.needs_one_thread(
-                        jaxpr, gm, params["input_output_aliases"])
-                    else _parallel_dim(gm, cpu, params.get("compiler_params"))),
+      params=cpu, opt_level=opt, parallel_dim=parallel_dim,
+      row_split=row_split,
       permuted_dims=_permuted_dims(gm, cpu, params),
       device_mesh=device_mesh, mesh_cores=cores)
 
@@ -185,19 +192,22 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   n_dyn = spec.grid_mapping.num_dynamic_grid_bounds
   call = mlir_ffi_lowering(tuple((n_dyn + i, o)
                                  for i, o in spec.input_output_aliases))
+  # int4 & co. travel one per byte (XLA packs them; pallas_cpu/subbyte.py).
+  ctx, in_nodes, narrow = subbyte.at_boundary(ctx, in_nodes)
   num_devices = int(np.prod([n for _, n in mesh_axes])) if mesh_axes else 0
   if num_devices > 1:
     from jax._src import core as jax_core
     in_nodes = (*in_nodes, _device_id_operand(ctx, [a for a, _ in mesh_axes]))
     ctx = ctx.replace(avals_in=[*ctx.avals_in,
                                 jax_core.ShapedArray((), np.int32)])
-  return call(ctx, *in_nodes, kernel_id=kernel_id, kernel_ir=text,
+  return narrow(call(ctx, *in_nodes, kernel_id=kernel_id, kernel_ir=text,
               kernel_name=spec.name, **info.ffi_attributes(),
               # (0 for a dynamic dimension: messages then count steps)
               grid=np.asarray([g if isinstance(g, int) else 0
                                for g in spec.grid_mapping.grid], np.int64),
               parallel_extent=np.int64(
-                  0 if spec.parallel_dim is None
+                  spec.row_split.bands if spec.row_split is not None
+                  else 0 if spec.parallel_dim is None
                   else spec.grid_mapping.grid[spec.parallel_dim]),
               num_threads=np.int64(spec.params.num_threads
                                    or knobs.read().num_threads),
@@ -209,7 +219,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                   spec.params.on_race if spec.params.detect_races else None]),
               race_cores=np.int64(spec.params.num_cores),
               device_timeout_ms=np.int64(
-                  round(spec.params.device_timeout_s * 1000)))
+                  round(spec.params.device_timeout_s * 1000))))
 
 
 class _Compiles:

@@ -20,11 +20,17 @@ from before the ``get`` are computed first (``flush``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 from jax._src import ad_util
 from jax._src import core as jax_core
+from jax._src import linear_util as lu
+from jax._src import source_info_util
+from jax._src import tree_util
+from jax._src.interpreters import partial_eval as pe
 from jax._src.lax import lax
+from jax._src.state import indexing
 from jax._src.state import primitives as state_primitives
 from jax._src.state import types as state_types
 
@@ -133,3 +139,247 @@ def match_dot_accumulate(jaxpr: jax_core.Jaxpr, i: int, users: dict
   if any(v is ref for v in dot.invars):
     return None
   return DotAccumulate(get, a, (j, k))
+
+
+# -- Row splitting ------------------------------------------------------------
+#
+# A grid step's body is sequential code.  When the kernel computes every
+# element of its output blocks from the elements at the same position of
+# its input blocks (values broadcast along the rows aside), the rows of a
+# block are independent: the body may run on row bands of the blocks, each
+# band on its own thread, with results identical to one pass over the
+# whole block.  ``row_local`` proves that from the jaxpr, equation by
+# equation, against a short list of primitives whose meaning is position by
+# position; ``retrace_rows`` rebuilds the body on blocks of fewer rows.
+
+def _elementwise_primitives() -> frozenset:
+  names = """add sub mul div rem max min neg abs sign floor ceil round
+      exp exp2 log log1p expm1 tanh logistic sin cos tan asin acos atan sinh
+      cosh asinh acosh atanh sqrt rsqrt cbrt pow integer_pow square erf erfc
+      erf_inv atan2 nextafter is_finite convert_element_type select_n clamp
+      eq ne lt le gt ge and or xor not shift_left shift_right_logical
+      shift_right_arithmetic population_count clz reduce_precision copy
+      bitcast_convert_type""".split()
+  prims = {getattr(lax, f"{n}_p") for n in names if hasattr(lax, f"{n}_p")}
+  return frozenset(prims | {ad_util.add_any_p})
+
+
+_ELEMENTWISE = _elementwise_primitives()
+_ROW, _FREE = "row", "free"
+
+
+def _call_jaxpr(eqn: jax_core.JaxprEqn) -> jax_core.ClosedJaxpr | None:
+  """The jaxpr a jit or custom_jvp call runs (inlined by the analysis)."""
+  if eqn.primitive.name == "jit":
+    return eqn.params["jaxpr"]
+  if eqn.primitive.name == "custom_jvp_call":
+    return eqn.params["call_jaxpr"]
+  return None
+
+
+def _full_window(eqn: jax_core.JaxprEqn, n_ref_args: int) -> bool:
+  """Whether a get/swap reads or writes its whole ref (``ref[...]``)."""
+  ref = eqn.invars[0]
+  shape = ref.aval.shape
+  try:
+    transforms = tree_util.tree_unflatten(eqn.params["tree"],
+                                          eqn.invars[n_ref_args:])
+  except Exception:  # noqa: BLE001 - anything unusual: not a full window
+    return False
+  if not transforms:
+    return True  # ref[...] on the whole ref: no transform at all
+  if len(transforms) != 1 or not isinstance(transforms[0],
+                                            indexing.NDIndexer):
+    return False
+  (idx,) = transforms
+  if tuple(idx.shape) != tuple(shape):
+    return False
+  for s, n in zip(idx.indices, shape):
+    if not isinstance(s, indexing.Slice):
+      return False
+    start = s.start.val if isinstance(s.start, jax_core.Literal) else s.start
+    if not (isinstance(start, int) and start == 0 and isinstance(s.size, int)
+            and s.size == n and s.stride == 1):
+      return False
+  return True
+
+
+def row_local(jaxpr: jax_core.Jaxpr, split: Sequence[bool], rows: int
+              ) -> bool:
+  """Whether the kernel body ``jaxpr`` is independent across the rows of
+  its split refs: ``split[k]`` says the ``k``-th ref argument has ``rows``
+  rows (its first dimension) that the body may be run on in bands.
+
+  Proved by labelling every value ROW (its first dimension is the split
+  rows: element i depends on row i of the split refs only) or FREE (the
+  same for every row: scalars, whole unsplit refs, and what is computed
+  from them).  Allowed: reads of whole refs, writes of whole split refs
+  with ROW values, position-wise primitives (``_ELEMENTWISE``, with the
+  implicit broadcasting of size-1 dimensions), ``broadcast_in_dim`` that
+  keeps the rows or broadcasts FREE values along them, and jit /
+  custom_jvp calls of such bodies.  Anything else (reductions, reshapes,
+  iota, control flow, program ids, DMAs, scratch) makes it False."""
+  if len(split) != len(jaxpr.invars) or rows < 2 or jaxpr.constvars:
+    return False
+  labels: dict = {}
+  for v, s in zip(jaxpr.invars, split):
+    if not isinstance(v.aval, state_types.AbstractRef):
+      return False
+    if s and (not v.aval.shape or v.aval.shape[0] != rows):
+      return False
+    labels[v] = ("split" if s else "whole")
+  return _row_local_eqns(jaxpr, labels, rows)
+
+
+def _label(labels: dict, a) -> str | None:
+  if isinstance(a, jax_core.Literal):
+    return _FREE if not np.shape(a.val) else None
+  return labels.get(a)
+
+
+def _rowwise_operand(label: str, shape: tuple, out_shape: tuple,
+                     rows: int) -> bool:
+  """Whether an operand of an elementwise equation keeps rows apart: ROW
+  values span the rows, FREE ones are scalars or broadcast along them."""
+  if not shape:
+    return label == _FREE
+  if len(shape) != len(out_shape) or any(
+      d not in (1, o) for d, o in zip(shape[1:], out_shape[1:])):
+    return False
+  if label == _ROW:
+    return shape[0] == rows and out_shape[0] == rows
+  return label == _FREE and shape[0] == 1
+
+
+def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int) -> bool:
+  for v in jaxpr.constvars:  # a call's constants: whole, never split
+    labels[v] = _FREE
+  users = users_of(jaxpr)
+  for eqn in jaxpr.eqns:
+    prim = eqn.primitive
+    ins = [_label(labels, a) for a in eqn.invars]
+    if any(label is None for label in ins):
+      return False
+    if prim is state_primitives.get_p:
+      if ins[0] not in ("split", "whole") or not _full_window(eqn, 1):
+        return False
+      labels[eqn.outvars[0]] = _ROW if ins[0] == "split" else _FREE
+      continue
+    if prim is state_primitives.swap_p:
+      old = eqn.outvars[0]
+      if (ins[0] != "split" or ins[1] != _ROW or not _full_window(eqn, 2)
+          or eqn.invars[1].aval.shape != eqn.invars[0].aval.shape
+          or (not isinstance(old, jax_core.DropVar) and users.get(old))):
+        return False
+      continue
+    if any(label in ("split", "whole") for label in ins):
+      return False  # a ref passed to anything else
+    out_shapes = [tuple(o.aval.shape) for o in eqn.outvars]
+    if prim in _ELEMENTWISE:
+      (out_shape,) = out_shapes
+      if _ROW in ins:
+        # A FREE operand as tall as the rows would be split wrongly.
+        if not all(_rowwise_operand(la, tuple(a.aval.shape), out_shape, rows)
+                   for a, la in zip(eqn.invars, ins)):
+          return False
+        labels[eqn.outvars[0]] = _ROW
+      else:  # computed whole, the same in every band
+        labels[eqn.outvars[0]] = _FREE
+      continue
+    if prim is lax.broadcast_in_dim_p:
+      (out_shape,) = out_shapes
+      if len(eqn.invars) != 1:
+        return False  # dynamic shapes
+      (a,) = eqn.invars
+      dims = tuple(eqn.params["broadcast_dimensions"])
+      in_shape = tuple(a.aval.shape)
+      to_row = [k for k, d in enumerate(dims) if d == 0]
+      if ins[0] == _ROW:
+        if to_row != [0] or not out_shape or out_shape[0] != rows:
+          return False
+        labels[eqn.outvars[0]] = _ROW
+      else:
+        if to_row and in_shape[to_row[0]] != 1:
+          return False  # a FREE dimension would become the rows
+        labels[eqn.outvars[0]] = (_ROW if out_shape and out_shape[0] == rows
+                                  else _FREE)
+      continue
+    inner = _call_jaxpr(eqn)
+    if inner is not None:
+      sub = {v: la for v, la in zip(inner.jaxpr.invars, ins)}
+      if not _row_local_eqns(inner.jaxpr, sub, rows):
+        return False
+      for o, io in zip(eqn.outvars, inner.jaxpr.outvars):
+        la = _label(sub, io)
+        if la not in (_ROW, _FREE):
+          return False
+        labels[o] = la
+      continue
+    return False
+  return True
+
+
+def retrace_rows(jaxpr: jax_core.Jaxpr, split: Sequence[bool],
+                 rows: int) -> jax_core.Jaxpr:
+  """The body ``jaxpr`` (``row_local`` for ``split``) traced again with
+  its split refs, and the ROW values computed from them, ``rows`` rows
+  tall; every equation keeps its source location."""
+  in_avals = []
+  for v, s in zip(jaxpr.invars, split):
+    aval = v.aval
+    if s:
+      inner = aval.inner_aval
+      aval = aval.update(inner_aval=inner.update(
+          shape=(rows, *inner.shape[1:])))
+    in_avals.append(aval)
+  full_rows = {v.aval.shape[0] for v, s in zip(jaxpr.invars, split) if s}
+  (old_rows,) = full_rows
+
+  def run(*args):
+    _eval_rows(jaxpr, [], list(args), old_rows, rows)
+    return []
+
+  fun = lu.wrap_init(run, debug_info=jaxpr.debug_info)
+  new, _, consts = pe.trace_to_jaxpr_dynamic(fun, in_avals)
+  if consts:
+    raise AssertionError("row split: the re-traced body captured constants")
+  return new
+
+
+def _eval_rows(jaxpr: jax_core.Jaxpr, consts, args, old_rows: int,
+               rows: int) -> list:
+  env: dict = {}
+
+  def read(a):
+    return a.val if isinstance(a, jax_core.Literal) else env[a]
+
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  for eqn in jaxpr.eqns:
+    with source_info_util.user_context(eqn.source_info.traceback,
+                                       name_stack=eqn.source_info.name_stack):
+      prim = eqn.primitive
+      ins = [read(a) for a in eqn.invars]
+      if prim is state_primitives.get_p:
+        outs = [ins[0][...]]
+      elif prim is state_primitives.swap_p:
+        ins[0][...] = ins[1]
+        outs = [None]
+      elif prim is lax.broadcast_in_dim_p:
+        shape = tuple(eqn.params["shape"])
+        if shape and shape[0] == old_rows:
+          shape = (rows, *shape[1:])
+        outs = [lax.broadcast_in_dim(ins[0], shape,
+                                     eqn.params["broadcast_dimensions"])]
+      elif _call_jaxpr(eqn) is not None:
+        inner = _call_jaxpr(eqn)
+        outs = _eval_rows(inner.jaxpr, inner.consts, ins, old_rows, rows)
+      else:
+        out = prim.bind(*ins, **eqn.params)
+        outs = out if prim.multiple_results else [out]
+    for v, x in zip(eqn.outvars, outs):
+      if not isinstance(v, jax_core.DropVar):
+        env[v] = x
+  return [read(v) for v in jaxpr.outvars]

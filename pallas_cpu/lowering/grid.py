@@ -20,7 +20,7 @@ from mlir import ir
 from mlir.dialects import arith, linalg, memref, scf
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import buffers, race_hooks
+from pallas_cpu.lowering import buffers, fusion, race_hooks
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering import memory_spaces, types, values, views
 from pallas_cpu.lowering.context import KernelContext, Ref, scalar_of
@@ -151,12 +151,20 @@ class BlockWindow:
       self.view_type = types.memref_type(
           self.block_shape, self.dtype, memory_spaces.attr(self.space), strides)
 
-  def open(self, starts: list[ir.Value]) -> ir.Value:
-    """The block at ``starts`` (index values) as the kernel's memref."""
+  def open(self, starts: list[ir.Value], band=None) -> ir.Value:
+    """The block at ``starts`` (index values) as the kernel's memref;
+    ``band=(first row, rows)``: only those rows of its first kept
+    dimension (a row split, ``RowSplit``; such blocks are never copies)."""
     space = memory_spaces.attr(self.space)
     sizes = [d.size for d in self.dims]
     drop = [i for i, d in enumerate(self.dims) if d.kind == "squeezed"]
     self.starts = starts
+    if band is not None:
+      assert not self.copies
+      d0 = self.kept[0]
+      starts = list(starts)
+      starts[d0] = arith.addi(views.as_index(starts[d0]), band[0])
+      sizes[d0] = band[1]
     if not self.copies:
       return views.space_cast(views.subview(self.array, starts, sizes, drop=drop),
                               space)
@@ -275,9 +283,17 @@ def block_offset(w: BlockWindow, starts) -> ir.Value:
 def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
                index_operands: Sequence[ir.Value],
                block_operands: Sequence[ir.Value], roots: Sequence,
-               scratch: Sequence[Ref]) -> None:
-  """Emits the grid loop nest with index maps, windows and the body."""
+               scratch: Sequence[Ref], row_split: RowSplit | None = None,
+               band_range: tuple[ir.Value, ir.Value] | None = None) -> None:
+  """Emits the grid loop nest with index maps, windows and the body.
+
+  With ``row_split``, each step runs the body on the row bands
+  ``band_range`` of its blocks (the bands this call's thread runs), one
+  after the other; index maps, bounds checks and revisit tracking stay
+  those of the whole blocks."""
   gm = grid_mapping
+  if row_split is not None:
+    jaxpr = row_split.jaxpr
   n_in = gm.num_inputs
   n_index = len(index_operands)
   written = _written_args(jaxpr)
@@ -349,14 +365,25 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
         _track_output_block(kctx, w, starts, last_block[w.operand_index])
     run = scf.IfOp(ok) if ok is not None else None
     with (ir.InsertionPoint(run.then_block) if run else contextlib.nullcontext()):
-      refs = []
-      for w, starts in zip(windows, starts_per_window):
-        view = w.array if w.whole else w.open(starts)
-        refs.append(Ref(view, w.root, w.dtype))
-      _name_refs(kctx, jaxpr, index_refs, refs, scratch, n_in)
-      jaxpr_lowering.lower_jaxpr(kctx, jaxpr, [*index_refs, *refs, *scratch])
-      for w in windows:
-        w.close()
+      bands = None
+      if row_split is not None:
+        bands = scf.ForOp(band_range[0], band_range[1], views.as_index(1))
+      with (ir.InsertionPoint(bands.body) if bands else
+            contextlib.nullcontext()):
+        band = None if bands is None else (
+            arith.muli(bands.induction_variable,
+                       views.as_index(row_split.rows)), row_split.rows)
+        refs = []
+        for k, (w, starts) in enumerate(zip(windows, starts_per_window)):
+          view = w.array if w.whole else w.open(
+              starts, band if band and row_split.split[k] else None)
+          refs.append(Ref(view, w.root, w.dtype))
+        _name_refs(kctx, jaxpr, index_refs, refs, scratch, n_in)
+        jaxpr_lowering.lower_jaxpr(kctx, jaxpr, [*index_refs, *refs, *scratch])
+        for w in windows:
+          w.close()
+        if bands:
+          scf.YieldOp([])
       if run:
         scf.YieldOp([])
 
@@ -447,6 +474,80 @@ def _block_starts(kctx, w: BlockWindow, grid_args, index_refs) -> list[ir.Value]
       idx = arith.muli(idx, views.as_index(scale))
     starts.append(idx)
   return starts
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSplit:
+  """A kernel whose grid has no parallel dimension, run as ``bands`` row
+  bands of its blocks -- the runtime's parallel extent, spread over its
+  threads as a parallel grid dimension is.  Every step runs the body on
+  this thread's bands of the step's blocks, which is the whole step's
+  work because ``fusion.row_local`` proved the body independent across
+  rows; each element still sees the steps in grid order."""
+  bands: int
+  rows: int                  # of one band
+  split: tuple[bool, ...]    # per block operand: cut into bands (else whole)
+  jaxpr: jax_core.Jaxpr      # the body on band-sized blocks
+
+
+# Below this much block traffic per call, waking a thread costs more than
+# the second thread saves; a band below MIN_BAND_BYTES is mostly overhead.
+MIN_SPLIT_BYTES = 1 << 20
+MIN_BAND_BYTES = 16 << 10
+MAX_BANDS = 16
+
+
+def row_split_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
+                   aliases) -> RowSplit | None:
+  """The row split of a kernel with no parallel grid dimension, or None
+  when it does not apply: every block in place (VMEM, ``Blocked`` or
+  squeezed dimensions, no edge blocks), no scratch, no aliases, every
+  output as tall (its first kept dimension) as the others, the body
+  row-local (``fusion.row_local``), and enough bytes moved per call."""
+  gm = grid_mapping
+  if aliases or gm.num_scratch_operands or not all(
+      isinstance(g, int) for g in gm.grid):
+    return None
+  kept_shapes, nbytes = [], []
+  for bm in gm.block_mappings:
+    if memory_spaces.from_pallas(
+        bm.transformed_block_aval.memory_space) != memory_spaces.VMEM or (
+            0 in tuple(bm.array_aval.shape)):  # (BlockWindow reports it)
+      return None
+    try:
+      dims = _block_dims(bm, bm.origin)
+    except (ValueError, NotImplementedError):
+      return None
+    if any(d.kind == "element" or d.size <= 0 or d.may_cross
+           or d.size > d.array_size for d in dims):
+      return None
+    kept = tuple(d.size for d in dims if d.kind != "squeezed")
+    kept_shapes.append(kept)
+    nbytes.append(int(np.prod(kept, dtype=np.int64))
+                  * np.dtype(bm.array_aval.dtype).itemsize)
+  outs = kept_shapes[gm.num_inputs:]
+  if not outs or not all(outs[0] and len(o) == len(outs[0])
+                         and o[0] == outs[0][0] for o in outs):
+    return None
+  rows = outs[0][0]
+  split = tuple(len(k) == len(outs[0]) and k[0] == rows for k in kept_shapes)
+  step_bytes = sum(nbytes)
+  if step_bytes * int(np.prod(gm.grid, dtype=np.int64)) < MIN_SPLIT_BYTES:
+    return None
+  bands = next((n for n in range(MAX_BANDS, 1, -1)
+                if rows % n == 0 and rows // n >= 8
+                and step_bytes // n >= MIN_BAND_BYTES), None)
+  if bands is None:
+    return None
+  n_index = gm.num_index_operands
+  arg_split = [False] * n_index + list(split)
+  if not fusion.row_local(jaxpr, arg_split, rows):
+    return None
+  try:
+    body = fusion.retrace_rows(jaxpr, arg_split, rows // bands)
+  except Exception:  # noqa: BLE001 - not splittable after all: run whole
+    return None
+  return RowSplit(bands=bands, rows=rows // bands, split=split, jaxpr=body)
 
 
 COPY = "copy"          # a private block copy, refreshed when the block changes

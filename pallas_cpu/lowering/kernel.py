@@ -42,6 +42,8 @@ class KernelSpec:
   params: CompilerParams
   opt_level: int
   parallel_dim: int | None = None  # grid dimension split across threads
+  # Without one: the blocks' row bands run by threads (grid.RowSplit).
+  row_split: object = None
   # Parallel grid dimensions whose iterations run in a seeded random order
   # (CompilerParams(grid_order="random")), with their permutations.
   permuted_dims: tuple[tuple[int, tuple[int, ...]], ...] = ()
@@ -141,7 +143,10 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     grid_lowering.build_grid(kctx, jaxpr=spec.jaxpr, grid_mapping=gm,
                              index_operands=index_operands,
                              block_operands=block_operands, roots=roots,
-                             scratch=scratch)
+                             scratch=scratch, row_split=spec.row_split,
+                             band_range=(views.as_index(block.arguments[1]),
+                                         views.as_index(block.arguments[2]))
+                             if spec.row_split is not None else None)
     # Actors that may reach each other's memory (the cores of a mesh, the
     # devices of a collective) end together: exit checks see final counts,
     # and no signal or DMA reaches memory freed below.
