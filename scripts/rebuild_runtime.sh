@@ -14,12 +14,9 @@ exec 9>/tmp/pallas_cpu_runtime_build.lock
 flock 9
 ninja -C "$build" >/dev/null
 so=$(ls "$build"/_runtime*.so)
-dest=$(.venv/bin/python - <<'PY'
-import importlib.util, os
-spec = importlib.util.find_spec("pallas_cpu._runtime")
-print(spec.origin)
-PY
-)
+# Where pip installed it (not found by importing pallas_cpu: that would load
+# the installed library, which may be the broken one being replaced).
+dest=$(ls .venv/lib/python3*/site-packages/pallas_cpu/_runtime*.so | head -1)
 cp "$so" "$dest.tmp.$$"
 mv -f "$dest.tmp.$$" "$dest"
 echo "runtime rebuilt: $dest"
