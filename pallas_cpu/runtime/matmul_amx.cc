@@ -131,24 +131,28 @@ void PackA(const Matrix& a, int64_t mt, int64_t kt, uint16_t* ap) {
 // B[2q, 16p + j] | B[2q + 1, 16p + j] << 16, zero-padded.
 void PackB(const Matrix& b, int64_t nt, int64_t kt, uint32_t* bp) {
   const int64_t k = b.rows, n = b.cols, nq = kt * kT;
-  for (int64_t p = 0; p < nt; ++p) {
-    uint32_t* panel = bp + p * nq * kT;
-    const int64_t col0 = p * kT;
-    if (b.col_stride == 1) {
-      const __mmask16 m = Mask16(n - col0);
-      for (int64_t q = 0; q < nq; ++q) {
-        const int64_t k0 = 2 * q;
-        const __m256i zero = _mm256_setzero_si256();
-        const char* r0 = b.base + (k0 * b.row_stride + col0) * 2;
-        const __m256i lo = k0 < k ? _mm256_maskz_loadu_epi16(m, r0) : zero;
-        const __m256i hi = k0 + 1 < k
-            ? _mm256_maskz_loadu_epi16(m, r0 + b.row_stride * 2) : zero;
-        _mm512_store_si512(panel + q * kT,
+  if (b.col_stride == 1) {
+    // Row pair by row pair, each pair read along its rows (streams; a panel
+    // at a time would read 32 bytes of every row per panel).
+    const __m256i zero = _mm256_setzero_si256();
+    for (int64_t q = 0; q < nq; ++q) {
+      const int64_t k0 = 2 * q;
+      const char* r0 = b.base + k0 * b.row_stride * 2;
+      const char* r1 = r0 + b.row_stride * 2;
+      for (int64_t p = 0; p < nt; ++p) {
+        const __mmask16 m = Mask16(n - p * kT);
+        const __m256i lo = k0 < k ? _mm256_maskz_loadu_epi16(m, r0 + p * kT * 2) : zero;
+        const __m256i hi = k0 + 1 < k ? _mm256_maskz_loadu_epi16(m, r1 + p * kT * 2) : zero;
+        _mm512_store_si512(bp + (p * nq + q) * kT,
                            _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
       }
-      continue;
     }
+    return;
+  }
+  for (int64_t p = 0; p < nt; ++p) {
+    uint32_t* panel = bp + p * nq * kT;
+    const int64_t col0 = p * kT;
     // Strided B (a transposed one: q @ k.T): column j's pairs are words in
     // place when its k stride is 1.
     for (int64_t j = 0; j < kT; ++j) {
@@ -195,18 +199,26 @@ void MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
   const int64_t nt = (n + 2 * kT - 1) / (2 * kT) * 2;
   const int64_t kt = (k + kTK - 1) / kTK;
   thread_local Buffer a_buf, b_buf, c_buf;
-  uint16_t* ap = a_buf.Get<uint16_t>(mt * kt * kT * kTK);
+  // A row-major in whole tiles is loaded in place (its rows, 64 bytes per
+  // tile row, a row stride apart); otherwise packed, zero-padded.
+  const bool a_in_place = a.col_stride == 1 && m % (2 * kT) == 0 && k % kTK == 0;
+  uint16_t* ap = a_in_place ? nullptr : a_buf.Get<uint16_t>(mt * kt * kT * kTK);
   uint32_t* bp = b_buf.Get<uint32_t>(nt * kt * kT * kT);
   float* edge = c_buf.Get<float>(2 * kT * 2 * kT);
-  PackA(a, mt, kt, ap);
+  if (!a_in_place) PackA(a, mt, kt, ap);
   PackB(b, nt, kt, bp);
 
   _tile_loadconfig(&Config());
-  const int64_t a_tile = kT * kTK;        // uint16 per A tile
+  // Tile t of A's row block r: a_rows[r] + t * a_step, rows a_stride bytes
+  // apart.
+  const int64_t a_step = a_in_place ? kTK : kT * kTK;   // uint16
+  const int64_t a_stride = a_in_place ? a.row_stride * 2 : kTK * 2;
+  const int64_t a_block = a_in_place ? kT * a.row_stride : kt * kT * kTK;
   const int64_t b_panel = kt * kT * kT;   // uint32 per B panel
   for (int64_t r = 0; r < mt; r += 2) {
-    const uint16_t* a0 = ap + r * kt * a_tile;
-    const uint16_t* a1 = a0 + kt * a_tile;
+    const uint16_t* a0 =
+        (a_in_place ? reinterpret_cast<const uint16_t*>(a.base) : ap) + r * a_block;
+    const uint16_t* a1 = a0 + a_block;
     for (int64_t p = 0; p < nt; p += 2) {
       const uint32_t* b0 = bp + p * b_panel;
       const uint32_t* b1 = b0 + b_panel;
@@ -241,8 +253,8 @@ void MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
         _tile_zero(3);
       }
       for (int64_t t = 0; t < kt; ++t) {
-        _tile_loadd(4, a0 + t * a_tile, kTK * 2);
-        _tile_loadd(5, a1 + t * a_tile, kTK * 2);
+        _tile_loadd(4, a0 + t * a_step, a_stride);
+        _tile_loadd(5, a1 + t * a_step, a_stride);
         _tile_loadd(6, b0 + t * kT * kT, kT * 4);
         _tile_loadd(7, b1 + t * kT * kT, kT * 4);
         _tile_dpbf16ps(0, 4, 6);

@@ -7,8 +7,9 @@
 // strides (a broadcast per row and k), and a kMR x kNR = 6 x 64 register
 // tile (24 zmm accumulators) runs over each panel, which every row block of
 // A passes over in turn.  Sums run over k in order within each kKC = 256
-// chunk and are then added to C, f32 FMAs: the order of the portable
-// kernel, so f32 results are the bits it gave (one Sapphire Rapids core:
+// chunk and are then added to C, f32 FMAs: the order of the AVX2 kernel
+// and of the portable kernel built with FMAs (this runtime's kernel before
+// the per-ISA split), so f32 results keep their bits (one Sapphire Rapids core:
 // 180-195 GFLOP/s for 128^3 and 512^3; kKC = 128, which would keep a panel
 // in L1, measured the same).
 //
