@@ -93,6 +93,7 @@ def new_result(case: Case) -> dict:
       "per_step_us": {}, "reduced_repeats": {},
       "variants": list(case.variants),
       "variant_ratios": dict(case.variant_ratios), "variant_errors": {},
+      "jit": case.jit,
   }
 
 

@@ -16,6 +16,7 @@ FAMILIES = (
     "elementwise",  # add, fused transcendental chain, edge blocks
     "dma",          # manual double buffering
     "cores",        # TensorCore meshes: multi-core scaling
+    "scaling",      # a parallel grid over 1, 2, 4, 8 runtime threads
     "races",        # race detection: the instrumented build's cost
     "collectives",  # remote DMAs across 8 devices vs lax collectives
     "overhead",     # per-grid-step cost: empty and tiny steps
