@@ -47,8 +47,8 @@ def _raw_dtype(dtype) -> np.dtype:
   """The dtype an Array of raw memory values of ``dtype`` storage has (one
   whose memory and register types agree)."""
   dtype = np.dtype(dtype)
-  if types.converted_in_registers(dtype):
-    return np.dtype(f"uint{dtype_bits(dtype)}")
+  if types.converted_in_registers(dtype):  # (int4: its whole byte)
+    return np.dtype(f"uint{max(8, dtype_bits(dtype))}")
   return dtype
 
 
@@ -288,6 +288,8 @@ def _combine(dtype, parts, raw: list[ir.Value]) -> ir.Value:
     field = resize(_shift(to_bits(v), p.shift, left=False), p.bits)
     field = _shift(resize(field, w), p.lo, left=True)
     acc = field if acc is None else arith.ori(acc, field)
+  if types.is_subbyte(dtype):  # i4: the register value itself
+    return acc
   mem = from_bits(acc, types.memory_element_type(dtype))
   return values.from_memory(mem, dtype)
 
@@ -363,23 +365,32 @@ def _store_group(ctx, dtype, parts, val, reads_differently) -> None:
   for p in parts:
     storage_t = ir.MemRefType(p.ref.memref.type).element_type
     sw = p.storage_bits
+    # Sub-byte storage: fields are set in its i4 register value, stored
+    # extended to its byte.
+    sub = types.is_subbyte(p.ref.dtype)
+
+    def stored(bits, t=storage_t, sub=sub, dt=p.ref.dtype):
+      return values.to_memory(bits, dt) if sub else from_bits(bits, t)
+
+    def old_bits(raw, sub=sub, dt=p.ref.dtype):
+      return values.from_memory(raw, dt) if sub else to_bits(raw)
 
     def field(v, p=p, sw=sw):
       bits = to_bits(values.to_memory(v, dtype))
       return resize(resize(_shift(bits, p.lo, left=False), p.bits), sw)
 
     if p.whole:
-      def build(a, field=field, t=storage_t):
-        return from_bits(field(a[0]), t)
+      def build(a, field=field, stored=stored):
+        return stored(field(a[0]))
       args = (v_node,)
     else:
-      def build(a, p=p, field=field, t=storage_t, sw=sw):
+      def build(a, p=p, field=field, stored=stored, old_bits=old_bits, sw=sw):
         mask = _shift(arith.constant(int_type(sw), (1 << p.bits) - 1), p.shift,
                       left=True)
-        keep = arith.andi(to_bits(a[1]),
+        keep = arith.andi(old_bits(a[1]),
                           arith.xori(mask, arith.constant(int_type(sw), -1)))
         new = _shift(field(a[0]), p.shift, left=True)
-        return from_bits(arith.ori(keep, new), t)
+        return stored(arith.ori(keep, new))
       old = values.Load(p.ref.memref, values.identity_map(len(shape)),
                         p.ref.root, p.key)
       args = (v_node, old)

@@ -62,7 +62,7 @@ def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
     return kctx.constant(False, dtype)
   if dtype == np.int16:
     return kctx.constant(0, dtype)
-  return kctx.constant(np.iinfo(dtype).min, dtype)
+  return kctx.constant(types.iinfo(dtype).min, dtype)
 
 
 def allocate_ref(kctx: KernelContext, aval, root, name: str, *,

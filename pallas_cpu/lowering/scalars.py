@@ -153,7 +153,7 @@ def convert(v: ir.Value, src, dst) -> ir.Value:
     return arith.uitofp(out_t, v) if unsigned else arith.sitofp(out_t, v)
   # float -> int saturates, NaN -> 0 (XLA's semantics; fptosi alone is UB).
   bits = types.bitwidth(dst)
-  info = np.iinfo(dst)
+  info = types.iinfo(dst)
   if types.bitwidth(src) < 32:
     v = arith.extf(ir.F32Type.get(), v)
   r = arith.fptoui(out_t, v) if types.is_unsigned(dst) else arith.fptosi(out_t, v)

@@ -16,11 +16,30 @@ def is_float(dtype) -> bool:
 
 
 def is_int(dtype) -> bool:
-  return np.issubdtype(np.dtype(dtype), np.integer)
+  # jnp knows the ml_dtypes sub-byte integers (int4, uint2...) too.
+  return jnp.issubdtype(np.dtype(dtype), jnp.integer)
 
 
 def is_unsigned(dtype) -> bool:
-  return np.issubdtype(np.dtype(dtype), np.unsignedinteger)
+  return jnp.issubdtype(np.dtype(dtype), jnp.unsignedinteger)
+
+
+# Sub-byte integers: i4/i2 in registers (arith wraps at their width, as XLA
+# does), one element per byte in every memory space of the kernel (the low
+# bits hold the value; stores sign- or zero-extend).  XLA's packed arrays are
+# widened to int8/uint8 around the custom call (pallas_cpu/subbyte.py).
+SUBBYTE_BITS = (2, 4)
+
+
+def is_subbyte(dtype) -> bool:
+  """int4/uint4/int2/uint2 (ml_dtypes' int1/uint1 are not JAX dtypes)."""
+  dtype = np.dtype(dtype)
+  return is_int(dtype) and jax_dtypes.itemsize_bits(dtype) < 8
+
+
+def iinfo(dtype):
+  """``np.iinfo`` that also knows the ml_dtypes integers (int4...)."""
+  return ml_dtypes.iinfo(np.dtype(dtype))
 
 
 def is_bool(dtype) -> bool:
@@ -29,7 +48,11 @@ def is_bool(dtype) -> bool:
 
 def bitwidth(dtype) -> int:
   """Bits of a register value (bool: 1)."""
-  return 1 if is_bool(dtype) else np.dtype(dtype).itemsize * 8
+  if is_bool(dtype):
+    return 1
+  if is_subbyte(dtype):
+    return jax_dtypes.itemsize_bits(np.dtype(dtype))
+  return np.dtype(dtype).itemsize * 8
 
 
 def dtype_bits(dtype) -> int:
@@ -55,23 +78,30 @@ def element_type(dtype) -> ir.Type:
     return _FLOATS[dtype]()
   if is_bool(dtype):
     return ir.IntegerType.get_signless(1)
+  if is_subbyte(dtype) and bitwidth(dtype) not in SUBBYTE_BITS:
+    raise NotImplementedError(
+        f"dtype {dtype} is not supported by pallas_cpu (sub-byte integers: "
+        "int4, uint4, int2, uint2)")
   if is_int(dtype):
-    return ir.IntegerType.get_signless(dtype.itemsize * 8)
+    return ir.IntegerType.get_signless(bitwidth(dtype))
   raise NotImplementedError(f"dtype {dtype} is not supported by pallas_cpu")
 
 
 def memory_element_type(dtype) -> ir.Type:
   """The element type in memory: bools are bytes (as XLA stores them; LLVM
-  cannot address i1), float8 values are their bytes."""
-  if is_bool(dtype) or fp8.is_fp8(dtype):
+  cannot address i1), float8 values are their bytes, sub-byte integers one
+  per byte (memory is byte-addressed in every memory space)."""
+  if is_bool(dtype) or fp8.is_fp8(dtype) or is_subbyte(dtype):
+    if is_subbyte(dtype):
+      element_type(dtype)  # an unsupported width raises
     return ir.IntegerType.get_signless(8)
   return element_type(dtype)
 
 
 def converted_in_registers(dtype) -> bool:
   """Whether the register type differs from the memory type (bool: i1 vs
-  i8; float8: f32 vs i8)."""
-  return is_bool(dtype) or fp8.is_fp8(dtype)
+  i8; float8: f32 vs i8; int4: i4 vs i8)."""
+  return is_bool(dtype) or fp8.is_fp8(dtype) or is_subbyte(dtype)
 
 
 def row_major_strides(shape) -> list[int]:

@@ -209,11 +209,14 @@ def load_array(memref: ir.Value, dtype, *, root=None, key=None) -> Array:
 
 def to_memory(v: ir.Value, dtype) -> ir.Value:
   """A register value as stored in memory (bool: i1 -> i8; float8: f32 ->
-  its byte)."""
+  its byte; int4: i4 -> i8)."""
   if types.is_bool(dtype):
     return arith.extui(types.memory_element_type(dtype), v)
   if fp8.is_fp8(dtype):
     return fp8.encode(v, dtype)
+  if types.is_subbyte(dtype):  # i4 -> i8, extended as XLA widens it
+    ext = arith.extui if types.is_unsigned(dtype) else arith.extsi
+    return ext(types.memory_element_type(dtype), v)
   return v
 
 
@@ -222,6 +225,8 @@ def from_memory(v: ir.Value, dtype) -> ir.Value:
     return arith.trunci(types.element_type(dtype), v)
   if fp8.is_fp8(dtype):
     return fp8.decode(v, dtype)
+  if types.is_subbyte(dtype):  # the low bits of the byte
+    return arith.trunci(types.element_type(dtype), v)
   return v
 
 

@@ -68,7 +68,8 @@ def _combine(parts: list[ir.Value], part_bits: int, dst_t: ir.Type) -> ir.Value:
   bits = width(dst_t)
   acc = None
   for k, p in enumerate(parts):
-    v = resize(to_bits(p), bits)
+    # (a sub-byte part read raw is its extended byte: keep its own bits)
+    v = resize(resize(to_bits(p), part_bits), bits)
     if k:
       v = arith.shli(v, const(v.type, k * part_bits))
     acc = v if acc is None else arith.ori(acc, v)

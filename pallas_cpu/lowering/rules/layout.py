@@ -371,8 +371,8 @@ def _fill_value(fill_value, dtype):
   if types.is_bool(dtype):
     return True
   if types.is_unsigned(dtype):
-    return int(np.iinfo(dtype).max)
-  return int(np.iinfo(dtype).min)
+    return int(types.iinfo(dtype).max)
+  return int(types.iinfo(dtype).min)
 
 
 @register(slicing.gather_p)

@@ -178,7 +178,7 @@ def _kind_ops(kind: str, dtype):
     if kind not in table:
       raise NotImplementedError(f"reduce_{kind} on {dtype}")
     return table[kind]
-  info = np.iinfo(dtype)
+  info = types.iinfo(dtype)
   unsigned = types.is_unsigned(dtype)
   table = {"sum": (0, arith.addi), "prod": (1, arith.muli),
            "and": (-1, arith.andi), "or": (0, arith.ori),
@@ -303,7 +303,7 @@ def _arg_reduce(ctx, x, axes, index_dtype, is_max: bool) -> values.Value:
   elif types.is_bool(dtype):
     fill(best, 0 if is_max else 1)
   else:
-    info = np.iinfo(dtype)
+    info = types.iinfo(dtype)
     fill(best, info.min if is_max else info.max)
   fill(index, 0)
   unsigned = types.is_unsigned(dtype) or types.is_bool(dtype)

@@ -170,8 +170,8 @@ def gather_fill_value(fill_value, dtype):
   if types.is_bool(dtype):
     return True
   if types.is_unsigned(dtype):
-    return int(np.iinfo(dtype).max)
-  return int(np.iinfo(dtype).min)
+    return int(types.iinfo(dtype).max)
+  return int(types.iinfo(dtype).min)
 
 
 def gather(ctx, x, indices, *, dimension_numbers, slice_sizes, mode,
