@@ -119,7 +119,11 @@ def test_retracing_and_rejitting_do_not_recompile():
   assert compiler.cache_size() == before
 
 
-def test_failing_pipeline_reports_diagnostics_and_reproducer():
+@pytest.mark.parametrize("with_source", [False, True])
+def test_failing_pipeline_reports_diagnostics_and_reproducer(with_source):
+  """With the module's source text (as builds pass it), the failing stage's
+  input is rebuilt from it instead of printed before every stage: the
+  reproducer must be the same."""
   from mlir import ir
   src = """
   module attributes {pallas_cpu.kernel_name = "bad", pallas_cpu.opt_level = 3 : i32} {
@@ -131,7 +135,8 @@ def test_failing_pipeline_reports_diagnostics_and_reproducer():
   with ir.Context(), ir.Location.unknown():
     module = ir.Module.parse(src)
     with pytest.raises(compiler.CompilationError) as e:
-      compiler.run_stages(module, name="bad")
+      compiler.run_stages(module, name="bad",
+                          source=src if with_source else None)
   msg = str(e.value)
   assert "stage 'llvm' failed for kernel 'bad'" in msg
   assert "math.ipowi" in msg  # the diagnostics
