@@ -82,30 +82,28 @@ int64_t BestLevel() {
 // lower kernels on a machine that has the higher ones).
 std::atomic<int64_t> level_cap{kAmx};
 
-void Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+// False: the kernel could not allocate its scratch (C untouched).
+bool Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
             float* c, int64_t c_rs, bool accumulate) {
   const int64_t level =
       std::min(BestLevel(), level_cap.load(std::memory_order_relaxed));
 #ifdef PALLAS_CPU_MATMUL_AMX
   if (level >= kAmx && a_bf16 && b_bf16) {
-    MatmulAmxBf16(a, b, c, c_rs, accumulate);
-    return;
+    return MatmulAmxBf16(a, b, c, c_rs, accumulate);
   }
 #endif
 #ifdef PALLAS_CPU_MATMUL_AVX512
   if (level >= kAvx512) {
-    MatmulAvx512(a, a_bf16, b, b_bf16, c, c_rs, accumulate);
-    return;
+    return MatmulAvx512(a, a_bf16, b, b_bf16, c, c_rs, accumulate);
   }
 #endif
 #ifdef PALLAS_CPU_MATMUL_AVX2
   if (level >= kAvx2) {
-    MatmulAvx2(a, a_bf16, b, b_bf16, c, c_rs, accumulate);
-    return;
+    return MatmulAvx2(a, a_bf16, b, b_bf16, c, c_rs, accumulate);
   }
 #endif
   (void)level;
-  MatmulBaseline(a, a_bf16, b, b_bf16, c, c_rs, accumulate);
+  return MatmulBaseline(a, a_bf16, b, b_bf16, c, c_rs, accumulate);
 }
 
 Matrix FromMemref2D(void* aligned, int64_t offset, int64_t s0, int64_t s1,
@@ -140,7 +138,13 @@ void MatmulEntry(PallasCpuRuntimeContext* ctx, int64_t c_s0, int64_t c_s1,
   }
   Matrix ma = FromMemref2D(a, a_off, a_s0, a_s1, a_st0, a_st1, a_bf16 ? 2 : 4);
   Matrix mb = FromMemref2D(b, b_off, b_s0, b_s1, b_st0, b_st1, b_bf16 ? 2 : 4);
-  matmul::Matmul(ma, a_bf16, mb, b_bf16, c + c_off, c_st0, accumulate != 0);
+  if (!matmul::Matmul(ma, a_bf16, mb, b_bf16, c + c_off, c_st0,
+                      accumulate != 0)) {
+    std::ostringstream os;
+    os << "matmul of " << a_s0 << "x" << a_s1 << " by " << b_s0 << "x" << b_s1
+       << ": out of memory for its packing scratch";
+    ctx->Fail(os.str());
+  }
 }
 
 }  // namespace

@@ -11,8 +11,15 @@
 //   matmul_generic.inc  the portable register-tiled kernel (GCC vector
 //                     extensions) for the baseline ISA (matmul.cc)
 //
+// An ISA file must not define anything the linker could merge with another
+// file's copy (inline functions or templates with external linkage, such as
+// std::vector's out-of-line members): the merged copy, built with that
+// file's flags, could run on a CPU without them.  Helpers live in anonymous
+// namespaces; scratch is aligned_alloc'd.
+//
 // Every kernel computes C (+)= A @ B with f32 accumulation: products of bf16
-// values are exact in f32, the sums run in f32.
+// values are exact in f32, the sums run in f32.  Each returns false, leaving
+// C as it was, when it could not allocate its (per-thread) packing scratch.
 #ifndef PALLAS_CPU_RUNTIME_MATMUL_H_
 #define PALLAS_CPU_RUNTIME_MATMUL_H_
 
@@ -28,25 +35,22 @@ struct Matrix {
   int64_t row_stride, col_stride;  // in elements
 };
 
-// C[0:a.rows, 0:b.cols] (+)= A @ B; C's rows are contiguous, c_rs apart.
-// a_bf16/b_bf16: the operands' element types (f32 otherwise).
-typedef void (*MatmulFn)(const Matrix& a, bool a_bf16, const Matrix& b,
-                         bool b_bf16, float* c, int64_t c_rs,
-                         bool accumulate);
+// The kernels: C[0:a.rows, 0:b.cols] (+)= A @ B; C's rows are contiguous,
+// c_rs apart; a_bf16/b_bf16: the operands' element types (f32 otherwise).
 
 // Always available: the portable kernel for the baseline ISA.
-void MatmulBaseline(const Matrix& a, bool a_bf16, const Matrix& b,
+bool MatmulBaseline(const Matrix& a, bool a_bf16, const Matrix& b,
                     bool b_bf16, float* c, int64_t c_rs, bool accumulate);
 
 #ifdef PALLAS_CPU_MATMUL_AVX2
 // AVX2 + FMA.
-void MatmulAvx2(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+bool MatmulAvx2(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
                 float* c, int64_t c_rs, bool accumulate);
 #endif
 
 #ifdef PALLAS_CPU_MATMUL_AVX512
 // AVX-512 F/BW/VL/DQ.
-void MatmulAvx512(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+bool MatmulAvx512(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
                   float* c, int64_t c_rs, bool accumulate);
 #endif
 
@@ -58,7 +62,7 @@ bool AmxEnable();
 // bf16 x bf16 on AMX tiles; needs AmxEnable() and a row-major A (unit column
 // stride).  Loads its tile configuration on entry and releases the tiles on
 // exit (the calling thread's AMX state is left as it found it: unused).
-void MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
+bool MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
                    bool accumulate);
 #endif
 

@@ -76,7 +76,7 @@ struct Buffer {
   size_t cap = 0;
   template <typename T>
   T* Get(size_t count) {
-    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    const size_t bytes = (count * sizeof(T) + 64) / 64 * 64;  // never 0
     if (bytes > cap) {
       p.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
       cap = p ? bytes : 0;
@@ -185,14 +185,14 @@ bool AmxEnable() {
   return enabled;
 }
 
-void MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
+bool MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
                    bool accumulate) {
   const int64_t m = a.rows, k = a.cols, n = b.cols;
-  if (m == 0 || n == 0) return;
+  if (m == 0 || n == 0) return true;
   if (k == 0) {
     if (!accumulate)
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.f);
-    return;
+    return true;
   }
   // Whole 32 x 32 blocks of C: A's row tiles and B's panels in pairs.
   const int64_t mt = (m + 2 * kT - 1) / (2 * kT) * 2;
@@ -205,6 +205,7 @@ void MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
   uint16_t* ap = a_in_place ? nullptr : a_buf.Get<uint16_t>(mt * kt * kT * kTK);
   uint32_t* bp = b_buf.Get<uint32_t>(nt * kt * kT * kT);
   float* edge = c_buf.Get<float>(2 * kT * 2 * kT);
+  if ((!a_in_place && ap == nullptr) || bp == nullptr || edge == nullptr) return false;
   if (!a_in_place) PackA(a, mt, kt, ap);
   PackB(b, nt, kt, bp);
 
@@ -278,6 +279,7 @@ void MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
     }
   }
   _tile_release();
+  return true;
 }
 
 }  // namespace matmul

@@ -13,8 +13,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #include "matmul.h"
 
@@ -144,18 +145,24 @@ inline void RowBlock(int64_t mr, const float* a, const int64_t* a_off,
   }
 }
 
-// 32-byte aligned f32 scratch (the panels are read with aligned loads).
+// 64-byte aligned f32 scratch, null when out of memory.  No std::vector
+// here: its out-of-line members would be compiled with this file's AVX2
+// flags as weak symbols the linker may pick for baseline-ISA callers too.
 struct Scratch {
-  std::vector<float> v;
+  std::unique_ptr<char, decltype(&std::free)> p{nullptr, &std::free};
+  size_t cap = 0;
   float* Get(size_t count) {
-    if (v.size() < count + 8) v.resize(count + 8);
-    const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
-    return reinterpret_cast<float*>((p + 31) & ~uintptr_t{31});
+    const size_t bytes = (count * sizeof(float) + 64) / 64 * 64;  // never 0
+    if (bytes > cap) {
+      p.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
+      cap = p ? bytes : 0;
+    }
+    return reinterpret_cast<float*>(p.get());
   }
 };
 
 template <bool kABf16, bool kBBf16>
-void MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
+bool MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
                bool accumulate) {
   static_assert(kMR == 6, "RowBlock's cases");
   const int64_t m = a.rows, k = a.cols, n = b.cols;
@@ -163,6 +170,7 @@ void MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
   thread_local Scratch b_buf, a_buf;
   float* bp = b_buf.Get(n_panels * kKC * kNR);
   float* ap = kABf16 ? a_buf.Get(m * kKC) : nullptr;
+  if (bp == nullptr || (kABf16 && ap == nullptr)) return false;
   if (k == 0 && !accumulate) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.f);
   }
@@ -191,19 +199,19 @@ void MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
       }
     }
   }
+  return true;
 }
 
 }  // namespace
 
-void MatmulAvx2(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+bool MatmulAvx2(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
                 float* c, int64_t c_rs, bool accumulate) {
   if (a_bf16) {
-    b_bf16 ? MatmulF32<true, true>(a, b, c, c_rs, accumulate)
-           : MatmulF32<true, false>(a, b, c, c_rs, accumulate);
-  } else {
-    b_bf16 ? MatmulF32<false, true>(a, b, c, c_rs, accumulate)
-           : MatmulF32<false, false>(a, b, c, c_rs, accumulate);
+    return b_bf16 ? MatmulF32<true, true>(a, b, c, c_rs, accumulate)
+                  : MatmulF32<true, false>(a, b, c, c_rs, accumulate);
   }
+  return b_bf16 ? MatmulF32<false, true>(a, b, c, c_rs, accumulate)
+                : MatmulF32<false, false>(a, b, c, c_rs, accumulate);
 }
 
 }  // namespace matmul

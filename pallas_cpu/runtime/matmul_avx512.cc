@@ -47,7 +47,7 @@ constexpr int kKC = 256;       // k per panel: 256 x 64 x 4 B = 64 KB (L2)
 template <typename T>
 T* Scratch(std::unique_ptr<char, decltype(&std::free)>& buf, size_t& cap,
            size_t count) {
-  const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+  const size_t bytes = (count * sizeof(T) + 64) / 64 * 64;  // never 0
   if (bytes > cap) {
     buf.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
     cap = buf ? bytes : 0;
@@ -220,7 +220,7 @@ inline void RowBlock(int64_t mr, const float* a, const int64_t* a_off,
 }
 
 template <bool kABf16, bool kBBf16>
-void MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
+bool MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
                bool accumulate) {
   static_assert(kMR == 6, "RowBlock's cases");
   const int64_t m = a.rows, k = a.cols, n = b.cols;
@@ -228,6 +228,7 @@ void MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
   thread_local ThreadScratch s;
   float* bp = Scratch<float>(s.b, s.b_cap, n_panels * kKC * kNR);
   float* ap = kABf16 ? Scratch<float>(s.a, s.a_cap, m * kKC) : nullptr;
+  if (bp == nullptr || (kABf16 && ap == nullptr)) return false;
   if (k == 0 && !accumulate) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.f);
   }
@@ -257,20 +258,20 @@ void MatmulF32(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
       }
     }
   }
+  return true;
 }
 
 
 }  // namespace
 
-void MatmulAvx512(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
+bool MatmulAvx512(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
                   float* c, int64_t c_rs, bool accumulate) {
   if (a_bf16) {
-    b_bf16 ? MatmulF32<true, true>(a, b, c, c_rs, accumulate)
-           : MatmulF32<true, false>(a, b, c, c_rs, accumulate);
-  } else {
-    b_bf16 ? MatmulF32<false, true>(a, b, c, c_rs, accumulate)
-           : MatmulF32<false, false>(a, b, c, c_rs, accumulate);
+    return b_bf16 ? MatmulF32<true, true>(a, b, c, c_rs, accumulate)
+                  : MatmulF32<true, false>(a, b, c, c_rs, accumulate);
   }
+  return b_bf16 ? MatmulF32<false, true>(a, b, c, c_rs, accumulate)
+                : MatmulF32<false, false>(a, b, c, c_rs, accumulate);
 }
 
 }  // namespace matmul
