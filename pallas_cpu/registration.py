@@ -19,7 +19,7 @@ import numpy as np
 from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 
-from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib, subbyte
+from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu import params as params_lib
@@ -192,15 +192,13 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
   n_dyn = spec.grid_mapping.num_dynamic_grid_bounds
   call = mlir_ffi_lowering(tuple((n_dyn + i, o)
                                  for i, o in spec.input_output_aliases))
-  # int4 & co. travel one per byte (XLA packs them; pallas_cpu/subbyte.py).
-  ctx, in_nodes, narrow = subbyte.at_boundary(ctx, in_nodes)
   num_devices = int(np.prod([n for _, n in mesh_axes])) if mesh_axes else 0
   if num_devices > 1:
     from jax._src import core as jax_core
     in_nodes = (*in_nodes, _device_id_operand(ctx, [a for a, _ in mesh_axes]))
     ctx = ctx.replace(avals_in=[*ctx.avals_in,
                                 jax_core.ShapedArray((), np.int32)])
-  return narrow(call(ctx, *in_nodes, kernel_id=kernel_id, kernel_ir=text,
+  return call(ctx, *in_nodes, kernel_id=kernel_id, kernel_ir=text,
               kernel_name=spec.name, **info.ffi_attributes(),
               # (0 for a dynamic dimension: messages then count steps)
               grid=np.asarray([g if isinstance(g, int) else 0
@@ -219,7 +217,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                   spec.params.on_race if spec.params.detect_races else None]),
               race_cores=np.int64(spec.params.num_cores),
               device_timeout_ms=np.int64(
-                  round(spec.params.device_timeout_s * 1000))))
+                  round(spec.params.device_timeout_s * 1000)))
 
 
 class _Compiles:

@@ -20,6 +20,7 @@
 #include "kernel_registry.h"
 #include "launch.h"
 #include "runtime_context.h"
+#include "subbyte.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -119,18 +120,32 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
   DescriptorTable table;
   // Element bytes of every operand, for the race detector.
   std::vector<int64_t> elem_bytes;
+  // int4 & co.: the kernel sees one element per byte (subbyte.h).
+  SubByteBuffers subbyte;
+  auto add = [&](ffi::AnyBuffer buf, bool is_result) -> bool {
+    void* data = subbyte.Map(buf.untyped_data(), buf.element_type(),
+                             static_cast<int64_t>(buf.element_count()),
+                             !is_result, is_result);
+    if (data == nullptr) return false;
+    // (size_bytes() counts a sub-byte element as one byte: the copy's size)
+    table.Add(data, buf.dimensions(), buf.size_bytes());
+    elem_bytes.push_back(ffi::ByteWidth(buf.element_type()));
+    return true;
+  };
+  auto no_copy = [&] {
+    return ffi::Error::InvalidArgument(
+        "pallas_cpu kernel '" + std::string(kernel_name) +
+        "': failed to allocate the unpacked copy of a sub-byte operand");
+  };
   for (size_t i = 0; i < n_args; ++i) {
     auto buf = args.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
-    table.Add(buf->untyped_data(), buf->dimensions(), buf->size_bytes());
-    elem_bytes.push_back(ffi::ByteWidth(buf->element_type()));
+    if (!add(*buf, false)) return no_copy();
   }
   for (size_t i = 0; i < rets.size(); ++i) {
     auto buf = rets.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
-    table.Add((*buf)->untyped_data(), (*buf)->dimensions(),
-              (*buf)->size_bytes());
-    elem_bytes.push_back(ffi::ByteWidth((*buf)->element_type()));
+    if (!add(**buf, true)) return no_copy();
   }
 
   // HBM buffers the cores of a mesh kernel share: allocated once for this
@@ -244,6 +259,7 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
   } else {
     ParallelFor(chunks, run);
   }
+  subbyte.PackResults();
 
   for (auto& ctx : contexts) PrintRecords(debug_prints, ctx.prints);
   for (auto& ctx : contexts) Warn(kernel_name, ctx.warnings);

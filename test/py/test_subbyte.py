@@ -2,7 +2,8 @@
 
 Compared with interpret=True (and TPU interpret mode where it runs them),
 jnp or numpy, bit for bit except float matmul sums: the packed arrays XLA
-hands the custom call (widened to a byte each around it), blocks, edge
+hands the custom call (unpacked to a byte each by the runtime's handler,
+results packed back, odd element counts too), blocks, edge
 blocks, aliasing, scratch, SMEM, DMA windows, strided and masked accesses,
 arithmetic that wraps at 4/2 bits, casts to and from every 8/16/32-bit
 type, reductions, bitcasts that pack along the second-minor dimension,
@@ -265,6 +266,44 @@ def test_input_output_aliases():
       kernel, jax.ShapeDtypeStruct(v.shape, v.dtype), v, grid=(4,),
       in_specs=[spec], out_specs=spec, input_output_aliases={0: 0}))(x)
   assert_same(got, x * jnp.int4(3))
+
+
+@pytest.mark.parametrize("donate", [False, True])
+def test_aliased_any_output_keeps_what_the_kernel_leaves(donate):
+  """An aliased pl.ANY operand is one buffer: the handler unpacks it once
+  and packs it back whole, rows the kernel never wrote included (XLA
+  copies the operand first when it is not donated)."""
+  rng = np.random.default_rng(13)
+  x = sub_array(rng, (24, 130), jnp.int2)
+  y = sub_array(rng, (8, 130), jnp.int2)
+
+  def kernel(x_hbm, y_ref, o_hbm):
+    del x_hbm  # o_hbm is the same buffer
+    pltpu.sync_copy(y_ref, o_hbm.at[pl.ds(8, 8)])
+  any_spec = pl.BlockSpec(memory_space=pl.ANY)
+  f = jax.jit(lambda a, b: cpu_call(
+      kernel, jax.ShapeDtypeStruct(a.shape, a.dtype), a, b,
+      in_specs=[any_spec, pl.BlockSpec(memory_space=pltpu.VMEM)],
+      out_specs=any_spec, input_output_aliases={0: 0}),
+      donate_argnums=(0,) if donate else ())
+  want = x.at[8:16].set(y)
+  assert_same(f(jnp.array(x), y), want)
+
+
+def test_race_detection_build():
+  """The instrumented build sees the unpacked copies (one byte each)."""
+  x = sub_array(np.random.default_rng(14), (64, 128), jnp.uint4)
+  spec = pl.BlockSpec((16, 128), lambda i: (i, 0))
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] * x_ref[...]
+  pallas_cpu.reset_races()
+  got = call(kernel, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
+             backend="cpu", grid=(4,), in_specs=[spec], out_specs=spec,
+             compiler_params=pallas_cpu.CompilerParams(
+                 detect_races=True, tpu_checks="off"))
+  assert_same(got, x * x)
+  assert not pallas_cpu.races_found()
 
 
 @pytest.mark.parametrize("fill", ["nan", "zero"])
