@@ -127,6 +127,34 @@ void PackA(const Matrix& a, int64_t mt, int64_t kt, uint16_t* ap) {
   }
 }
 
+// r[i][j] <- r[j][i] for 32-bit lanes.
+inline void Transpose16x16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Each 128-bit lane now holds a 4 x 4 block in place; move the blocks.
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
 // B[0:k, 0:n] as 16-column panels of kt * 16 pair rows: word (p, q, j) =
 // B[2q, 16p + j] | B[2q + 1, 16p + j] << 16, zero-padded.
 void PackB(const Matrix& b, int64_t nt, int64_t kt, uint32_t* bp) {
@@ -150,11 +178,30 @@ void PackB(const Matrix& b, int64_t nt, int64_t kt, uint32_t* bp) {
     }
     return;
   }
+  if (b.row_stride == 1) {
+    // A transposed B (q @ k.T): column j's k pairs are words in place; 16
+    // words of 16 columns are loaded and transposed.
+    for (int64_t p = 0; p < nt; ++p) {
+      for (int64_t q0 = 0; q0 < nq; q0 += kT) {
+        __m512i r[16];
+        const __mmask32 m = Mask32(k - 2 * q0);
+        for (int j = 0; j < 16; ++j) {
+          const int64_t col = p * kT + j;
+          r[j] = col < n ? _mm512_maskz_loadu_epi16(
+                               m, b.base + (col * b.col_stride + 2 * q0) * 2)
+                         : _mm512_setzero_si512();
+        }
+        Transpose16x16(r);
+        for (int i = 0; i < 16; ++i)
+          _mm512_store_si512(bp + (p * nq + q0 + i) * kT, r[i]);
+      }
+    }
+    return;
+  }
   for (int64_t p = 0; p < nt; ++p) {
     uint32_t* panel = bp + p * nq * kT;
     const int64_t col0 = p * kT;
-    // Strided B (a transposed one: q @ k.T): column j's pairs are words in
-    // place when its k stride is 1.
+    // Any other strides: element by element.
     for (int64_t j = 0; j < kT; ++j) {
       const int64_t col = col0 + j;
       const char* src = b.base + col * b.col_stride * 2;
