@@ -11,8 +11,10 @@
 //
 // Layout: B is packed into 16-column panels of k pairs ("VNNI" order: row q
 // of a panel holds, per column, B[2q, j] in the low and B[2q+1, j] in the
-// high half of a 32-bit word), A into 16 x 32 tiles, both zero-padded to
-// whole tiles.  A 32 x 32 block of C lives in four accumulator tiles; each
+// high half of a 32-bit word; a transposed B through 16 x 16 word
+// transposes), zero-padded to whole tiles.  A row-major A in whole tiles is
+// loaded in place, any other A packed into zero-padded 16 x 32 tiles.  A
+// 32 x 32 block of C lives in four accumulator tiles; each
 // step of 32 k loads two A tiles and two B tiles and issues four tdpbf16ps
 // (16 x 16 x 32 multiply-adds each, f32 sums).  C's block is loaded into the
 // accumulators (accumulate) or zeroed, and stored back once.  tdpbf16ps
