@@ -27,7 +27,7 @@ def is_unsigned(dtype) -> bool:
 # Sub-byte integers: i4/i2 in registers (arith wraps at their width, as XLA
 # does), one element per byte in every memory space of the kernel (the low
 # bits hold the value; stores sign- or zero-extend).  XLA's packed arrays are
-# widened to int8/uint8 around the custom call (pallas_cpu/subbyte.py).
+# unpacked and repacked by the runtime's FFI handler (runtime/subbyte.h).
 SUBBYTE_BITS = (2, 4)
 
 
