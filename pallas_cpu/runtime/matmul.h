@@ -59,9 +59,8 @@ bool MatmulAvx512(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
 // kernel refuses it (older kernels, a too-small signal stack) -- then AMX
 // must not be used.
 bool AmxEnable();
-// bf16 x bf16 on AMX tiles; needs AmxEnable() and a row-major A (unit column
-// stride).  Loads its tile configuration on entry and releases the tiles on
-// exit (the calling thread's AMX state is left as it found it: unused).
+// bf16 x bf16 on AMX tiles (any strides); needs AmxEnable().  Loads its tile configuration on entry and restores the calling
+// thread's on exit (releases the tiles when they were unconfigured).
 bool MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
                    bool accumulate);
 #endif

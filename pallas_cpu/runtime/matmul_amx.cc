@@ -258,6 +258,11 @@ bool MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
   if (!a_in_place) PackA(a, mt, kt, ap);
   PackB(b, nt, kt, bp);
 
+  // The thread's tile configuration as found (another AMX user on this
+  // thread, such as a oneDNN kernel of XLA's, may count on it), restored on
+  // exit; tile data is never kept across calls.
+  TileConfig saved;
+  _tile_storeconfig(&saved);
   _tile_loadconfig(&Config());
   // Tile t of A's row block r: a_rows[r] + t * a_step, rows a_stride bytes
   // apart.
@@ -327,7 +332,11 @@ bool MatmulAmxBf16(const Matrix& a, const Matrix& b, float* c, int64_t c_rs,
       }
     }
   }
-  _tile_release();
+  if (saved.palette_id == 0) {
+    _tile_release();  // unconfigured before: back to the init state
+  } else {
+    _tile_loadconfig(&saved);
+  }
   return true;
 }
 
