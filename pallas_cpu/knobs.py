@@ -32,8 +32,10 @@ class Knobs:
   pipeline after it; such kernels bypass the disk cache (a warning says
   which files were used)."""
 
-  opt_level: int
-  """PALLAS_CPU_OPT_LEVEL=0..3: LLVM optimisation level (default 3)."""
+  opt_level: int | None
+  """PALLAS_CPU_OPT_LEVEL=0..3: LLVM optimisation level (default: by the
+  kernel's work per call, lowering/cost.py -- 0 for small kernels, whose
+  first call is mostly compile time, else 3)."""
 
   cache_dir: str | None
   """PALLAS_CPU_CACHE_DIR=path: persistent cache of compiled kernels (default
@@ -65,7 +67,8 @@ def read() -> Knobs:
       force=_flag("PALLAS_CPU_FORCE"),
       dump_dir=os.environ.get("PALLAS_CPU_DUMP_DIR") or None,
       override_dir=os.environ.get("PALLAS_CPU_OVERRIDE_DIR") or None,
-      opt_level=int(os.environ.get("PALLAS_CPU_OPT_LEVEL", "3")),
+      opt_level=(int(os.environ["PALLAS_CPU_OPT_LEVEL"])
+                 if os.environ.get("PALLAS_CPU_OPT_LEVEL") else None),
       num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
       detect_races=_flag("PALLAS_CPU_DETECT_RACES"),
       cache_dir=_cache_dir(),

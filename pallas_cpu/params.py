@@ -28,7 +28,9 @@ class CompilerParams:
       first parallel dimension runs on a thread pool, in contiguous chunks.
     num_threads: threads for that dimension; None takes PALLAS_CPU_NUM_THREADS
       or the machine's cores.
-    opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL (3).
+    opt_level: LLVM optimisation level; None takes PALLAS_CPU_OPT_LEVEL, or
+      if unset chooses by the kernel's work per call: 0 for at most ~1M
+      element operations (a test's kernel: compile time dominates), else 3.
     grid_order: "sequential" (row-major, as TPU runs one core's grid) or
       "random": the iterations of every parallel dimension run in an order
       drawn from ``seed`` -- a kernel whose results depend on that order

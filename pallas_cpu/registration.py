@@ -20,6 +20,7 @@ from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 
 from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib
+from pallas_cpu.lowering import cost
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu import params as params_lib
@@ -36,6 +37,8 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
   if knobs.read().detect_races and not cpu.detect_races:
     cpu = dataclasses.replace(cpu, detect_races=True)
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
+  if opt is None:  # nobody chose: by the kernel's work (lowering/cost.py)
+    opt = cost.default_opt_level(jaxpr, tuple(params["grid_mapping"].grid))
   gm = params["grid_mapping"]
   parallel_dim = (0 if params.get("mesh") is not None
                   else None if grid_lowering.needs_one_thread(

@@ -31,12 +31,13 @@ def add(x, y, **kwargs):
 # The runtime context pointer first, then the [lo, hi) range of the grid
 # dimension that is split across threads, then one "hbm" memref per XLA
 # buffer: the inputs, then the output.  The module carries the kernel's name
-# (the kernel function's), the default LLVM optimisation level and the names
+# (the kernel function's), the LLVM optimisation level -- by default 0 for a
+# kernel this small (lowering/cost.py), 3 for a large one -- and the names
 # of the kernel's semaphores (none here, for runtime messages); the runtime
 # functions the kernel calls are declared in it.
 # CHECK-LABEL: TEST: test_entry_signature
 # CHECK: module attributes {{{.*}}pallas_cpu.kernel_name = "add_kernel"
-# CHECK-SAME: pallas_cpu.opt_level = 3 : i32
+# CHECK-SAME: pallas_cpu.opt_level = 0 : i32
 # (The semaphore names are a module attribute of their own or an entry of
 # the pallas_cpu.runtime_info JSON string: either spelling matches.)
 # CHECK-SAME: semaphore_names{{[^[]*}}[]

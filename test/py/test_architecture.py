@@ -27,8 +27,9 @@ ENTRY = "pallas_cpu.lowering.kernel"
 # Floors of pallas_cpu/lowering, bottom up: a module imports from its own
 # floor or below.  (lowering/README.md draws the same picture.)
 FLOORS = [
-    # scalar code, dtypes, memory spaces, error types: no lowering state
-    ["errors", "scalars", "fp8", "types", "memory_spaces"],
+    # scalar code, dtypes, memory spaces, error types, the work estimate:
+    # no lowering state
+    ["errors", "scalars", "fp8", "types", "memory_spaces", "cost"],
     # lazy values, memref views
     ["values", "views"],
     # the kernel being built; jaxpr-level fusion patterns

@@ -44,6 +44,9 @@ def test_native_stages_print():
 def test_dump_dir_has_every_stage(tmp_path, monkeypatch):
   monkeypatch.setenv("PALLAS_CPU_DUMP_DIR", str(tmp_path))
   monkeypatch.setenv("PALLAS_CPU_CACHE_DIR", "off")
+  # -O3 (a kernel this small builds at -O0 by default): opt folds x - c
+  # into x + (-c), which the dump shows.
+  monkeypatch.setenv("PALLAS_CPU_OPT_LEVEL", "3")
   x = X + 1  # a kernel compiled afresh: the in-process cache knows _call(X)
   k = lambda x_ref, o_ref: o_ref.__setitem__(..., x_ref[...] - 0.125)
   out = pallas_cpu.pallas_call(k, out_shape=x)(x)
