@@ -14,6 +14,7 @@ FAMILIES = (
     "megablox",     # grouped matmuls gmm, tgmm
     "rows",         # softmax, layer norm
     "elementwise",  # add, fused transcendental chain, edge blocks
+    "random",       # the shipped philox kernel vs its rounds in jnp
     "dma",          # manual double buffering
     "cores",        # TensorCore meshes: multi-core scaling
     "scaling",      # a parallel grid over 1, 2, 4, 8 runtime threads

@@ -154,9 +154,15 @@ def lower_jaxpr(kctx: KernelContext, jaxpr: jax_core.Jaxpr,
     for v, o in zip(eqn.outvars, outs):
       if isinstance(v, jax_core.DropVar):
         continue
-      # A lazy expression used twice would be computed twice: keep it once.
+      # A lazy expression used twice may be computed twice (once per fused
+      # loop that ends up reading it): a cheap one stays lazy -- values
+      # built from values each used twice (philox's rounds) then fuse
+      # into one loop --, a costlier one is kept once.  The bound also
+      # keeps expression trees small for the walkers that visit them as
+      # trees (values.RECOMPUTE_LIMIT).
       if (isinstance(o, values.Array) and not o.is_leaf
-          and counts.get(v, 0) > 1):
+          and counts.get(v, 0) > 1
+          and values.recompute_cost(o.node) > values.RECOMPUTE_LIMIT):
         o = kctx.as_temp(o)
       env[v] = o
   return [read(v) for v in jaxpr.outvars]

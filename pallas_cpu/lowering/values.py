@@ -5,8 +5,9 @@ array value is an ``Array``: a tree of elementwise operations over leaves
 (``Load`` from a memref through an index map, ``Splat`` of a scalar,
 ``Iota``) that is only *materialized* -- emitted as one fused
 ``linalg.generic`` -- when something needs it in memory: a store into a ref,
-a non-elementwise consumer, a value used more than once, or a write to the
-memory one of its loads reads.  This is how chains like
+a non-elementwise consumer, a value used more than once that is costlier to
+compute again than ``RECOMPUTE_LIMIT``, or a write to the memory one of its
+loads reads.  This is how chains like
 ``o_ref[...] = jnp.exp(x_ref[...] + y_ref[...])`` become a single loop over
 the block, computed in place, with no temporaries.
 """
@@ -79,6 +80,9 @@ class Op(Node):
   """
   build: Callable[[list[ir.Value]], ir.Value]
   args: tuple  # of Node
+  # Work of ``build`` per element, in simple arith ops: what computing the
+  # node again would cost (``recompute_cost``).
+  cost: int = 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -108,16 +112,62 @@ class PrivateRoot:
     return f"PrivateRoot({self.what})"
 
 
+def distinct_nodes(node: Node):
+  """Every node of ``node``'s expression once (shared subtrees are visited
+  once: a chain of values each used twice is a DAG whose unrolled tree is
+  exponential in its depth)."""
+  seen: set[int] = set()
+  stack = [node]
+  while stack:
+    n = stack.pop()
+    if id(n) in seen:
+      continue
+    seen.add(id(n))
+    yield n
+    if isinstance(n, Op):
+      stack.extend(reversed(n.args))
+
+
 def roots_read(node: Node, acc: set | None = None) -> set:
   """The mutable roots whose memory evaluating ``node`` reads."""
   acc = set() if acc is None else acc
-  if isinstance(node, Load):
-    if node.root is not None:
-      acc.add(node.root)
-  elif isinstance(node, Op):
-    for a in node.args:
-      roots_read(a, acc)
+  for n in distinct_nodes(node):
+    if isinstance(n, Load) and n.root is not None:
+      acc.add(n.root)
   return acc
+
+
+# A value used more than once stays lazy -- computed again in each fused
+# loop that reads it -- while its ``recompute_cost`` is at most this: a few
+# simple ops again beat a pass through memory.  philox_4x32's rounds (values
+# each used two or three times) fit at 24..64: 18 temporaries per 256x256
+# block instead of 150 (2048x2048: 23 ms instead of 162 ms, XLA 23-29 ms);
+# from 96 on, rounds materialized one by one recompute more shared work.
+RECOMPUTE_LIMIT = 32
+# Op.cost of a transcendental function: a shared value calling one is
+# always computed once (softmax's exp(x - max) feeds a sum and a divide).
+TRANSCENDENTAL_COST = RECOMPUTE_LIMIT
+
+
+def recompute_cost(node: Node, memo: dict | None = None) -> int:
+  """The ops of ``node``'s expression counted as a tree -- a shared subtree
+  once per reference, each Op as its ``cost`` (leaves 1) --: what computing
+  it costs per element where shared values are not kept, and at least the
+  number of nodes a walker that does not remember visited nodes visits."""
+  memo = {} if memo is None else memo
+  stack = [(node, False)]
+  while stack:
+    n, children_done = stack.pop()
+    if id(n) in memo:
+      continue
+    if not isinstance(n, Op):
+      memo[id(n)] = 1
+    elif children_done:
+      memo[id(n)] = max(n.cost, 1) + sum(memo[id(a)] for a in n.args)
+    else:
+      stack.append((n, True))
+      stack.extend((a, False) for a in n.args if id(a) not in memo)
+  return memo[id(node)]
 
 
 def identity_map(rank: int) -> IndexMap:
@@ -146,7 +196,7 @@ def reindex(node: Node, dim_map: Sequence[int | None], out_shape=None,
     out = Iota(None if node.dim is None else dim_map[node.dim], node.dtype)
   elif isinstance(node, Op):
     out = Op(node.build, tuple(reindex(a, dim_map, memo=memo)
-                               for a in node.args))
+                               for a in node.args), node.cost)
   else:
     raise TypeError(node)
   memo[id(node)] = out
@@ -165,18 +215,13 @@ def emit_elementwise(array: Array, dest: ir.Value) -> None:
   loads: dict[tuple, int] = {}
   inputs, maps = [], []
 
-  def collect(node):
+  for node in distinct_nodes(array.node):
     if isinstance(node, Load):
       key = (node.memref, node.index_map)
       if key not in loads:
         loads[key] = len(inputs)
         inputs.append(node.memref)
         maps.append(_affine_map(node.index_map, rank))
-    elif isinstance(node, Op):
-      for a in node.args:
-        collect(a)
-
-  collect(array.node)
   maps.append(_affine_map(identity_map(rank), rank))
   parallel = ir.Attribute.parse("#linalg.iterator_type<parallel>")
   op = linalg.GenericOp(

@@ -29,12 +29,23 @@ def floordiv_kernel(x_ref, y_ref, o_ref):
 
 
 # jnp's floor division is lax.div (rounding toward zero) and a fix-up that
-# uses lax.rem.  Signed division by zero gives -1 and INT_MIN / -1 gives
-# INT_MIN (XLA's results): the divisor is replaced by 1 in those cases, so
-# arith.divsi never traps, and the result is selected afterwards.
+# uses lax.rem, fused into one loop (the quotient, used twice, is cheap
+# enough to stay lazy: values.RECOMPUTE_LIMIT).  Signed division by zero
+# gives -1 and INT_MIN / -1 gives INT_MIN (XLA's results): the divisor is
+# replaced by 1 in those cases, so arith.divsi never traps, and the result
+# is selected afterwards.  The fix-up: x % 0 == x and INT_MIN % -1 == 0,
+# with the same guarded divisor, then quotient - 1 where the signs differ
+# and the remainder is nonzero.
 # CHECK-LABEL: TEST: test_floordiv_i32
 # CHECK: ^bb0(%[[X:.*]]: i32, %[[Y:.*]]: i32, %{{.*}}: i32):
-# CHECK-NEXT: %[[ZERO:.*]] = arith.constant 0 : i32
+# CHECK: %[[R_BY_ZERO:.*]] = arith.cmpi eq, %[[Y]], %{{.*}} : i32
+# CHECK: %[[R_OVERFLOW:.*]] = arith.andi
+# CHECK-NEXT: %[[R_UNSAFE:.*]] = arith.ori %[[R_BY_ZERO]], %[[R_OVERFLOW]] : i1
+# CHECK-NEXT: %[[R_SAFE_Y:.*]] = arith.select %[[R_UNSAFE]], %{{.*}}, %[[Y]] : i32
+# CHECK-NEXT: %[[REM:.*]] = arith.remsi %[[X]], %[[R_SAFE_Y]] : i32
+# CHECK-NEXT: %[[R1:.*]] = arith.select %[[R_OVERFLOW]], %{{.*}}, %[[REM]] : i32
+# CHECK-NEXT: %[[R2:.*]] = arith.select %[[R_BY_ZERO]], %[[X]], %[[R1]] : i32
+# CHECK: %[[ZERO:.*]] = arith.constant 0 : i32
 # CHECK-NEXT: %[[ONE:.*]] = arith.constant 1 : i32
 # CHECK-NEXT: %[[M1:.*]] = arith.constant -1 : i32
 # CHECK-NEXT: %[[IMIN:.*]] = arith.constant -2147483648 : i32
@@ -47,22 +58,8 @@ def floordiv_kernel(x_ref, y_ref, o_ref):
 # CHECK-NEXT: %[[QUOT:.*]] = arith.divsi %[[X]], %[[SAFE_Y]] : i32
 # CHECK-NEXT: %[[Q1:.*]] = arith.select %[[OVERFLOW]], %[[IMIN]], %[[QUOT]] : i32
 # CHECK-NEXT: %[[Q2:.*]] = arith.select %[[BY_ZERO]], %[[M1]], %[[Q1]] : i32
-# CHECK-NEXT: linalg.yield %[[Q2]] : i32
-# CHECK-NEXT: }
-#
-# The fix-up: x % 0 == x and INT_MIN % -1 == 0, with the same guarded
-# divisor, then quotient - 1 where the signs differ and the remainder is
-# nonzero.
-# CHECK: ^bb0(%[[X2:.*]]: i32, %[[Y2:.*]]: i32, %[[Q:.*]]: i32, %{{.*}}: i32):
-# CHECK: %[[R_BY_ZERO:.*]] = arith.cmpi eq, %[[Y2]], %{{.*}} : i32
-# CHECK: %[[R_OVERFLOW:.*]] = arith.andi
-# CHECK-NEXT: %[[R_UNSAFE:.*]] = arith.ori %[[R_BY_ZERO]], %[[R_OVERFLOW]] : i1
-# CHECK-NEXT: %[[R_SAFE_Y:.*]] = arith.select %[[R_UNSAFE]], %{{.*}}, %[[Y2]] : i32
-# CHECK-NEXT: %[[REM:.*]] = arith.remsi %[[X2]], %[[R_SAFE_Y]] : i32
-# CHECK-NEXT: %[[R1:.*]] = arith.select %[[R_OVERFLOW]], %{{.*}}, %[[REM]] : i32
-# CHECK-NEXT: %[[R2:.*]] = arith.select %[[R_BY_ZERO]], %[[X2]], %[[R1]] : i32
-# CHECK: %[[QM1:.*]] = arith.subi %[[Q]], %{{.*}} : i32
-# CHECK-NEXT: %[[FLOOR:.*]] = arith.select %{{.*}}, %[[QM1]], %[[Q]] : i32
+# CHECK-NEXT: %[[QM1:.*]] = arith.subi %[[Q2]], %{{.*}} : i32
+# CHECK-NEXT: %[[FLOOR:.*]] = arith.select %{{.*}}, %[[QM1]], %[[Q2]] : i32
 # CHECK-NEXT: linalg.yield %[[FLOOR]] : i32
 @run_test
 def test_floordiv_i32():

@@ -13,9 +13,10 @@ from pallas_cpu.lowering.context import RuleContext, scalar_of
 
 
 def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
-                args: Sequence[values.Value], out_dtype=None) -> values.Value:
+                args: Sequence[values.Value], out_dtype=None,
+                cost: int = 1) -> values.Value:
   """Applies the scalar builder pointwise: directly on scalars, as a lazy
-  fused expression on arrays."""
+  fused expression on arrays (``cost``: ``values.Op.cost``)."""
   out_aval = ctx.avals_out[0]
   dtype = np.dtype(out_dtype if out_dtype is not None else out_aval.dtype)
   shape = tuple(out_aval.shape)
@@ -38,7 +39,7 @@ def elementwise(ctx: RuleContext, build: Callable[[list[ir.Value]], ir.Value],
     else:
       raise ValueError(f"operand of shape {a.shape} does not broadcast to "
                        f"{shape}")
-  return values.Array(values.Op(build, tuple(nodes)), shape, dtype)
+  return values.Array(values.Op(build, tuple(nodes), cost), shape, dtype)
 
 
 def in_memory(ctx, x: values.Array) -> tuple[ir.Value, object]:

@@ -9,7 +9,7 @@ from jax._src.lax import special
 from mlir import ir
 from mlir.dialects import arith, math
 
-from pallas_cpu.lowering import types
+from pallas_cpu.lowering import types, values
 from pallas_cpu.lowering.context import call_external
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules import approx
@@ -162,7 +162,7 @@ def _integer_pow(ctx, x, *, y):
 
 
 # -- transcendental: computed in f32 for 16-bit floats ------------------------
-def _float_unary(fn):
+def _float_unary(fn, cost: int = values.TRANSCENDENTAL_COST):
   def rule(ctx, x, **_):
     dt = _in_dtype(ctx)
     if not types.is_float(dt):
@@ -174,7 +174,7 @@ def _float_unary(fn):
         f32 = ir.F32Type.get()
         return arith.truncf(v.type, fn(arith.extf(f32, v)))
       return fn(v)
-    return elementwise(ctx, build, [x])
+    return elementwise(ctx, build, [x], cost=cost)
   return rule
 
 
@@ -213,12 +213,13 @@ for _p, _fn in [
     (lax.log1p_p, _libm("log1pf", "log1p")),
     (lax.expm1_p, _libm("expm1f", "expm1")),
     (lax.tanh_p, _tanh), (lax.logistic_p, _logistic),
-    (lax.sqrt_p, math.sqrt), (lax.rsqrt_p, _rsqrt),
     (lax.sin_p, math.sin), (lax.cos_p, math.cos), (lax.tan_p, math.tan),
-    (lax.floor_p, math.floor), (lax.ceil_p, math.ceil),
     (special.erf_p, math.erf),
 ]:
   register(_p)(_float_unary(_fn))
+for _p, _fn in [(lax.sqrt_p, math.sqrt), (lax.rsqrt_p, _rsqrt),
+                (lax.floor_p, math.floor), (lax.ceil_p, math.ceil)]:
+  register(_p)(_float_unary(_fn, cost=1))  # one instruction (or two)
 
 
 # Beyond Mosaic's table: jnp.arcsin & co. bind these primitives directly
@@ -239,7 +240,8 @@ for _p, _fn in [
 @register(lax.round_p)
 def _round(ctx, x, *, rounding_method):
   away = int(rounding_method) == int(lax.RoundingMethod.AWAY_FROM_ZERO)
-  return _float_unary(math.round if away else math.roundeven)(ctx, x)
+  return _float_unary(math.round if away else math.roundeven,
+                      cost=1)(ctx, x)
 
 
 @register(lax.pow_p)
@@ -248,16 +250,19 @@ def _pow(ctx, x, y, **_):
   if not types.is_float(xdt):
     raise NotImplementedError(f"pow with a {xdt} base")
   if types.is_float(ydt):
-    return elementwise(ctx, lambda a: math.powf(a[0], a[1]), [x, y])
+    return elementwise(ctx, lambda a: math.powf(a[0], a[1]), [x, y],
+                       cost=values.TRANSCENDENTAL_COST)
   # An integer exponent (x ** n_array): XLA converts it to the base's dtype
   # and takes the float power (jax's _pow_lower), so does interpret mode.
   return elementwise(
-      ctx, lambda a: math.powf(a[0], convert(a[1], ydt, xdt)), [x, y])
+      ctx, lambda a: math.powf(a[0], convert(a[1], ydt, xdt)), [x, y],
+      cost=values.TRANSCENDENTAL_COST)
 
 
 @register(lax.atan2_p)
 def _atan2(ctx, x, y, **_):
-  return elementwise(ctx, lambda a: math.atan2(a[0], a[1]), [x, y])
+  return elementwise(ctx, lambda a: math.atan2(a[0], a[1]), [x, y],
+                     cost=values.TRANSCENDENTAL_COST)
 
 
 @register(lax.is_finite_p)
