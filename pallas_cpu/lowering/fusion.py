@@ -204,8 +204,8 @@ def _full_window(eqn: jax_core.JaxprEqn, n_ref_args: int) -> bool:
   return True
 
 
-def row_local(jaxpr: jax_core.Jaxpr, split: Sequence[bool], rows: int
-              ) -> bool:
+def row_local(jaxpr: jax_core.Jaxpr, split: Sequence[bool], rows: int,
+              *, same_positions: bool = False) -> bool:
   """Whether the kernel body ``jaxpr`` is independent across the rows of
   its split refs: ``split[k]`` says the ``k``-th ref argument has ``rows``
   rows (its first dimension) that the body may be run on in bands.
@@ -218,7 +218,11 @@ def row_local(jaxpr: jax_core.Jaxpr, split: Sequence[bool], rows: int
   implicit broadcasting of size-1 dimensions), ``broadcast_in_dim`` that
   keeps the rows or broadcasts FREE values along them, and jit /
   custom_jvp calls of such bodies.  Anything else (reductions, reshapes,
-  iota, control flow, program ids, DMAs, scratch) makes it False."""
+  iota, control flow, program ids, DMAs, scratch) makes it False.
+
+  ``same_positions``: moreover every ROW value keeps the shape of the
+  split refs (no broadcasting of ROW values), so element p of an output
+  depends on element p of the split refs only, in every dimension."""
   if len(split) != len(jaxpr.invars) or rows < 2 or jaxpr.constvars:
     return False
   labels: dict = {}
@@ -228,7 +232,7 @@ def row_local(jaxpr: jax_core.Jaxpr, split: Sequence[bool], rows: int
     if s and (not v.aval.shape or v.aval.shape[0] != rows):
       return False
     labels[v] = ("split" if s else "whole")
-  return _row_local_eqns(jaxpr, labels, rows)
+  return _row_local_eqns(jaxpr, labels, rows, same_positions)
 
 
 def _label(labels: dict, a) -> str | None:
@@ -251,7 +255,8 @@ def _rowwise_operand(label: str, shape: tuple, out_shape: tuple,
   return label == _FREE and shape[0] == 1
 
 
-def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int) -> bool:
+def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int,
+                    same_positions: bool = False) -> bool:
   for v in jaxpr.constvars:  # a call's constants: whole, never split
     labels[v] = _FREE
   users = users_of(jaxpr)
@@ -280,6 +285,8 @@ def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int) -> bool:
       if _ROW in ins:
         # A FREE operand as tall as the rows would be split wrongly.
         if not all(_rowwise_operand(la, tuple(a.aval.shape), out_shape, rows)
+                   and not (same_positions and la == _ROW
+                            and tuple(a.aval.shape) != out_shape)
                    for a, la in zip(eqn.invars, ins)):
           return False
         labels[eqn.outvars[0]] = _ROW
@@ -297,6 +304,9 @@ def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int) -> bool:
       if ins[0] == _ROW:
         if to_row != [0] or not out_shape or out_shape[0] != rows:
           return False
+        if same_positions and (in_shape != out_shape or dims != tuple(
+            range(len(dims)))):
+          return False
         labels[eqn.outvars[0]] = _ROW
       else:
         if to_row and in_shape[to_row[0]] != 1:
@@ -307,7 +317,7 @@ def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int) -> bool:
     inner = _call_jaxpr(eqn)
     if inner is not None:
       sub = {v: la for v, la in zip(inner.jaxpr.invars, ins)}
-      if not _row_local_eqns(inner.jaxpr, sub, rows):
+      if not _row_local_eqns(inner.jaxpr, sub, rows, same_positions):
         return False
       for o, io in zip(eqn.outvars, inner.jaxpr.outvars):
         la = _label(sub, io)
@@ -383,3 +393,16 @@ def _eval_rows(jaxpr: jax_core.Jaxpr, consts, args, old_rows: int,
       if not isinstance(v, jax_core.DropVar):
         env[v] = x
   return [read(v) for v in jaxpr.outvars]
+
+
+def written_first(jaxpr: jax_core.Jaxpr, k: int) -> bool:
+  """Whether the body's first use of ref argument ``k`` writes all of it
+  (``ref[...] = v``): what the ref held before is never read."""
+  ref = jaxpr.invars[k]
+  for eqn in jaxpr.eqns:
+    if not any(v is ref for v in eqn.invars):
+      continue
+    return (eqn.primitive is state_primitives.swap_p and eqn.invars[0] is ref
+            and all(v is not ref for v in eqn.invars[1:])
+            and _full_window(eqn, 2))
+  return False

@@ -124,6 +124,10 @@ class BlockWindow:
           f"{tuple(bm.array_aval.shape)}; blocked operands with an empty "
           f"dimension are not supported (pass it with "
           f"memory_space=pl.ANY, or skip the pallas_call)")
+    # A copy's padding is filled with the uninitialized value (``fill``)
+    # and its in-bounds part read from the array (``load``), unless
+    # ``padding_plan`` shows the kernel never observes them.
+    self.fill = self.load = True
     self.dims = _block_dims(bm, bm.origin)
     self.edge_dims = [k for k, d in enumerate(self.dims) if d.may_cross]
     self.private = private or any(d.size > d.array_size for d in self.dims)
@@ -200,11 +204,13 @@ class BlockWindow:
     fresh = cmpi("ne", offset, memref.load(self.resident, []))
     if_op = scf.IfOp(fresh)
     with ir.InsertionPoint(if_op.then_block):
-      self.kctx.store(buffers.uninitialized_scalar(self.kctx, self.dtype),
-                      self.pad)
-      src, dst = self._valid_regions()
-      self._note(src, write=False)
-      linalg.copy(src, outs=[dst])
+      if self.fill:
+        self.kctx.store(buffers.uninitialized_scalar(self.kctx, self.dtype),
+                        self.pad)
+      if self.load:
+        src, dst = self._valid_regions()
+        self._note(src, write=False)
+        linalg.copy(src, outs=[dst])
       memref.store(offset, self.resident, [])
       scf.YieldOp([])
 
@@ -335,6 +341,12 @@ def build_grid(kctx: KernelContext, *, jaxpr: jax_core.Jaxpr, grid_mapping,
     names = jaxpr.debug_info.arg_names if jaxpr.debug_info else None
     windows[-1].arg_name = (names[n_index + i] if names and
                             n_index + i < len(names) else "unknown")
+
+  unfilled, unloaded = padding_plan(jaxpr, gm, windows)
+  for k in unfilled:
+    windows[k].fill = False
+  for k in unloaded:
+    windows[k].load = False
 
   # Per output window, the element offset of the previous step's block.
   i64 = ir.IntegerType.get_signless(64)
@@ -548,6 +560,47 @@ def row_split_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
   except Exception:  # noqa: BLE001 - not splittable after all: run whole
     return None
   return RowSplit(bands=bands, rows=rows // bands, split=split, jaxpr=body)
+
+
+def padding_plan(jaxpr: jax_core.Jaxpr, grid_mapping, windows
+                 ) -> tuple[set[int], set[int]]:
+  """(windows whose copies need no fill, outputs whose copies need no
+  load), by block operand index.
+
+  When the body computes each output element from the elements at the
+  same position of the inputs whose blocks are the outputs' (same array
+  shape, block shape and index map; ``fusion.row_local`` with
+  ``same_positions``), an edge block's padding only ever reaches the
+  padding of the outputs, which is dropped: neither those inputs' nor the
+  outputs' padding needs the uninitialized value.  An output whose first
+  use writes all of it (``fusion.written_first``) needs no copy-in either.
+  The edge block then costs a copy in and a copy out of its in-bounds
+  part, no fills."""
+  gm = grid_mapping
+  n_in = gm.num_inputs
+  if not any(not w.whole and w.copies for w in windows):
+    return set(), set()
+  outs = [w for w in windows[n_in:]]
+  if not outs or any(w.whole for w in outs):
+    return set(), set()
+  first = outs[0].bm
+
+  def aligned(w):
+    return (not w.whole and tuple(w.bm.array_aval.shape)
+            == tuple(first.array_aval.shape) and _same_blocks(w.bm, first))
+  if not all(aligned(w) for w in outs) or not outs[0].block_shape:
+    return set(), set()
+  split = [aligned(w) for w in windows]
+  n_index = gm.num_index_operands
+  n_scratch = len(jaxpr.invars) - n_index - len(windows)
+  arg_split = [False] * n_index + split + [False] * n_scratch
+  if not fusion.row_local(jaxpr, arg_split, outs[0].block_shape[0],
+                          same_positions=True):
+    return set(), set()
+  unfilled = {k for k, s in enumerate(split) if s}
+  unloaded = {k for k in range(n_in, len(windows))
+              if fusion.written_first(jaxpr, n_index + k)}
+  return unfilled, unloaded
 
 
 COPY = "copy"          # a private block copy, refreshed when the block changes

@@ -86,6 +86,11 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
     entry = func.FuncOp(abi.ENTRY, ir.FunctionType.get(
         [ptr, i64_t, i64_t, *operand_types], []))
     entry.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+    # LLVM's x86 cost model stops at 256-bit vectors by default; the
+    # kernels' loops are long and load/store-bound, where 512-bit halves
+    # the instructions (a resident (8, 128) f32 block: 64 stores, not 128).
+    entry.attributes["passthrough"] = ir.ArrayAttr.get([ir.ArrayAttr.get([
+        ir.StringAttr.get("prefer-vector-width"), ir.StringAttr.get("512")])])
     # XLA gives every operand its own buffer unless input_output_aliases pairs
     # them: telling LLVM lets it keep values in registers and vectorize
     # loops that read one operand and write another.

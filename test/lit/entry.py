@@ -44,7 +44,7 @@ def add(x, y, **kwargs):
 # CHECK-DAG: func.func private @pallas_cpu_rt_block_out_of_bounds(!llvm.ptr, i64, i64, i64, i64, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_output_block_changed(!llvm.ptr, i64, i64, i64, i64)
 # (Arguments are captured with [^:]+ so that a capture is one name.)
-# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %[[LO:[^:]+]]: i64, %[[HI:[^:]+]]: i64, %[[X:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[Y:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}) attributes {llvm.emit_c_interface}
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %[[LO:[^:]+]]: i64, %[[HI:[^:]+]]: i64, %[[X:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[Y:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}) attributes {llvm.emit_c_interface, passthrough = {{\[\["prefer-vector-width", "512"\]\]}}}
 # The operands are viewed through a strided layout with a dynamic offset.
 # CHECK-DAG: memref.cast %[[X]] : memref<16x128xf32, "hbm"> to memref<16x128xf32, strided<[128, 1], offset: ?>, "hbm">
 # CHECK-DAG: memref.cast %[[Y]] : memref<16x128xf32, "hbm"> to memref<16x128xf32, strided<[128, 1], offset: ?>, "hbm">
@@ -125,7 +125,7 @@ def gather(idx, x):
 # reads them with memref.load before the block is opened, and so does the
 # body.
 # CHECK-LABEL: TEST: test_scalar_prefetch_in_smem
-# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[IDX:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}}, %[[X:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}) attributes {llvm.emit_c_interface}
+# CHECK: func.func @pallas_cpu_entry(%[[RT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[IDX:[^:]+]]: memref<2xi32, "smem">{{( \{llvm.noalias\})?}}, %[[X:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}, %[[O:[^:]+]]: memref<16x128xf32, "hbm">{{( \{llvm.noalias\})?}}) attributes {llvm.emit_c_interface, passthrough = {{\[\["prefer-vector-width", "512"\]\]}}}
 # CHECK: %[[IDX_VIEW:.*]] = memref.cast %[[IDX]] : memref<2xi32, "smem"> to memref<2xi32, strided<[1], offset: ?>, "smem">
 # CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
 # CHECK: %[[I32:.*]] = arith.index_cast %[[I]] : index to i32

@@ -342,3 +342,65 @@ def test_race_detection_not_split():
         compiler_params=pallas_cpu.CompilerParams(detect_races=True)))(x, y)
   assert seen[0].row_split is None
   assert_same(got, x * 2.0 + y)
+
+
+# -- edge blocks of position-wise kernels (grid.padding_plan) ----------------
+
+def _edge_call(kernel, x, block, in_map, out_map, backend, n_out=1, **kw):
+  grid = tuple(-(-n // b) for n, b in zip(x.shape, block))
+  out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+  return jax.jit(pallas_cpu.pallas_call(
+      kernel, out_shape=(out,) * n_out if n_out > 1 else out, grid=grid,
+      in_specs=[pl.BlockSpec(block, in_map)],
+      out_specs=([pl.BlockSpec(block, out_map)] * n_out if n_out > 1
+                 else pl.BlockSpec(block, out_map)),
+      backend=backend, **kw))(x)
+
+
+@pytest.mark.parametrize("semantics", [None, ("parallel", "arbitrary")])
+def test_position_wise_edge_blocks(semantics):
+  """Edge blocks of a position-wise kernel skip the padding fills and the
+  output copy-in; the in-bounds results are interpret mode's, bit for
+  bit (padding reaches only the outputs' padding, which is dropped)."""
+  x = _normal((200, 300))
+
+  def kernel(x_ref, o_ref, p_ref):
+    o_ref[...] = jnp.where(x_ref[...] > 0, x_ref[...], -x_ref[...]) * 3.0
+    p_ref[...] = jnp.zeros_like(p_ref) + 1.0
+    p_ref[...] += x_ref[...]   # reads its own (written) block
+
+  kw = {} if semantics is None else dict(
+      compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
+  args = (kernel, x, (64, 128), lambda i, j: (i, j), lambda i, j: (i, j))
+  got = _edge_call(*args, "cpu", n_out=2, **kw)
+  want = _edge_call(*args, "interpret", n_out=2, **kw)
+  for g, w in zip(got, want):
+    assert_same(g, w)
+
+
+def test_padding_seen_by_a_roll_keeps_the_fill():
+  """A roll brings the padding into in-bounds positions: interpret mode's
+  NaN fill shows in the edge blocks' results, and so must ours."""
+  x = _normal((200, 300))
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = pltpu.roll(x_ref[...], 1, 1) + 1.0
+
+  args = (kernel, x, (64, 128), lambda i, j: (i, j), lambda i, j: (i, j))
+  got = _edge_call(*args, "cpu")
+  assert np.isnan(np.asarray(got)).any()
+  assert_same(got, _edge_call(*args, "interpret"))
+
+
+def test_misaligned_blocks_keep_the_fill():
+  """Output block (i, j) computed from input block (n - 1 - i, j): valid
+  outputs read the input's padding (NaN in interpret mode) at the edge."""
+  x = _normal((200, 300))
+
+  def kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...] * 2.0
+
+  args = (kernel, x, (64, 128), lambda i, j: (3 - i, j), lambda i, j: (i, j))
+  got = _edge_call(*args, "cpu")
+  assert np.isnan(np.asarray(got)).any()
+  assert_same(got, _edge_call(*args, "interpret"))
