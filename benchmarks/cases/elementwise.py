@@ -1,5 +1,8 @@
-"""Blocked elementwise kernels: add (the issue-2 target case), a fused
-transcendental chain, and partial edge blocks."""
+"""Blocked elementwise kernels: add (the issue-2 target case), the README
+demo, a fused transcendental chain, partial edge blocks, and the memory-
+bandwidth cases of issue #16: one whole-array step and grids without a
+parallel dimension (their blocks run in row bands on threads, grid.RowSplit),
+2-D tiles against row tiles of the same size."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -14,6 +17,10 @@ def _add(x, y):
 
 def _fused(x, y):
   return jnp.tanh(x * 2 + y) - jnp.exp(-y)
+
+
+def _scaled_add(x, y):
+  return x * 2.0 + y
 
 
 def _scale_shift(x):
@@ -47,3 +54,43 @@ register(blocked_elementwise(
     "edge blocks on both dims",
     _scale_shift, _scale_shift, 1, (2000, 1000), (256, 256),
     rtol=1e-6, atol=1e-6))
+
+register(blocked_elementwise(
+    "demo_2048_b256",
+    "the README demo (pallas_cpu/demo.py): o = x*2+y, f32 2048x2048, 256x256 "
+    "blocks, grid (8,8) parallel",
+    _scaled_add, _scaled_add, 2, (2048, 2048), (256, 256),
+    targets={"cpu/xla": ("<=", 1.0)}, rtol=1e-6, atol=1e-6))
+
+register(blocked_elementwise(
+    "scaled_add_2048_one_block",
+    "o = x*2+y, f32 2048x2048 as one (2048, 2048) block, grid (1,): one "
+    "large step (its rows split over the threads)",
+    _scaled_add, _scaled_add, 2, (2048, 2048), (2048, 2048), semantics=None,
+    targets={"cpu/xla": ("<=", 1.1)}, rtol=1e-6, atol=1e-6))
+
+register(blocked_elementwise(
+    "scaled_add_2048_b256_arbitrary",
+    "o = x*2+y, f32 2048x2048, 256x256 blocks, grid (8,8) with no parallel "
+    "dimension ('arbitrary', 'arbitrary')",
+    _scaled_add, _scaled_add, 2, (2048, 2048), (256, 256),
+    semantics=("arbitrary", "arbitrary"),
+    targets={"cpu/xla": ("<=", 1.1)}, rtol=1e-6, atol=1e-6))
+
+
+def _compiled(block: tuple[int, int]):
+  """A variant: x*2+y over f32 2048x2048 in ``block`` tiles, parallel."""
+  return lambda: blocked_elementwise(
+      "_", "", _scaled_add, _scaled_add, 2, (2048, 2048), block).build("cpu")
+
+
+register(blocked_elementwise(
+    "tiles_vs_rows_2048",
+    "o = x*2+y, f32 2048x2048, 256x256 tiles, grid (8,8) parallel; variants "
+    "'tiles' (256x256) and 'rows' (32x2048): blocks of the same size, 2-D "
+    "against whole rows",
+    _scaled_add, _scaled_add, 2, (2048, 2048), (256, 256),
+    variants={"tiles": _compiled((256, 256)), "rows": _compiled((32, 2048))},
+    variant_ratios={"tiles/rows": ("tiles", "rows")},
+    targets={"tiles/rows": ("<=", 1.1), "cpu/xla": ("<=", 1.1)},
+    rtol=1e-6, atol=1e-6, quick=False))

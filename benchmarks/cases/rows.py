@@ -81,3 +81,25 @@ def _softmax(backend):
       quick=False)
 def _layer_norm(backend):
   return _rows_call(layer_norm_kernel, 2, backend)
+
+
+def row_sum_kernel(x_ref, o_ref):
+  o_ref[...] = jnp.sum(x_ref[...], axis=1, keepdims=True)
+
+
+@case(name="row_sum_4096_b256",
+      description=("row sums, f32 4096x4096 -> (4096, 1), (256, 4096) "
+                   "blocks, grid (16,) parallel; reference jnp.sum: a pure "
+                   "reduction, bound by reading x"),
+      make_inputs=lambda: random_inputs(ROWS_SHAPE, 1),
+      reference=lambda x: jnp.sum(x, axis=1, keepdims=True),
+      grid_steps=16, targets={"cpu/xla": ("<=", 1.1)}, rtol=1e-4, atol=1e-3,
+      quick=False)
+def _row_sum(backend):
+  rows, cols = ROWS_SHAPE
+  return pallas_cpu.pallas_call(
+      row_sum_kernel, out_shape=jax.ShapeDtypeStruct((rows, 1), jnp.float32),
+      grid=(rows // ROWS_BLOCK[0],),
+      in_specs=[pl.BlockSpec(ROWS_BLOCK, lambda i: (i, 0))],
+      out_specs=pl.BlockSpec((ROWS_BLOCK[0], 1), lambda i: (i, 0)),
+      compiler_params=tpu_params("parallel"), backend=backend)
