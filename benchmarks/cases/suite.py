@@ -218,14 +218,35 @@ FAMILIES = (_elementwise, _transcendental, _row_sum, _accumulate, _matmul,
 KERNELS = [(fam, j) for j in range(VARIANTS) for fam in FAMILIES]
 
 
-def _make_inputs():
-  rng = np.random.default_rng(0)
-  out = []
-  for fam, j in KERNELS:
-    shapes = fam(j)["shapes"]
-    out.append(tuple(rng.standard_normal(s).astype(np.float32)
-                     for s in shapes))
-  return tuple(out)
+def _tanh_steps(j):
+  """Issue #16 item 1's measurement: ``tanh(x) * y + c`` over 1-10 grid
+  steps of (8, 128) blocks."""
+  steps = j + 1
+  shape = (8 * steps, 128)
+  c = 0.25 * j
+
+  def kernel(x_ref, y_ref, o_ref):
+    o_ref[...] = jnp.tanh(x_ref[...]) * y_ref[...] + c
+
+  spec = pl.BlockSpec((8, 128), lambda i: (i, 0))
+  return dict(kernel=kernel, out=jax.ShapeDtypeStruct(shape, jnp.float32),
+              grid=(steps,), in_specs=[spec, spec], out_specs=spec,
+              shapes=[shape, shape], ref=lambda x, y: jnp.tanh(x) * y + c)
+
+
+TANH_KERNELS = [(_tanh_steps, j) for j in range(10)]
+
+
+def _make_inputs(kernels):
+  def make():
+    rng = np.random.default_rng(0)
+    out = []
+    for fam, j in kernels:
+      shapes = fam(j)["shapes"]
+      out.append(tuple(rng.standard_normal(s).astype(np.float32)
+                       for s in shapes))
+    return tuple(out)
+  return make
 
 
 @contextlib.contextmanager
@@ -241,29 +262,34 @@ def _disk_cache_off():
       os.environ["PALLAS_CPU_CACHE_DIR"] = old
 
 
-def _build(backend):
-  def run(*inputs):
+def _builder(kernels):
+  def build(backend):
+    def run(*inputs):
+      outs = []
+      with _disk_cache_off():
+        for (fam, j), args in zip(kernels, inputs):
+          spec = fam(j)  # fresh kernel functions: a new trace every call
+          call = pallas_cpu.pallas_call(
+              spec["kernel"], out_shape=spec["out"], grid=spec["grid"],
+              in_specs=spec["in_specs"], out_specs=spec["out_specs"],
+              scratch_shapes=spec.get("scratch", ()),
+              name=f"suite_{fam.__name__[1:]}_{j}_{next(_calls)}",
+              backend=backend)
+          outs.append(jax.block_until_ready(jax.jit(call)(*args)))
+      return tuple(outs)
+    return run
+  return build
+
+
+def _reference(kernels):
+  def reference(*inputs):
     outs = []
-    with _disk_cache_off():
-      for (fam, j), args in zip(KERNELS, inputs):
-        spec = fam(j)  # fresh kernel functions: a new trace every call
-        call = pallas_cpu.pallas_call(
-            spec["kernel"], out_shape=spec["out"], grid=spec["grid"],
-            in_specs=spec["in_specs"], out_specs=spec["out_specs"],
-            scratch_shapes=spec.get("scratch", ()),
-            name=f"suite_{fam.__name__[1:]}_{j}_{next(_calls)}",
-            backend=backend)
-        outs.append(jax.block_until_ready(jax.jit(call)(*args)))
+    for (fam, j), args in zip(kernels, inputs):
+      ref = fam(j)["ref"]
+      outs.append(jax.block_until_ready(
+          jax.jit(lambda *a: ref(*a))(*args)))
     return tuple(outs)
-  return run
-
-
-def _reference(*inputs):
-  outs = []
-  for (fam, j), args in zip(KERNELS, inputs):
-    ref = fam(j)["ref"]
-    outs.append(jax.block_until_ready(jax.jit(lambda *a: ref(*a))(*args)))
-  return tuple(outs)
+  return reference
 
 
 register(Case(
@@ -271,6 +297,18 @@ register(Case(
     description=(f"{len(KERNELS)} small kernels (10 kinds x {VARIANTS} "
                  "shapes) traced, compiled and run once each, every call "
                  "afresh: a test suite's first calls"),
-    make_inputs=_make_inputs, build=_build, reference=_reference,
+    make_inputs=_make_inputs(KERNELS), build=_builder(KERNELS),
+    reference=_reference(KERNELS),
     grid_steps=len(KERNELS), rtol=1e-4, atol=1e-4, jit=False,
     targets={"interpret/cpu": (">=", 2.0)}))
+
+register(Case(
+    name="fresh_tanh_10",
+    description=("ten fresh tanh(x)*y+c kernels, 1-10 grid steps of (8, 128) "
+                 "f32 blocks, traced, compiled and run once each (the "
+                 "compile-latency measurement of issue #16: first call at "
+                 "most 0.6x interpret=True's)"),
+    make_inputs=_make_inputs(TANH_KERNELS), build=_builder(TANH_KERNELS),
+    reference=_reference(TANH_KERNELS),
+    grid_steps=len(TANH_KERNELS), rtol=1e-5, atol=1e-5, jit=False,
+    targets={"interpret/cpu": (">=", 1 / 0.6)}))
