@@ -54,6 +54,12 @@ class Knobs:
   """PALLAS_CPU_NUM_THREADS=n: threads for parallel grid dimensions (default
   0: the machine's cores)."""
 
+  coalesce: bool
+  """PALLAS_CPU_COALESCE=0: keep every kernel's grid as written (default on:
+  a position-wise kernel runs on blocks spanning the grid dimension that
+  walks its last dimension, lowering/coalesce.py -- the same results in
+  fewer, wider steps)."""
+
   tpu_checks: str
   """PALLAS_CPU_TPU_CHECKS=error|warn|off: what a kernel Mosaic would not
   compile for the targeted TPU generation is (default "warn": one
@@ -72,6 +78,8 @@ def read() -> Knobs:
       num_threads=int(os.environ.get("PALLAS_CPU_NUM_THREADS", "0")),
       detect_races=_flag("PALLAS_CPU_DETECT_RACES"),
       cache_dir=_cache_dir(),
+      coalesce=os.environ.get("PALLAS_CPU_COALESCE", "1").strip().lower()
+      not in ("0", "false", "no", "off"),
       tpu_checks=_choice("PALLAS_CPU_TPU_CHECKS", ("error", "warn", "off"),
                          "warn"),
   )

@@ -20,7 +20,7 @@ from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 
 from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib
-from pallas_cpu.lowering import cost
+from pallas_cpu.lowering import coalesce, cost
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
 from pallas_cpu import params as params_lib
@@ -40,16 +40,28 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
   if opt is None:  # nobody chose: by the kernel's work (lowering/cost.py)
     opt = cost.default_opt_level(jaxpr, tuple(params["grid_mapping"].grid))
   gm = params["grid_mapping"]
+  # A position-wise kernel runs on blocks that span the grid dimension
+  # walking its last dimension (lowering/coalesce.py): fewer steps, rows
+  # read as contiguous runs.  Not where the kernel's steps are observed
+  # (race detection, a permuted grid order, a mesh).
+  wide = (coalesce.plan(jaxpr, gm, params["input_output_aliases"])
+          if params.get("mesh") is None and not cpu.detect_races
+          and cpu.grid_order != "random" and knobs.read().coalesce else None)
+  if wide is not None:
+    jaxpr, gm = wide.jaxpr, wide.grid_mapping
   parallel_dim = (0 if params.get("mesh") is not None
                   else None if grid_lowering.needs_one_thread(
                       jaxpr, gm, params["input_output_aliases"])
                   else _parallel_dim(gm, cpu, params.get("compiler_params")))
   # No parallel dimension: a row-local body's blocks go to the threads in
   # row bands (race verdicts stay those of the unsplit kernel).
-  row_split = (grid_lowering.row_split_plan(
-      jaxpr, gm, params["input_output_aliases"])
-               if parallel_dim is None and params.get("mesh") is None
-               and not cpu.detect_races else None)
+  # With one, a body with whole-block temporaries runs each step's blocks
+  # in row bands that fit the cache.
+  row_split = None
+  if params.get("mesh") is None and not cpu.detect_races:
+    row_split = (grid_lowering.row_split_plan if parallel_dim is None
+                 else grid_lowering.cache_band_plan)(
+                     jaxpr, gm, params["input_output_aliases"])
   return kernel_lowering.KernelSpec(
       name=mlir.sanitize_name(name), jaxpr=jaxpr,
       grid_mapping=gm, in_avals=tuple(in_avals),
@@ -58,6 +70,7 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
       params=cpu, opt_level=opt, parallel_dim=parallel_dim,
       row_split=row_split,
       permuted_dims=_permuted_dims(gm, cpu, params),
+      coalesced=None if wide is None else (wide.dim, wide.steps),
       device_mesh=device_mesh, mesh_cores=cores)
 
 
@@ -208,6 +221,7 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                                for g in spec.grid_mapping.grid], np.int64),
               parallel_extent=np.int64(
                   spec.row_split.bands if spec.row_split is not None
+                  and spec.row_split.threaded
                   else 0 if spec.parallel_dim is None
                   else spec.grid_mapping.grid[spec.parallel_dim]),
               num_threads=np.int64(spec.params.num_threads

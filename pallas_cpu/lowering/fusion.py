@@ -165,6 +165,10 @@ def _elementwise_primitives() -> frozenset:
 
 
 _ELEMENTWISE = _elementwise_primitives()
+_ROW_REDUCTIONS = frozenset(
+    getattr(lax, f"reduce_{n}_p") for n in ("sum", "max", "min", "prod",
+                                            "and", "or", "xor")
+    if hasattr(lax, f"reduce_{n}_p"))
 _ROW, _FREE = "row", "free"
 
 
@@ -216,13 +220,16 @@ def row_local(jaxpr: jax_core.Jaxpr, split: Sequence[bool], rows: int,
   from them).  Allowed: reads of whole refs, writes of whole split refs
   with ROW values, position-wise primitives (``_ELEMENTWISE``, with the
   implicit broadcasting of size-1 dimensions), ``broadcast_in_dim`` that
-  keeps the rows or broadcasts FREE values along them, and jit /
-  custom_jvp calls of such bodies.  Anything else (reductions, reshapes,
-  iota, control flow, program ids, DMAs, scratch) makes it False.
+  keeps the rows or broadcasts FREE values along them, reductions along
+  other dimensions than the rows (softmax's, layer norm's), and jit /
+  custom_jvp calls of such bodies.  Anything else (reductions across rows,
+  reshapes, iota, control flow, program ids, DMAs, scratch) makes it
+  False.
 
   ``same_positions``: moreover every ROW value keeps the shape of the
-  split refs (no broadcasting of ROW values), so element p of an output
-  depends on element p of the split refs only, in every dimension."""
+  split refs (no broadcasting of ROW values, no reductions), so element p
+  of an output depends on element p of the split refs only, in every
+  dimension."""
   if len(split) != len(jaxpr.invars) or rows < 2 or jaxpr.constvars:
     return False
   labels: dict = {}
@@ -314,6 +321,18 @@ def _row_local_eqns(jaxpr: jax_core.Jaxpr, labels: dict, rows: int,
         labels[eqn.outvars[0]] = (_ROW if out_shape and out_shape[0] == rows
                                   else _FREE)
       continue
+    if prim in _ROW_REDUCTIONS and not same_positions:
+      # Along other dimensions than the rows: row i of the result is
+      # computed from row i alone, in the same order however many rows.
+      (a,) = eqn.invars
+      axes = tuple(eqn.params["axes"])
+      if ins[0] == _ROW:
+        if 0 in axes or not a.aval.shape or a.aval.shape[0] != rows:
+          return False
+        labels[eqn.outvars[0]] = _ROW
+      else:
+        labels[eqn.outvars[0]] = _FREE
+      continue
     inner = _call_jaxpr(eqn)
     if inner is not None:
       sub = {v: la for v, la in zip(inner.jaxpr.invars, ins)}
@@ -386,6 +405,78 @@ def _eval_rows(jaxpr: jax_core.Jaxpr, consts, args, old_rows: int,
       elif _call_jaxpr(eqn) is not None:
         inner = _call_jaxpr(eqn)
         outs = _eval_rows(inner.jaxpr, inner.consts, ins, old_rows, rows)
+      else:
+        out = prim.bind(*ins, **eqn.params)
+        outs = out if prim.multiple_results else [out]
+    for v, x in zip(eqn.outvars, outs):
+      if not isinstance(v, jax_core.DropVar):
+        env[v] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+def retrace_blocks(jaxpr: jax_core.Jaxpr, split: Sequence[bool],
+                   shape: tuple[int, ...]) -> jax_core.Jaxpr:
+  """The body ``jaxpr`` (``row_local`` with ``same_positions`` for
+  ``split``, every ref argument split) traced again with its refs of
+  ``shape`` (the same rank as before): every value of the old block shape
+  takes the new one, dimension by dimension (size-1 dimensions of
+  broadcast scalars stay 1); every equation keeps its source location.
+  Raises when a value's shape is neither (a shape that would not follow)."""
+  olds = {tuple(v.aval.shape) for v, s in zip(jaxpr.invars, split) if s}
+  if len(olds) != 1 or not all(split):
+    raise ValueError("retrace_blocks: every ref must be split, one shape")
+  (old,) = olds
+  if len(old) != len(shape):
+    raise ValueError("retrace_blocks: the rank must stay")
+  in_avals = [v.aval.update(inner_aval=v.aval.inner_aval.update(shape=shape))
+              for v in jaxpr.invars]
+
+  def resize(s: tuple[int, ...]) -> tuple[int, ...]:
+    if len(s) != len(old) or any(d not in (1, o) for d, o in zip(s, old)):
+      raise ValueError(f"retrace_blocks: a value of shape {s} in a body on "
+                       f"blocks of {old}")
+    return tuple(n if d == o else d for d, o, n in zip(s, old, shape))
+
+  def run(*args):
+    _eval_blocks(jaxpr, [], list(args), resize)
+    return []
+
+  fun = lu.wrap_init(run, debug_info=jaxpr.debug_info)
+  new, _, consts = pe.trace_to_jaxpr_dynamic(fun, in_avals)
+  if consts:
+    raise AssertionError("coalescing: the re-traced body captured constants")
+  return new
+
+
+def _eval_blocks(jaxpr: jax_core.Jaxpr, consts, args, resize) -> list:
+  env: dict = {}
+
+  def read(a):
+    return a.val if isinstance(a, jax_core.Literal) else env[a]
+
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  for eqn in jaxpr.eqns:
+    with source_info_util.user_context(eqn.source_info.traceback,
+                                       name_stack=eqn.source_info.name_stack):
+      prim = eqn.primitive
+      ins = [read(a) for a in eqn.invars]
+      if prim is state_primitives.get_p:
+        outs = [ins[0][...]]
+      elif prim is state_primitives.swap_p:
+        ins[0][...] = ins[1]
+        outs = [None]
+      elif prim is lax.broadcast_in_dim_p:
+        shape = tuple(eqn.params["shape"])
+        if shape:
+          shape = resize(shape)
+        outs = [lax.broadcast_in_dim(ins[0], shape,
+                                     eqn.params["broadcast_dimensions"])]
+      elif _call_jaxpr(eqn) is not None:
+        inner = _call_jaxpr(eqn)
+        outs = _eval_blocks(inner.jaxpr, inner.consts, ins, resize)
       else:
         out = prim.bind(*ins, **eqn.params)
         outs = out if prim.multiple_results else [out]

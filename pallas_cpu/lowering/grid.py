@@ -500,6 +500,11 @@ class RowSplit:
   rows: int                  # of one band
   split: tuple[bool, ...]    # per block operand: cut into bands (else whole)
   jaxpr: jax_core.Jaxpr      # the body on band-sized blocks
+  # False: the grid has a parallel dimension (the runtime's threads split
+  # that), and every step runs all its bands in turn -- cache blocking: a
+  # body's temporaries (softmax's exp, layer norm's centred values) are a
+  # band's, not a whole block's, and stay in cache between its loops.
+  threaded: bool = True
 
 
 # Below this much block traffic per call, waking a thread costs more than
@@ -509,13 +514,38 @@ MIN_BAND_BYTES = 16 << 10
 MAX_BANDS = 16
 
 
+# Cache blocking: bands of at most this many bytes (all operands of a band
+# together) when a step's blocks exceed it, so that a band's temporaries
+# stay in the L2 cache between the body's loops.
+CACHE_BAND_BYTES = 256 << 10
+
+
+def cache_band_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
+                    aliases) -> RowSplit | None:
+  """Row bands of each step's blocks for a kernel with a parallel grid
+  dimension (``RowSplit(threaded=False)``), or None: as ``row_split_plan``
+  requires, and moreover a body that is not position-wise (a reduction
+  along the rows or a broadcast of one: a whole-block temporary), and
+  steps larger than ``CACHE_BAND_BYTES``."""
+  gm = grid_mapping
+  n_index = gm.num_index_operands
+  plan = row_split_plan(jaxpr, gm, aliases, cache=True)
+  if plan is None or fusion.row_local(
+      jaxpr, [False] * n_index + list(plan.split), plan.rows * plan.bands,
+      same_positions=True):
+    return None
+  return plan
+
+
 def row_split_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
-                   aliases) -> RowSplit | None:
+                   aliases, *, cache: bool = False) -> RowSplit | None:
   """The row split of a kernel with no parallel grid dimension, or None
   when it does not apply: every block in place (VMEM, ``Blocked`` or
   squeezed dimensions, no edge blocks), no scratch, no aliases, every
   output as tall (its first kept dimension) as the others, the body
-  row-local (``fusion.row_local``), and enough bytes moved per call."""
+  row-local (``fusion.row_local``), and enough bytes moved per call.
+  ``cache``: bands for ``cache_band_plan`` (the fewest of at least 8 rows
+  within ``CACHE_BAND_BYTES``, run in turn by each step)."""
   gm = grid_mapping
   if aliases or gm.num_scratch_operands or not all(
       isinstance(g, int) for g in gm.grid):
@@ -544,11 +574,18 @@ def row_split_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
   rows = outs[0][0]
   split = tuple(len(k) == len(outs[0]) and k[0] == rows for k in kept_shapes)
   step_bytes = sum(nbytes)
-  if step_bytes * int(np.prod(gm.grid, dtype=np.int64)) < MIN_SPLIT_BYTES:
+  if cache:
+    if step_bytes <= CACHE_BAND_BYTES:
+      return None
+    bands = next((n for n in range(2, rows // 8 + 1)
+                  if rows % n == 0 and step_bytes // n <= CACHE_BAND_BYTES),
+                 None)
+  elif step_bytes * int(np.prod(gm.grid, dtype=np.int64)) < MIN_SPLIT_BYTES:
     return None
-  bands = next((n for n in range(MAX_BANDS, 1, -1)
-                if rows % n == 0 and rows // n >= 8
-                and step_bytes // n >= MIN_BAND_BYTES), None)
+  else:
+    bands = next((n for n in range(MAX_BANDS, 1, -1)
+                  if rows % n == 0 and rows // n >= 8
+                  and step_bytes // n >= MIN_BAND_BYTES), None)
   if bands is None:
     return None
   n_index = gm.num_index_operands
@@ -559,7 +596,8 @@ def row_split_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
     body = fusion.retrace_rows(jaxpr, arg_split, rows // bands)
   except Exception:  # noqa: BLE001 - not splittable after all: run whole
     return None
-  return RowSplit(bands=bands, rows=rows // bands, split=split, jaxpr=body)
+  return RowSplit(bands=bands, rows=rows // bands, split=split, jaxpr=body,
+                  threaded=not cache)
 
 
 def padding_plan(jaxpr: jax_core.Jaxpr, grid_mapping, windows

@@ -42,8 +42,13 @@ class KernelSpec:
   params: CompilerParams
   opt_level: int
   parallel_dim: int | None = None  # grid dimension split across threads
-  # Without one: the blocks' row bands run by threads (grid.RowSplit).
+  # Without one: the blocks' row bands run by threads (grid.RowSplit);
+  # with one, maybe each step's bands in turn (RowSplit.threaded False).
   row_split: object = None
+  # (grid dimension, its steps as written) when the kernel runs on blocks
+  # spanning that dimension (coalesce.py; jaxpr and grid_mapping are then
+  # the coalesced ones); None for the kernel as written.
+  coalesced: tuple[int, int] | None = None
   # Parallel grid dimensions whose iterations run in a seeded random order
   # (CompilerParams(grid_order="random")), with their permutations.
   permuted_dims: tuple[tuple[int, tuple[int, ...]], ...] = ()
@@ -53,6 +58,18 @@ class KernelSpec:
   # The cores of the TensorCore mesh it runs over (pl.kernel/core_map); 0
   # without one.
   mesh_cores: int = 0
+
+
+def _band_range(spec: KernelSpec, block) -> tuple | None:
+  """The row bands each step runs: this thread's share (the runtime's
+  range, for a split across threads) or all of them (cache bands)."""
+  split = spec.row_split
+  if split is None:
+    return None
+  if split.threaded:
+    return (views.as_index(block.arguments[1]),
+            views.as_index(block.arguments[2]))
+  return (views.as_index(0), views.as_index(split.bands))
 
 
 def lower_kernel(spec: KernelSpec) -> ir.Module:
@@ -149,9 +166,7 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
                              index_operands=index_operands,
                              block_operands=block_operands, roots=roots,
                              scratch=scratch, row_split=spec.row_split,
-                             band_range=(views.as_index(block.arguments[1]),
-                                         views.as_index(block.arguments[2]))
-                             if spec.row_split is not None else None)
+                             band_range=_band_range(spec, block))
     # Actors that may reach each other's memory (the cores of a mesh, the
     # devices of a collective) end together: exit checks see final counts,
     # and no signal or DMA reaches memory freed below.

@@ -175,7 +175,9 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
   // one-core TPU does.
   // At least two chunks, as a megacore chip's two TensorCores split it,
   // whatever the machine: kernels written for megacore (paged_attention's
-  // megacore modes) expect each core to start its own part afresh.
+  // megacore modes) expect each core to start its own part afresh.  The
+  // chunks run on at most `threads` threads at once (num_threads=1: one
+  // after the other on the caller's thread).
   int64_t threads = num_threads > 0 ? num_threads : DefaultNumThreads();
   int64_t chunks = std::max<int64_t>(
       1, std::min<int64_t>(parallel_extent > 0 ? parallel_extent : 1,
@@ -257,7 +259,7 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
   if (mesh_cores > 0) {
     RunOnThreads(chunks, run);
   } else {
-    ParallelFor(chunks, run);
+    ParallelFor(chunks, threads, run);
   }
   subbyte.PackResults();
 

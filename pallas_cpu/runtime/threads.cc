@@ -35,25 +35,27 @@ struct Job {
 
 class Pool {
  public:
-  explicit Pool(int64_t workers) {
-    for (int64_t i = 0; i < workers; ++i) {
-      threads_.emplace_back([this] { Loop(); });
-    }
-  }
+  Pool() = default;
   // The pool lives for the whole process (see Get): threads are detached
   // at exit rather than joined, so no teardown-order hazards.
   ~Pool() = delete;
 
-  void Run(int64_t n, const std::function<void(int64_t)>& fn) {
+  // Runs fn(0..n-1) on the caller and up to `helpers` pool threads; the
+  // pool grows to `helpers` threads if it has fewer (a caller may ask for
+  // more threads than the machine has CPUs: they time-share, and sleep
+  // while idle).
+  void Run(int64_t n, int64_t helpers,
+           const std::function<void(int64_t)>& fn) {
     auto job = std::make_shared<Job>();
     job->fn = &fn;
     job->n = n;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (size_t i = 0; i < threads_.size() && static_cast<int64_t>(i) < n - 1;
-           ++i) {
-        queue_.push_back(job);
+      while (static_cast<int64_t>(threads_.size()) < helpers) {
+        threads_.emplace_back([this] { Loop(); });
+        threads_.back().detach();
       }
+      for (int64_t i = 0; i < helpers; ++i) queue_.push_back(job);
     }
     cv_.notify_all();
     job->Work();  // the caller works too
@@ -62,7 +64,7 @@ class Pool {
   }
 
   static Pool& Get() {
-    static Pool* pool = new Pool(std::max<int64_t>(DefaultNumThreads() - 1, 0));
+    static Pool* pool = new Pool();
     return *pool;
   }
 
@@ -101,13 +103,15 @@ void RunOnThreads(int64_t n, const std::function<void(int64_t)>& fn) {
   for (auto& t : threads) t.join();
 }
 
-void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
+void ParallelFor(int64_t n, int64_t max_threads,
+                 const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
-  if (n == 1) {
-    fn(0);
+  const int64_t threads = std::min(n, std::max<int64_t>(max_threads, 1));
+  if (threads == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  Pool::Get().Run(n, fn);
+  Pool::Get().Run(n, threads - 1, fn);
 }
 
 }  // namespace pallas_cpu

@@ -7,9 +7,11 @@
 
 namespace pallas_cpu {
 
-// Runs fn(0) .. fn(n - 1), spread over the pool and the calling thread;
+// Runs fn(0) .. fn(n - 1), spread over at most `max_threads` threads (the
+// calling thread and pool threads; one runs them in order on the caller);
 // returns when all are done.  Calls from several threads at once are safe.
-void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn);
+void ParallelFor(int64_t n, int64_t max_threads,
+                 const std::function<void(int64_t)>& fn);
 
 // Runs fn(0) .. fn(n - 1) each on its own thread (the caller runs fn(0)),
 // all at once: for actors that wait for each other (the cores of a mesh),

@@ -44,7 +44,7 @@ FLOORS = [
     # one module per primitive family, and their shared helpers
     ["rules", "rules.*"],
     # the grid loop nest around the kernel body
-    ["grid"],
+    ["grid", "coalesce"],
     # the entry: imports the rules package, builds the module
     ["kernel"],
 ]

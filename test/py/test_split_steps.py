@@ -43,13 +43,14 @@ def _specs(split: bool = True):
 
 
 def _run(kernel, out_shape, args, *, num_threads=None, exact=True,
-         **kwargs):
+         semantics=None, **kwargs):
   """(compiled result, its RowSplit or None).  The result equals the
   same kernel compiled without the split bit for bit, and interpret
   mode's (bit for bit when ``exact``; else to float rounding: XLA
   contracts multiply-adds, our exp is another approximation)."""
   params = pallas_cpu.CompilerParams(num_threads=num_threads,
-                                     tpu_checks="off")
+                                     tpu_checks="off",
+                                     dimension_semantics=semantics)
 
   def compiled(split):
     with _specs(split) as seen:
@@ -211,14 +212,69 @@ def test_reduction_across_rows_not_split():
              out_specs=_whole(x.shape))
 
 
-def test_row_reduction_not_split():
+def test_row_reductions_are_split():
+  # Reductions along a row are row-local: each band reduces its own rows,
+  # in the same order as the whole block does (bit for bit).
   x = _normal((512, 1024))
 
-  def kernel(x_ref, o_ref):
+  def kernel(x_ref, o_ref, s_ref):
     x = x_ref[...]
     o_ref[...] = x - jnp.max(x, axis=1, keepdims=True)
+    s_ref[...] = jnp.broadcast_to(jnp.sum(x * x, axis=1, keepdims=True),
+                                  s_ref.shape)
 
-  _not_split(kernel, (x,))
+  shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+  got, split = _run(kernel, (shape, shape), (x,), exact=False)
+  assert split is not None and split.threaded
+
+
+def _softmax(x_ref, o_ref):
+  x = x_ref[...]
+  e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))
+  o_ref[...] = e / jnp.sum(e, axis=1, keepdims=True)
+
+
+def _layer_norm(x_ref, g_ref, b_ref, o_ref):
+  x = x_ref[...]
+  xc = x - jnp.mean(x, axis=1, keepdims=True)
+  var = jnp.mean(xc * xc, axis=1, keepdims=True)
+  o_ref[...] = xc * jax.lax.rsqrt(var + 1e-5) * g_ref[...] + b_ref[...]
+
+
+@pytest.mark.parametrize("block_rows", [256, 64])
+def test_parallel_grid_runs_cache_bands(block_rows):
+  # A parallel grid keeps its dimension on the threads; each step runs its
+  # blocks in bands small enough for the cache (whole-block temporaries
+  # -- the exp, the centred values -- become a band's).
+  x = _normal((1024, 2048))
+  spec = pl.BlockSpec((block_rows, 2048), lambda i: (i, 0))
+  got, split = _run(
+      _softmax, jax.ShapeDtypeStruct(x.shape, x.dtype), (x,),
+      exact=False, grid=(1024 // block_rows,), in_specs=[spec],
+      out_specs=spec, semantics=("parallel",))
+  assert split is not None and not split.threaded and split.bands > 1
+  assert split.rows * split.bands == block_rows
+  g, b = _normal((1, 2048), 1), _normal((1, 2048), 2)
+  vec = pl.BlockSpec((1, 2048), lambda i: (0, 0))
+  got, split = _run(
+      _layer_norm, jax.ShapeDtypeStruct(x.shape, x.dtype), (x, g, b),
+      exact=False, grid=(1024 // block_rows,), in_specs=[spec, vec, vec],
+      out_specs=spec, semantics=("parallel",))
+  assert split is not None and not split.threaded
+  assert split.split == (True, False, False, True)
+
+
+def test_parallel_position_wise_or_small_steps_no_cache_bands():
+  x, y = _normal((1024, 2048)), _normal((1024, 2048), 1)
+  spec = pl.BlockSpec((256, 2048), lambda i: (i, 0))
+  parallel = ("parallel",)
+  # Position-wise: one fused pass already, no temporary to keep in cache.
+  _not_split(_scaled_add, (x, y), grid=(4,), in_specs=[spec, spec],
+             out_specs=spec, semantics=parallel)
+  # Steps within the cache already.
+  small = pl.BlockSpec((16, 2048), lambda i: (i, 0))
+  _not_split(_softmax, (x,), grid=(64,), in_specs=[small], out_specs=small,
+             exact=False, semantics=parallel)
 
 
 def test_scratch_accumulator_not_split():
