@@ -18,10 +18,13 @@ changes -- results, errors, the order of side effects:
   shape, with one block shape and one index map (``grid._same_blocks``); no
   scratch, no scalar prefetch, no aliases, a static grid;
 - the index map's last output is exactly grid index ``g``, which no other
-  output uses, and the blocks tile that dimension exactly (no edge block);
-  every output is a grid index or a constant, in bounds at every step
-  (so no out-of-bounds error, whose message names the block shape, can
-  differ), and every grid index of more than one step is one of them (so
+  output uses, and ``g`` walks every block of that dimension (the last may
+  be partial: the wide block is the whole dimension, so a partial edge
+  block's padded copy goes away -- a position-wise body's padding only
+  ever reached the dropped padding of its outputs); every output is a grid
+  index or a constant that selects a block overlapping the array at every
+  step (so no out-of-bounds error, whose message names the block shape,
+  can differ), and every grid index of more than one step is one of them (so
   no step revisits a block: coalescing would reorder revisits);
 - the body is position-wise over all its refs (no program ids, iota,
   reductions, DMAs: ``fusion.row_local`` rejects them) and re-traces on the
@@ -78,7 +81,7 @@ def plan(jaxpr: jax_core.Jaxpr, grid_mapping, aliases) -> Coalesced | None:
   except (ValueError, NotImplementedError):
     return None
   if any(d.kind == "element" or d.size <= 0 or d.array_size <= 0
-         or d.may_cross for d in dims):
+         for d in dims):
     return None
   last = first.block_shape[-1]
   if not isinstance(last, pallas_core.Blocked):
@@ -88,7 +91,9 @@ def plan(jaxpr: jax_core.Jaxpr, grid_mapping, aliases) -> Coalesced | None:
                                                          dims):
     return None
   steps = gm.grid[g]
-  if steps < 2 or last.block_size * steps != shape[-1]:
+  # The grid index walks every block of the dimension, the last maybe
+  # partial: the wide block is the whole dimension (no edge block left).
+  if steps < 2 or steps != -(-shape[-1] // last.block_size):
     return None
   block = tuple(v.aval.shape for v in jaxpr.invars)
   if len(set(block)) != 1 or not block[0] or block[0][-1] != last.block_size:
@@ -105,6 +110,7 @@ def plan(jaxpr: jax_core.Jaxpr, grid_mapping, aliases) -> Coalesced | None:
   except Exception:  # noqa: BLE001 - not re-traceable: run the kernel as is
     return None
   wide = pallas_core.Blocked(shape[-1])
+  # (Edge blocks along the other dimensions stay edge blocks, as written.)
   new_bms = tuple(
       bm.replace(block_shape=(*bm.block_shape[:-1], wide),
                  transformed_block_aval=bm.transformed_block_aval.update(
@@ -137,7 +143,8 @@ def _last_dim_grid_index(index_map: jax_core.ClosedJaxpr,
 def _in_bounds(bm, grid_shape, dims) -> bool:
   """Whether every output of the index map is a distinct grid index or an
   integer constant, every grid index of more than one step is one of them,
-  and every block it selects lies inside the array."""
+  and every block it selects overlaps the array (a partial edge block
+  does)."""
   jaxpr = bm.index_map_jaxpr.jaxpr
   if jaxpr.eqns or len(jaxpr.outvars) != len(dims):
     return False
@@ -149,7 +156,7 @@ def _in_bounds(bm, grid_shape, dims) -> bool:
       n > 1 and v not in used for v, n in zip(jaxpr.invars, grid_shape)):
     return False
   for out, d in zip(jaxpr.outvars, dims):
-    blocks = d.array_size // d.size
+    blocks = -(-d.array_size // d.size)  # the last one maybe partial
     if isinstance(out, jax_core.Literal):
       if not 0 <= int(out.val) < blocks:
         return False

@@ -258,11 +258,21 @@ def test_different_blocks_not_coalesced():
   assert coalesced is None
 
 
-def test_edge_and_out_of_bounds_blocks_not_coalesced():
-  x, y = _normal((N, N - 64)), _normal((N, N - 64), 1)
-  _, coalesced = _run(args=(x, y), **_tiled(
-      _scaled_add, 2, shape=(N, N - 64), grid=(4, 4)))
-  assert coalesced is None
+@pytest.mark.parametrize("shape", [(N, N - 64), (N - 40, N - 100),
+                                   (N - 40, N)])
+def test_edge_blocks_coalesce(shape):
+  # Partial edge blocks along the last dimension disappear (the wide
+  # block is the whole dimension); along the others they stay padded
+  # copies, as written.  In-bounds results are interpret mode's.
+  x, y = _normal(shape), _normal(shape, 1)
+  grid = (-(-shape[0] // 128), -(-shape[1] // 128))
+  got, coalesced = _run(args=(x, y), **_tiled(
+      _scaled_add, 2, shape=shape, grid=grid))
+  assert coalesced == (1, grid[1])
+  np.testing.assert_array_equal(got, x * 2.0 + y)
+
+
+def test_out_of_bounds_blocks_not_coalesced():
   # A grid longer than the array: the out-of-bounds error names the block
   # shape as written.
   spec = pl.BlockSpec((128, 128), lambda i, j: (i, j))
