@@ -49,19 +49,27 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
           and cpu.grid_order != "random" and knobs.read().coalesce else None)
   if wide is not None:
     jaxpr, gm = wide.jaxpr, wide.grid_mapping
+  aliases = params["input_output_aliases"]
   parallel_dim = (0 if params.get("mesh") is not None
                   else None if grid_lowering.needs_one_thread(
-                      jaxpr, gm, params["input_output_aliases"])
+                      jaxpr, gm, aliases)
                   else _parallel_dim(gm, cpu, params.get("compiler_params")))
-  # No parallel dimension: a row-local body's blocks go to the threads in
-  # row bands (race verdicts stay those of the unsplit kernel).
-  # With one, a body with whole-block temporaries runs each step's blocks
-  # in row bands that fit the cache.
+  # Without a parallel dimension, a row-local body's blocks go to the
+  # threads in row bands (race verdicts stay those of the unsplit kernel);
+  # failing that, steps that share nothing go to the threads all the same,
+  # split along their first dimension of several steps (the results are
+  # grid order's).  With one, a body with whole-block temporaries runs each
+  # step's blocks in row bands that fit the cache.
   row_split = None
   if params.get("mesh") is None and not cpu.detect_races:
-    row_split = (grid_lowering.row_split_plan if parallel_dim is None
-                 else grid_lowering.cache_band_plan)(
-                     jaxpr, gm, params["input_output_aliases"])
+    if parallel_dim is not None:
+      row_split = grid_lowering.cache_band_plan(jaxpr, gm, aliases)
+    else:
+      row_split = grid_lowering.row_split_plan(jaxpr, gm, aliases)
+      if (row_split is None and grid_lowering.worth_threads(gm)
+          and grid_lowering.independent_steps(jaxpr, gm, aliases)):
+        parallel_dim = next((d for d, n in enumerate(gm.grid)
+                             if isinstance(n, int) and n > 1), None)
   return kernel_lowering.KernelSpec(
       name=mlir.sanitize_name(name), jaxpr=jaxpr,
       grid_mapping=gm, in_avals=tuple(in_avals),

@@ -682,6 +682,63 @@ def alias_plan(jaxpr: jax_core.Jaxpr, grid_mapping,
   return plan
 
 
+def independent_steps(jaxpr: jax_core.Jaxpr, grid_mapping, aliases) -> bool:
+  """Whether the steps of a grid share no state, so that they may run in
+  any order, on any threads, with the results of grid order -- whatever
+  the dimension semantics say (TPU runs an "arbitrary" grid on one core;
+  it does not promise an order-dependent result).  Proved when: nothing
+  outlives a step but the output blocks (no scratch operands, no aliases,
+  and the body's only effects are reads of refs and writes of its outputs
+  -- no DMA semaphores, PRNG state, prints or barriers that other steps
+  could see), and every step writes blocks no other step touches (each
+  output a VMEM ``Blocked`` window whose index map is made of distinct
+  grid indices and constants, every grid index of more than one step
+  among them: distinct blocks at every step)."""
+  gm = grid_mapping
+  if (aliases or gm.num_scratch_operands or gm.num_dynamic_grid_bounds
+      or not all(isinstance(g, int) for g in gm.grid)):
+    return False
+  n_index, n_in = gm.num_index_operands, gm.num_inputs
+  outputs = set(range(n_index + n_in, n_index + len(gm.block_mappings)))
+  position = {v: k for k, v in enumerate(jaxpr.invars)}
+  for e in jaxpr.effects:
+    if isinstance(e, state_types.ReadEffect):
+      continue
+    if not isinstance(e, (state_types.WriteEffect, state_types.AccumEffect)):
+      return False
+    k = e.input if isinstance(e.input, int) else position.get(e.input)
+    if k not in outputs:
+      return False
+  rank = len(gm.grid)
+  for bm in gm.block_mappings[n_in:]:
+    if memory_spaces.from_pallas(
+        bm.transformed_block_aval.memory_space) != memory_spaces.VMEM:
+      return False
+    if not all(isinstance(b, (pallas_core.Blocked, pallas_core.Squeezed))
+               for b in bm.block_shape):
+      return False
+    imap = bm.index_map_jaxpr.jaxpr
+    grid_vars = imap.invars[:rank]
+    used = [v for v in imap.outvars if isinstance(v, jax_core.Var)]
+    if (imap.eqns or any(v not in grid_vars for v in used)
+        or len(set(used)) != len(used)
+        or any(n > 1 and v not in used for v, n in zip(grid_vars, gm.grid))):
+      return False
+  return True
+
+
+def worth_threads(grid_mapping) -> bool:
+  """Whether a call moves enough block bytes (``MIN_SPLIT_BYTES``, all
+  steps) for a second thread to pay for its wake-up."""
+  gm = grid_mapping
+  if not all(isinstance(g, int) for g in gm.grid):
+    return False
+  step = sum(int(np.prod(bm.transformed_block_aval.shape, dtype=np.int64))
+             * np.dtype(bm.array_aval.dtype).itemsize
+             for bm in gm.block_mappings)
+  return step * int(np.prod(gm.grid, dtype=np.int64)) >= MIN_SPLIT_BYTES
+
+
 def needs_one_thread(jaxpr: jax_core.Jaxpr, grid_mapping, aliases) -> bool:
   """Whether a snapshot of an aliased operand forbids threads: each thread
   would take its own, maybe after another thread wrote the output."""

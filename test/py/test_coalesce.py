@@ -272,6 +272,25 @@ def test_edge_blocks_coalesce(shape):
   np.testing.assert_array_equal(got, x * 2.0 + y)
 
 
+@pytest.mark.parametrize("rows,block_rows,want", [
+    (472, 128, 118),   # 472 = 4 x 118: no edge block left
+    (2000, 256, 250),
+    (509, 128, None),  # prime: no size divides it, the edge block stays
+])
+def test_edge_rows_reblocked(rows, block_rows, want):
+  shape = (rows, 640)
+  x, y = _normal(shape), _normal(shape, 1)
+  grid = (-(-rows // block_rows), 5)
+  with _specs() as seen:
+    got, coalesced = _run(args=(x, y), **_tiled(
+        _scaled_add, 2, block=(block_rows, 128), shape=shape, grid=grid))
+  assert coalesced == (1, 5)
+  blocks = {tuple(b.block_size for b in s.grid_mapping.block_mappings[0]
+                  .block_shape) for s in seen if s.coalesced}
+  assert blocks == {(want or block_rows, 640)}
+  np.testing.assert_array_equal(got, x * 2.0 + y)
+
+
 def test_out_of_bounds_blocks_not_coalesced():
   # A grid longer than the array: the out-of-bounds error names the block
   # shape as written.
