@@ -2,9 +2,10 @@
 """What the elementwise rules (rules/elementwise.py, rules/approx.py, and
 the float rules of rules/bits.py) put inside the fused linalg.generic body.
 
-* f32 exp, log, tanh and logistic: Cephes-style range reduction and
+* f32 exp, log and logistic: Cephes-style range reduction and
   polynomials in plain arith ops, no libm call (so LLVM can vectorize the
-  fused loop); 16-bit floats compute them in f32.
+  fused loop); f32 tanh: XLA's rational approximation in the same ops
+  (FMA Horner steps, one division); 16-bit floats compute them in f32.
 * log1p, expm1: direct libm calls (math-to-llvm would expand them as
   log(1 + x) / exp(x) - 1).
 * sin, cos, tan, erf, atan2, pow, sqrt, round: math dialect ops, which
@@ -171,51 +172,46 @@ def test_log_f32():
   print(lower(jnp.log, [F32], F32))
 
 
-# tanh: an odd polynomial x + x*z*p(z) (z = x*x) for |x| < 0.625, else
-# 1 - 2 / (exp(2|x|) + 1) with exp expanded inline and x's sign put back on
-# the bits (also on the polynomial's, so that tanh(-0) = -0); NaN -> itself.
+# tanh: XLA's CPU approximation (xla/codegen/intrinsic/tanh.cc): x clamped
+# to +-7.99881172 by fcmp uge/ule + select (NaN passes through), z = x*x,
+# x * P(z) / Q(z) with every Horner step one math.fma (llvm.intr.fma: fused
+# at every LLVM level, as XLA's contracted IR on an FMA machine), one
+# division; |x| < 0.0004 returns x itself (so -0 -> -0).
 # CHECK-LABEL: TEST: test_tanh_f32
 # CHECK: ^bb0(%[[X:.*]]: f32, %{{.*}}: f32):
+# CHECK-NEXT: %[[LO:.*]] = arith.constant -7.99881172 : f32
+# CHECK-NEXT: %[[HI:.*]] = arith.constant 7.99881172 : f32
+# CHECK-NEXT: %[[GE:.*]] = arith.cmpf uge, %[[X]], %[[LO]] : f32
+# CHECK-NEXT: %[[X1:.*]] = arith.select %[[GE]], %[[X]], %[[LO]] : f32
+# CHECK-NEXT: %[[LE:.*]] = arith.cmpf ule, %[[X1]], %[[HI]] : f32
+# CHECK-NEXT: %[[XC:.*]] = arith.select %[[LE]], %[[X1]], %[[HI]] : f32
+# CHECK-NEXT: %[[Z:.*]] = arith.mulf %[[XC]], %[[XC]] : f32
+# CHECK-NEXT: %[[P6:.*]] = arith.constant -2.76076837E-16 : f32
+# CHECK-NEXT: %[[P5:.*]] = arith.constant 2.00018794E-13 : f32
+# CHECK-NEXT: %[[N1:.*]] = math.fma %[[Z]], %[[P6]], %[[P5]] : f32
+# CHECK-NEXT: arith.constant -8.60467184E-11 : f32
+# CHECK-NEXT: %[[N2:.*]] = math.fma %[[Z]], %[[N1]], %{{.*}} : f32
+# CHECK-NEXT: arith.constant 5.12229725E-8 : f32
+# CHECK-NEXT: %[[N3:.*]] = math.fma %[[Z]], %[[N2]], %{{.*}} : f32
+# CHECK-NEXT: arith.constant 1.48572235E-5 : f32
+# CHECK-NEXT: %[[N4:.*]] = math.fma %[[Z]], %[[N3]], %{{.*}} : f32
+# CHECK-NEXT: arith.constant 6.37261954E-4 : f32
+# CHECK-NEXT: %[[N5:.*]] = math.fma %[[Z]], %[[N4]], %{{.*}} : f32
+# CHECK-NEXT: arith.constant 0.00489352457 : f32
+# CHECK-NEXT: %[[P:.*]] = math.fma %[[Z]], %[[N5]], %{{.*}} : f32
+# CHECK-NEXT: %[[NUM:.*]] = arith.mulf %[[XC]], %[[P]] : f32
+# CHECK-NEXT: %[[Q3:.*]] = arith.constant 1.19825836E-6 : f32
+# CHECK-NEXT: %[[Q2:.*]] = arith.constant 1.18534706E-4 : f32
+# CHECK-NEXT: %[[D1:.*]] = math.fma %[[Z]], %[[Q3]], %[[Q2]] : f32
+# CHECK-NEXT: arith.constant 0.00226843474 : f32
+# CHECK-NEXT: %[[D2:.*]] = math.fma %[[Z]], %[[D1]], %{{.*}} : f32
+# CHECK-NEXT: arith.constant 0.00489352504 : f32
+# CHECK-NEXT: %[[Q:.*]] = math.fma %[[Z]], %[[D2]], %{{.*}} : f32
+# CHECK-NEXT: %[[R:.*]] = arith.divf %[[NUM]], %[[Q]] : f32
 # CHECK-NEXT: %[[AX:.*]] = math.absf %[[X]] : f32
-# CHECK-NEXT: %[[Z:.*]] = arith.mulf %[[X]], %[[X]] : f32
-# CHECK-NEXT: arith.constant -0.00570498873 : f32
-# CHECK: arith.constant -0.333332807 : f32
-# CHECK-NEXT: %[[P:.*]] = arith.addf
-# CHECK-NEXT: %[[PZ:.*]] = arith.mulf %[[P]], %[[Z]] : f32
-# CHECK-NEXT: %[[PZX:.*]] = arith.mulf %[[PZ]], %[[X]] : f32
-# CHECK-NEXT: %[[POLY:.*]] = arith.addf %[[PZX]], %[[X]] : f32
-# CHECK-NEXT: %[[POLY_BITS:.*]] = arith.bitcast %[[POLY]] : f32 to i32
-# CHECK-NEXT: %[[ABS_MASK0:.*]] = arith.constant 2147483647 : i32
-# CHECK-NEXT: %[[POLY_ABS:.*]] = arith.andi %[[POLY_BITS]], %[[ABS_MASK0]] : i32
-# CHECK-NEXT: %[[X_BITS0:.*]] = arith.bitcast %[[X]] : f32 to i32
-# CHECK-NEXT: %[[SIGN_MASK0:.*]] = arith.constant -2147483648 : i32
-# CHECK-NEXT: %[[SIGN0:.*]] = arith.andi %[[X_BITS0]], %[[SIGN_MASK0]] : i32
-# CHECK-NEXT: %[[SMALL_BITS:.*]] = arith.ori %[[POLY_ABS]], %[[SIGN0]] : i32
-# CHECK-NEXT: %[[SMALL:.*]] = arith.bitcast %[[SMALL_BITS]] : i32 to f32
-# CHECK-NEXT: %[[AX2:.*]] = arith.addf %[[AX]], %[[AX]] : f32
-# CHECK-NOT: call
-# CHECK: arith.constant 1.44269502 : f32
-# CHECK-NOT: call
-# CHECK: %[[E:.*]] = arith.select %{{.*}}, %[[AX2]], %{{.*}} : f32
-# CHECK-NEXT: %[[ONE:.*]] = arith.constant 1.000000e+00 : f32
-# CHECK-NEXT: %[[TWO:.*]] = arith.constant 2.000000e+00 : f32
-# CHECK-NEXT: %[[ONE2:.*]] = arith.constant 1.000000e+00 : f32
-# CHECK-NEXT: %[[D:.*]] = arith.addf %[[E]], %[[ONE2]] : f32
-# CHECK-NEXT: %[[Q:.*]] = arith.divf %[[TWO]], %[[D]] : f32
-# CHECK-NEXT: %[[MAG:.*]] = arith.subf %[[ONE]], %[[Q]] : f32
-# CHECK-NEXT: %[[MAG_BITS:.*]] = arith.bitcast %[[MAG]] : f32 to i32
-# CHECK-NEXT: %[[ABS_MASK:.*]] = arith.constant 2147483647 : i32
-# CHECK-NEXT: %[[MAG_ABS:.*]] = arith.andi %[[MAG_BITS]], %[[ABS_MASK]] : i32
-# CHECK-NEXT: %[[X_BITS:.*]] = arith.bitcast %[[X]] : f32 to i32
-# CHECK-NEXT: %[[SIGN_MASK:.*]] = arith.constant -2147483648 : i32
-# CHECK-NEXT: %[[SIGN:.*]] = arith.andi %[[X_BITS]], %[[SIGN_MASK]] : i32
-# CHECK-NEXT: %[[SIGNED:.*]] = arith.ori %[[MAG_ABS]], %[[SIGN]] : i32
-# CHECK-NEXT: %[[BIG:.*]] = arith.bitcast %[[SIGNED]] : i32 to f32
-# CHECK-NEXT: %[[CUT:.*]] = arith.constant 6.250000e-01 : f32
-# CHECK-NEXT: %[[IS_SMALL:.*]] = arith.cmpf olt, %[[AX]], %[[CUT]] : f32
-# CHECK-NEXT: %[[Y:.*]] = arith.select %[[IS_SMALL]], %[[SMALL]], %[[BIG]] : f32
-# CHECK-NEXT: %[[NAN:.*]] = arith.cmpf uno, %[[X]], %[[X]] : f32
-# CHECK-NEXT: %[[OUT:.*]] = arith.select %[[NAN]], %[[X]], %[[Y]] : f32
+# CHECK-NEXT: %[[CUT:.*]] = arith.constant 4.000000e-04 : f32
+# CHECK-NEXT: %[[TINY:.*]] = arith.cmpf olt, %[[AX]], %[[CUT]] : f32
+# CHECK-NEXT: %[[OUT:.*]] = arith.select %[[TINY]], %[[X]], %[[R]] : f32
 # CHECK-NEXT: linalg.yield %[[OUT]] : f32
 @run_test
 def test_tanh_f32():

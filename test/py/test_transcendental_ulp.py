@@ -41,8 +41,10 @@ DTYPES = ["float32", "bfloat16", "float16", "float64"]
 
 # Max error in ulps of the output dtype, per (op, dtype), over the domains
 # of ``_domain`` (measured over 30-60 seeds; the worst seen is in the comments).
-# f32: exp/log/tanh are rules/approx.py's vectorized polynomials
-# (test_approx.py checks them over the whole range); logistic adds an add
+# f32: exp/log are rules/approx.py's vectorized polynomials
+# (test_approx.py checks them over the whole range); tanh is XLA's rational
+# approximation there, bit for bit jnp.tanh's: as XLA's, max 4.90 ulp over
+# all 2**32 inputs (at x = 5.126039); logistic adds an add
 # and a divide on that exp; rsqrt is 1/sqrt (two roundings); atan2 is
 # glibc's atan2f (not correctly rounded: 1.34 seen); the rest is libm.
 # erf_inv is Mosaic's and XLA's polynomial (Giles; f64: Mosaic's
@@ -65,7 +67,7 @@ ULP_BOUNDS = {
     "log":          (2.0, 0.51, 0.51, 1.0),        # 0.70, 0.50
     "log1p":        (1.0, 0.51, 0.51, 1.0),        # 0.79, 0.78
     "expm1":        (1.0, 0.51, 0.51, 1.0),        # 0.75, 0.74
-    "tanh":         (2.0, 0.51, 0.51, 2.5),        # 1.27, 2.04
+    "tanh":         (5.0, 0.51, 0.51, 2.5),        # 4.56, 2.04
     "logistic":     (3.0, 0.51, 0.51, 2.5),        # 2.35, 2.08
     "sin":          (1.0, 0.51, 0.51, 1.0),        # 0.56, 0.52
     "cos":          (1.0, 0.51, 0.51, 1.0),        # 0.56, 0.51
