@@ -364,8 +364,11 @@ def retrace_rows(jaxpr: jax_core.Jaxpr, split: Sequence[bool],
   full_rows = {v.aval.shape[0] for v, s in zip(jaxpr.invars, split) if s}
   (old_rows,) = full_rows
 
+  def resize(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (rows, *shape[1:]) if shape[0] == old_rows else shape
+
   def run(*args):
-    _eval_rows(jaxpr, [], list(args), old_rows, rows)
+    _eval_blocks(jaxpr, [], list(args), resize)
     return []
 
   fun = lu.wrap_init(run, debug_info=jaxpr.debug_info)
@@ -373,45 +376,6 @@ def retrace_rows(jaxpr: jax_core.Jaxpr, split: Sequence[bool],
   if consts:
     raise AssertionError("row split: the re-traced body captured constants")
   return new
-
-
-def _eval_rows(jaxpr: jax_core.Jaxpr, consts, args, old_rows: int,
-               rows: int) -> list:
-  env: dict = {}
-
-  def read(a):
-    return a.val if isinstance(a, jax_core.Literal) else env[a]
-
-  for v, x in zip(jaxpr.constvars, consts):
-    env[v] = x
-  for v, x in zip(jaxpr.invars, args):
-    env[v] = x
-  for eqn in jaxpr.eqns:
-    with source_info_util.user_context(eqn.source_info.traceback,
-                                       name_stack=eqn.source_info.name_stack):
-      prim = eqn.primitive
-      ins = [read(a) for a in eqn.invars]
-      if prim is state_primitives.get_p:
-        outs = [ins[0][...]]
-      elif prim is state_primitives.swap_p:
-        ins[0][...] = ins[1]
-        outs = [None]
-      elif prim is lax.broadcast_in_dim_p:
-        shape = tuple(eqn.params["shape"])
-        if shape and shape[0] == old_rows:
-          shape = (rows, *shape[1:])
-        outs = [lax.broadcast_in_dim(ins[0], shape,
-                                     eqn.params["broadcast_dimensions"])]
-      elif _call_jaxpr(eqn) is not None:
-        inner = _call_jaxpr(eqn)
-        outs = _eval_rows(inner.jaxpr, inner.consts, ins, old_rows, rows)
-      else:
-        out = prim.bind(*ins, **eqn.params)
-        outs = out if prim.multiple_results else [out]
-    for v, x in zip(eqn.outvars, outs):
-      if not isinstance(v, jax_core.DropVar):
-        env[v] = x
-  return [read(v) for v in jaxpr.outvars]
 
 
 def retrace_blocks(jaxpr: jax_core.Jaxpr, split: Sequence[bool],
@@ -449,6 +413,8 @@ def retrace_blocks(jaxpr: jax_core.Jaxpr, split: Sequence[bool],
 
 
 def _eval_blocks(jaxpr: jax_core.Jaxpr, consts, args, resize) -> list:
+  """Evaluates ``jaxpr`` on refs of new block shapes: ``resize`` maps the
+  shape of every (non-scalar) ``broadcast_in_dim`` to the new blocks'."""
   env: dict = {}
 
   def read(a):

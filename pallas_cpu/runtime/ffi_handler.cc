@@ -277,6 +277,19 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     ReportRaces(kernel_name, races);
   }
   error = launch->FirstError();
+  // Independent chunks of a grid run side by side: the call's error is the
+  // first in grid order -- that of the earliest chunk that failed (each
+  // keeps its own first), not whichever failed first in time.  Coupled
+  // actors (cores of a mesh, devices) keep the first in time: later
+  // failures are usually its consequences.
+  if (!launch->coupled()) {
+    for (auto& ctx : contexts) {
+      if (ctx.failed.load(std::memory_order_acquire)) {
+        error = ctx.message;
+        break;
+      }
+    }
+  }
   if (devices) LeaveLaunch(run_id.run_id, kernel_id, launch);
   if (!error.empty()) {
     return ffi::Error::InvalidArgument("pallas_cpu kernel '" +

@@ -2,6 +2,7 @@
 interpreter and compare."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import tempfile
@@ -26,6 +27,28 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 import pallas_cpu  # noqa: E402
 from pallas_cpu import testing  # noqa: E402
+
+
+@contextlib.contextmanager
+def kernel_specs(transform=None):
+  """The KernelSpecs that pallas_call's CPU lowering rule builds while the
+  block runs (``registration.kernel_spec``), each passed through
+  ``transform`` first if given (a test's way to switch a plan off)."""
+  from pallas_cpu import registration
+  seen = []
+  original = registration.kernel_spec
+
+  def spy(*args, **kwargs):
+    spec = original(*args, **kwargs)
+    if transform is not None:
+      spec = transform(spec)
+    seen.append(spec)
+    return spec
+  registration.kernel_spec = spy
+  try:
+    yield seen
+  finally:
+    registration.kernel_spec = original
 
 
 def call(kernel, out_shape, *args, backend="cpu", **kwargs):

@@ -20,8 +20,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
-from pallas_cpu import registration
-from conftest import assert_same
+from conftest import assert_same, kernel_specs
 
 
 @contextlib.contextmanager
@@ -37,20 +36,7 @@ def _coalescing(on: bool):
       os.environ["PALLAS_CPU_COALESCE"] = old
 
 
-@contextlib.contextmanager
-def _specs():
-  seen = []
-  original = registration.kernel_spec
-
-  def spy(*args, **kwargs):
-    spec = original(*args, **kwargs)
-    seen.append(spec)
-    return spec
-  registration.kernel_spec = spy
-  try:
-    yield seen
-  finally:
-    registration.kernel_spec = original
+_specs = kernel_specs
 
 
 def _run(kernel, out_shape, args, *, exact=True, params=None, wrap=None,

@@ -7,7 +7,6 @@ state, outputs outside VMEM blocks -- and small kernels stay on one
 thread."""
 from __future__ import annotations
 
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -17,24 +16,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
-from pallas_cpu import registration
-from conftest import assert_same
+from conftest import assert_same, kernel_specs
 
 
-@contextlib.contextmanager
-def _specs():
-  seen = []
-  original = registration.kernel_spec
-
-  def spy(*args, **kwargs):
-    spec = original(*args, **kwargs)
-    seen.append(spec)
-    return spec
-  registration.kernel_spec = spy
-  try:
-    yield seen
-  finally:
-    registration.kernel_spec = original
+_specs = kernel_specs
 
 
 def _run(kernel, out_shape, args, **kwargs):

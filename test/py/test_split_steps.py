@@ -7,7 +7,6 @@ not be split (reductions across rows, scratch, program ids, conditionals,
 partial windows, per-row vectors that are not blocks), not to apply."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import jax
@@ -18,28 +17,14 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
-from pallas_cpu import registration
-from conftest import assert_same
+from conftest import assert_same, kernel_specs
 
 
-@contextlib.contextmanager
 def _specs(split: bool = True):
-  """The KernelSpecs built while the block runs (by pallas_call's CPU
-  lowering rule); with ``split=False``, none gets a row split."""
-  seen = []
-  original = registration.kernel_spec
-
-  def spy(*args, **kwargs):
-    spec = original(*args, **kwargs)
-    if not split:
-      spec = dataclasses.replace(spec, row_split=None)
-    seen.append(spec)
-    return spec
-  registration.kernel_spec = spy
-  try:
-    yield seen
-  finally:
-    registration.kernel_spec = original
+  """The KernelSpecs built while the block runs; with ``split=False``,
+  none gets a row split."""
+  return kernel_specs(None if split else (
+      lambda spec: dataclasses.replace(spec, row_split=None)))
 
 
 def _run(kernel, out_shape, args, *, num_threads=None, exact=True,
