@@ -337,8 +337,18 @@ def test_remote_write_into_a_buffer_its_owner_reads(ordered):
 
   x = _rows(n)
   pallas_cpu.reset_races()
-  got = _compiled(_sharded(body, mesh), x, detect_races=True)
-  np.testing.assert_array_equal(got, np.asarray(x) * 2)
+  got = np.asarray(_compiled(_sharded(body, mesh), x, detect_races=True))
+  own = np.asarray(x) * 2
+  if ordered:
+    np.testing.assert_array_equal(got, own)
+  else:
+    # The race is real: a device's read of `buf` may come after (or during)
+    # its left neighbour's copy, so each element is its own x*2 or the left
+    # neighbour's (a CI run read device 0's rows on device 1).
+    left = np.roll(own.reshape(n, -1, own.shape[-1]), 1, axis=0)
+    for d, (g, a, b) in enumerate(zip(got.reshape(left.shape),
+                                      own.reshape(left.shape), left)):
+      assert ((g == a) | (g == b)).all(), f"device {d}: {g[0, :4]}"
   assert pallas_cpu.races_found() == (not ordered)
   if not ordered:
     sides = " | ".join(r.earlier + " | " + r.later
