@@ -350,6 +350,9 @@ class CompiledKernel:
   entry_address: int
   library: object     # the dlopen'ed shared object: keeps the code alive
   from_disk: bool     # loaded from the persistent cache, nothing compiled
+  # The -O3 code of a kernel built for tier-up (its tiered_ir's build): no
+  # faster build to ask for.
+  tiered: bool = False
 
 
 _cache: dict[str, CompiledKernel] = {}
@@ -437,6 +440,10 @@ def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
   if files.overrides:
     warnings.warn(f"pallas_cpu: kernel {fp} is built from replaced stages: "
                   + ", ".join(sorted(files.overrides.values())), stacklevel=2)
+  if entry is not None:
+    tiered = _tiered_from_disk(kernel_ir, k)
+    if tiered is not None:
+      return dataclasses.replace(tiered, fingerprint=fp)
   with mlir_context.kernel_context():
     module = ir.Module.parse(kernel_ir)
     name, opt_level = _kernel_attributes(module)
@@ -454,6 +461,62 @@ def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
   # is left behind (with the disk cache off too).
   shutil.rmtree(work, ignore_errors=True)
   return CompiledKernel(fp, name, address, library, from_disk=False)
+
+
+_TIER_UP = re.compile(r",\s*" + re.escape(abi.TIER_UP_ATTR) + r" = \d+ : i64")
+_OPT_LEVEL = re.compile(re.escape(OPT_LEVEL_ATTR) + r" = \d+ : i32")
+
+
+def tiered_ir(kernel_ir: str) -> str | None:
+  """The kernel's IR at -O3 without its tier-up attribute, for a kernel the
+  cost model built small (lowering/cost.py); None for any other.  Only the
+  module's attribute line changes."""
+  head_end = kernel_ir.find("func.func")
+  head, body = kernel_ir[:head_end], kernel_ir[head_end:]
+  if not _TIER_UP.search(head):
+    return None
+  head = _TIER_UP.sub("", head, count=1)
+  head = _OPT_LEVEL.sub(f"{OPT_LEVEL_ATTR} = 3 : i32", head, count=1)
+  return head + body
+
+
+def compile_tiered(kernel_ir: str) -> CompiledKernel | None:
+  """The -O3 build of a kernel the runtime asks to tier up (on the
+  background thread); None when there is none to make: no tier-up
+  attribute, the kernel already runs its -O3 code, or stages are replaced
+  (PALLAS_CPU_OVERRIDE_DIR: the replacement is the code asked for)."""
+  k = knobs.read()
+  tiered = tiered_ir(kernel_ir)
+  if tiered is None or k.override_dir:
+    return None
+  with _cache_lock:
+    hit = _cache.get(fingerprint(kernel_ir))
+  if hit is not None and hit.tiered:
+    return None
+  compiled = dataclasses.replace(compile_kernel(tiered, k), tiered=True)
+  with _cache_lock:
+    _cache[compiled.fingerprint] = compiled
+    # Whoever asks for this kernel again (a re-trace, another jit) gets the
+    # -O3 code: registering the -O0 code again would undo the tier-up.
+    _cache[fingerprint(kernel_ir)] = dataclasses.replace(
+        compiled, fingerprint=fingerprint(kernel_ir))
+  return compiled
+
+
+def _tiered_from_disk(kernel_ir: str, k: knobs.Knobs) -> CompiledKernel | None:
+  """A tier-up kernel whose -O3 build an earlier process stored: that
+  code at once (the same results, no -O0 phase)."""
+  tiered = tiered_ir(kernel_ir)
+  if tiered is None or k.cache_dir is None:
+    return None
+  fp = fingerprint(tiered)
+  path = disk_cache.entry_path(k.cache_dir, fp)
+  loaded = disk_cache.load(path) if path is not None else None
+  if loaded is None:
+    return None
+  library, address = loaded
+  return CompiledKernel(fp, _kernel_name(kernel_ir), address, library,
+                        from_disk=True, tiered=True)
 
 
 def _kernel_name(kernel_ir: str) -> str:
@@ -494,11 +557,13 @@ def cache_size() -> int:
 @dataclasses.dataclass(frozen=True)
 class CacheEntry:
   """A kernel this process holds: its fingerprint (the kernel id the HLO
-  carries), its name, and whether it came from the disk cache (nothing
-  compiled)."""
+  carries), its name, whether it came from the disk cache (nothing
+  compiled) and whether it is the -O3 code a small kernel tiered up to
+  (lowering/cost.py)."""
   fingerprint: str
   name: str
   from_disk: bool
+  tiered: bool = False  # the -O3 code of a kernel that tiered up
 
 
 def cache_entries() -> tuple[CacheEntry, ...]:
@@ -514,5 +579,5 @@ def cache_entries() -> tuple[CacheEntry, ...]:
     compiled_now = [e.name for e in new if not e.from_disk]
   """
   with _cache_lock:
-    return tuple(CacheEntry(k.fingerprint, k.name, k.from_disk)
+    return tuple(CacheEntry(k.fingerprint, k.name, k.from_disk, k.tiered)
                  for k in _cache.values())

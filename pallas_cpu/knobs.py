@@ -60,6 +60,12 @@ class Knobs:
   walks its last dimension, lowering/coalesce.py -- the same results in
   fewer, wider steps)."""
 
+  tier_up_ms: float | None
+  """PALLAS_CPU_TIER_UP_MS=t: a kernel the cost model built at -O0 (small
+  work per call) gets its -O3 build, compiled in the background, once its
+  calls have taken t ms in all (default 10; "off": never).  Results are the
+  same bits at every level (lowering/cost.py)."""
+
   tpu_checks: str
   """PALLAS_CPU_TPU_CHECKS=error|warn|off: what a kernel Mosaic would not
   compile for the targeted TPU generation is (default "warn": one
@@ -80,6 +86,7 @@ def read() -> Knobs:
       cache_dir=_cache_dir(),
       coalesce=os.environ.get("PALLAS_CPU_COALESCE", "1").strip().lower()
       not in ("0", "false", "no", "off"),
+      tier_up_ms=_tier_up_ms(),
       tpu_checks=_choice("PALLAS_CPU_TPU_CHECKS", ("error", "warn", "off"),
                          "warn"),
   )
@@ -90,6 +97,25 @@ def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
   return value
+
+
+def _tier_up_ms() -> float | None:
+  value = os.environ.get("PALLAS_CPU_TIER_UP_MS", "").strip().lower()
+  if value in ("off", "none", "never"):
+    return None
+  if not value:
+    return DEFAULT_TIER_UP_MS
+  ms = float(value)
+  if ms < 0:
+    raise ValueError(f"PALLAS_CPU_TIER_UP_MS must be >= 0 or 'off', got "
+                     f"{value!r}")
+  return ms
+
+
+# Ski rental: about half what the -O3 build of a small kernel costs (CPU
+# time, on another thread): a kernel that ran this long at -O0 is likely to
+# run as long again.
+DEFAULT_TIER_UP_MS = 10.0
 
 
 def _cache_dir() -> str | None:

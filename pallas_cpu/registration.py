@@ -8,18 +8,16 @@ goes to JAX's own rule, unchanged.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
-import os
-import threading
 
 import numpy as np
 
 from jax._src.interpreters import mlir
 from jax._src.pallas import pallas_call as pallas_call_mod
 
-from pallas_cpu import abi, compiler, knobs, mlir_context, runtime_lib
+from pallas_cpu import (abi, background, compiler, knobs, mlir_context,
+                        runtime_lib)
 from pallas_cpu.lowering import coalesce, cost
 from pallas_cpu.lowering import grid as grid_lowering
 from pallas_cpu.lowering import kernel as kernel_lowering
@@ -37,8 +35,10 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
   if knobs.read().detect_races and not cpu.detect_races:
     cpu = dataclasses.replace(cpu, detect_races=True)
   opt = cpu.opt_level if cpu.opt_level is not None else knobs.read().opt_level
+  tier_up = None
   if opt is None:  # nobody chose: by the kernel's work (lowering/cost.py)
     opt = cost.default_opt_level(jaxpr, tuple(params["grid_mapping"].grid))
+    tier_up = cost.tier_up_after_us(jaxpr, opt, knobs.read().tier_up_ms)
   gm = params["grid_mapping"]
   # A position-wise kernel runs on blocks that span the grid dimension
   # walking its last dimension (lowering/coalesce.py): fewer steps, rows
@@ -75,7 +75,8 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
       grid_mapping=gm, in_avals=tuple(in_avals),
       out_avals=tuple(out_avals),
       input_output_aliases=tuple(params["input_output_aliases"]),
-      params=cpu, opt_level=opt, parallel_dim=parallel_dim,
+      params=cpu, opt_level=opt, tier_up_after_us=tier_up,
+      parallel_dim=parallel_dim,
       row_split=row_split,
       permuted_dims=_permuted_dims(gm, cpu, params),
       coalesced=None if wide is None else (wide.dim, wide.steps),
@@ -245,26 +246,6 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
                   round(spec.params.device_timeout_s * 1000)))
 
 
-class _Compiles:
-  """The thread that builds kernels while JAX goes on (XLA compiles the
-  HLO around the custom call, which needs only the kernel's id); one per
-  process (a forked child starts its own)."""
-
-  def __init__(self):
-    self._executor = None
-    self._pid = None
-    self._lock = threading.Lock()
-
-  def submit(self, fn) -> None:
-    with self._lock:
-      if self._executor is None or self._pid != os.getpid():
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="pallas_cpu-compile")
-        self._pid = os.getpid()
-      self._executor.submit(fn)
-
-
-_compiles = _Compiles()
 
 
 def compile_in_background(text: str, first=None) -> str:
@@ -293,7 +274,7 @@ def compile_in_background(text: str, first=None) -> str:
       return
     runtime_lib.register_kernel(kernel_id, compiled.entry_address)
 
-  _compiles.submit(build)
+  background.submit(build)
   return kernel_id
 
 

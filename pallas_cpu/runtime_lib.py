@@ -5,16 +5,19 @@ import ctypes
 import functools
 import json
 import traceback
+import warnings
 
 import ml_dtypes  # noqa: F401  (bfloat16 & co. as numpy dtypes)
 import numpy as np
 
 import jax
 
-from pallas_cpu import compiler, races
+from pallas_cpu import background, compiler, races
 from pallas_cpu.abi import FFI_TARGET
 
 _COMPILE_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t,
+                               ctypes.c_void_p, ctypes.c_size_t)
+_TIER_UP_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t,
                                ctypes.c_void_p, ctypes.c_size_t)
 _PRINT_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t,
                              ctypes.c_int64, ctypes.POINTER(ctypes.c_int64),
@@ -29,6 +32,7 @@ def library() -> ctypes.CDLL:
   lib.pallas_cpu_rt_register_kernel.argtypes = [ctypes.c_char_p, ctypes.c_uint64]
   lib.pallas_cpu_rt_num_registered_kernels.restype = ctypes.c_int64
   lib.pallas_cpu_rt_set_compiler.argtypes = [_COMPILE_FN]
+  lib.pallas_cpu_rt_set_tier_up.argtypes = [_TIER_UP_FN]
   lib.pallas_cpu_rt_set_printer.argtypes = [_PRINT_FN]
   lib.pallas_cpu_rt_set_warner.argtypes = [_WARN_FN]
   lib.pallas_cpu_rt_set_tpu_warner.argtypes = [_WARN_FN]
@@ -48,6 +52,7 @@ def ensure_registered() -> None:
   jax.ffi.register_ffi_target(
       FFI_TARGET, jax.ffi.pycapsule(lib.PallasCpuCall), platform="cpu")
   lib.pallas_cpu_rt_set_compiler(_compile_hook)
+  lib.pallas_cpu_rt_set_tier_up(_tier_up_hook)
   lib.pallas_cpu_rt_set_printer(_print_hook)
   lib.pallas_cpu_rt_set_warner(_warn_hook)
   lib.pallas_cpu_rt_set_tpu_warner(_tpu_warn_hook)
@@ -74,6 +79,31 @@ def _compile_from_runtime(ir_ptr, ir_len, err, err_len) -> int:
 
 
 _compile_hook = _COMPILE_FN(_compile_from_runtime)  # kept alive for C++
+
+
+def _tier_up_from_runtime(id_ptr, id_len, ir_ptr, ir_len) -> None:
+  """Called by the runtime (once per kernel, on the thread that ran it)
+  when a kernel built at -O0 for its size has run long enough: its -O3
+  build is made on the background thread and registered under the same
+  id, and later calls run it (lowering/cost.py)."""
+  kernel_id = ctypes.string_at(id_ptr, id_len).decode()
+  kernel_ir = ctypes.string_at(ir_ptr, ir_len).decode()
+
+  def build():
+    try:
+      compiled = compiler.compile_tiered(kernel_ir)
+    except Exception as e:  # noqa: BLE001 - the -O0 code goes on running
+      warnings.warn(f"pallas_cpu: the -O3 build of kernel {kernel_id} "
+                    f"failed; it keeps its -O0 code: {type(e).__name__}: "
+                    f"{e}", RuntimeWarning)
+      return
+    if compiled is not None:
+      register_kernel(kernel_id, compiled.entry_address)
+
+  background.submit(build)
+
+
+_tier_up_hook = _TIER_UP_FN(_tier_up_from_runtime)  # kept alive for C++
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,13 +2,18 @@
 demo, a fused transcendental chain, partial edge blocks, and the memory-
 bandwidth cases of issue #16: one whole-array step and grids without a
 parallel dimension (their blocks run in row bands on threads, grid.RowSplit),
-2-D tiles against row tiles of the same size."""
+2-D tiles against row tiles of the same size; a small kernel's tier-up from
+-O0 to -O3."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from benchmarks.cases.common import blocked_elementwise
-from benchmarks.registry import register
+import pallas_cpu
+from pallas_cpu import background, compiler
+
+from benchmarks.cases.common import blocked_elementwise, random_inputs
+from benchmarks.registry import XLA, Case, register
 
 
 def _add(x, y):
@@ -94,3 +99,50 @@ register(blocked_elementwise(
     variant_ratios={"tiles/rows": ("tiles", "rows")},
     targets={"tiles/rows": ("<=", 1.1), "cpu/xla": ("<=", 1.1)},
     rtol=1e-6, atol=1e-6, quick=False))
+
+
+def _small(name: str, **params):
+  """x*2+y over one f32 (256, 256) block: 65k elements, built at -O0 by the
+  cost model (lowering/cost.py) unless ``params`` choose a level."""
+  def kernel(x_ref, y_ref, o_ref):
+    o_ref[...] = x_ref[...] * 2.0 + y_ref[...]
+
+  kernel.__name__ = name
+  return pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((256, 256), jnp.float32),
+      compiler_params=pallas_cpu.CompilerParams(**params))
+
+
+def _tiered_up():
+  """The same kernel, called until it tiered up (PALLAS_CPU_TIER_UP_MS of
+  -O0 calls, then its -O3 build on the background thread)."""
+  f = jax.jit(_small("small_block_hot"))
+  args = random_inputs((256, 256), 2)
+  for _ in range(1000):
+    jax.block_until_ready(f(*args))
+    if any(e.tiered and e.name == "small_block_hot"
+           for e in compiler.cache_entries()):
+      break
+    if _ == 500:
+      background.wait()
+  return f
+
+
+register(Case(
+    name="small_block_tier_up_256",
+    description="o = x*2+y, f32 256x256 as one block (65k elements: built "
+                "at -O0 for a fast first call); the pallas_cpu cell is the "
+                "default build, variants 'o0' (CompilerParams(opt_level=0): "
+                "never tiers up) and 'tiered' (called until its -O3 build, "
+                "made in the background, replaced it)",
+    make_inputs=lambda: random_inputs((256, 256), 2),
+    build=lambda backend: _small("small_block_hot")
+    if backend == "cpu" else blocked_elementwise(
+        "small_block_hot", "", _scaled_add, _scaled_add, 2, (256, 256),
+        (256, 256), semantics=None).build(backend),
+    reference=_scaled_add, grid_steps=1,
+    variants={"o0": lambda: _small("small_block_o0", opt_level=0),
+              "tiered": _tiered_up},
+    variant_ratios={"tiered/xla": ("tiered", XLA), "o0/tiered": ("o0",
+                                                                 "tiered")},
+    targets={"tiered/xla": ("<=", 1.1)}, rtol=1e-6, atol=1e-6))

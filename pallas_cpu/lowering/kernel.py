@@ -41,6 +41,10 @@ class KernelSpec:
   input_output_aliases: tuple
   params: CompilerParams
   opt_level: int
+  # Microseconds of calls after which the runtime asks for the kernel's -O3
+  # build (a kernel the cost model built at -O0; runtime/kernel_registry.h);
+  # None: the level is final.
+  tier_up_after_us: int | None = None
   parallel_dim: int | None = None  # grid dimension split across threads
   # Without one: the blocks' row bands run by threads (grid.RowSplit);
   # with one, maybe each step's bands in turn (RowSplit.threaded False).
@@ -122,6 +126,9 @@ def lower_kernel(spec: KernelSpec) -> ir.Module:
   attrs[abi.KERNEL_NAME_ATTR] = ir.StringAttr.get(spec.name)
   attrs[abi.OPT_LEVEL_ATTR] = ir.IntegerAttr.get(
       ir.IntegerType.get_signless(32), spec.opt_level)
+  if spec.tier_up_after_us is not None:
+    attrs[abi.TIER_UP_ATTR] = ir.IntegerAttr.get(
+        ir.IntegerType.get_signless(64), spec.tier_up_after_us)
   block = entry.add_entry_block()
   with ir.InsertionPoint(block):
     # Allocations go above the anchor; then the entry checks they all

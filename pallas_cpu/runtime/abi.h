@@ -43,6 +43,14 @@ typedef uint64_t (*PallasCpuCompileFn)(const char* kernel_ir, size_t ir_len,
 
 PALLAS_CPU_EXPORT void pallas_cpu_rt_set_compiler(PallasCpuCompileFn fn);
 
+// Called (once per kernel, from the thread that ran it) when a kernel built
+// at a low optimisation level has run long enough to be worth its -O3
+// build: Python starts that build in the background and registers it under
+// `kernel_id` (pallas_cpu_rt_register_kernel) when it is ready.
+typedef void (*PallasCpuTierUpFn)(const char* kernel_id, size_t id_len,
+                                  const char* kernel_ir, size_t ir_len);
+PALLAS_CPU_EXPORT void pallas_cpu_rt_set_tier_up(PallasCpuTierUpFn fn);
+
 // Formats and prints one pl.debug_print record (Python's formatting, the same
 // as interpret mode's): `table` is the kernel's print table (JSON, FFI
 // attribute `debug_prints`), `values` the raw bits of the printed scalars.

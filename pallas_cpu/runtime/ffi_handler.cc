@@ -7,8 +7,10 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -81,6 +83,24 @@ class DescriptorTable {
   std::vector<Region> regions_;
 };
 
+// Times one call of a kernel that counts its calls for tier-up.
+class CallTimer {
+ public:
+  CallTimer(KernelEntry* kernel, std::string_view id, std::string_view ir)
+      : kernel_(kernel), id_(id), ir_(ir),
+        start_(std::chrono::steady_clock::now()) {}
+  ~CallTimer() {
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                  std::chrono::steady_clock::now() - start_).count();
+    RecordCall(kernel_, id_, ir_, ns);
+  }
+
+ private:
+  KernelEntry* kernel_;
+  std::string_view id_, ir_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
                          ffi::RemainingRets rets,
                          std::string_view kernel_id,
@@ -98,8 +118,13 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
                          ffi::Span<const int64_t> shared_buffers,
                          int64_t detect_races, int64_t race_cores) {
   std::string error;
-  PallasCpuEntryFn entry = LookupOrCompile(kernel_id, kernel_ir, &error);
-  if (entry == nullptr) return ffi::Error::Internal(error);
+  KernelEntry* kernel = LookupOrCompile(kernel_id, kernel_ir, &error);
+  if (kernel == nullptr) return ffi::Error::Internal(error);
+  const PallasCpuEntryFn entry = kernel->fn.load(std::memory_order_acquire);
+  // A kernel built at -O0 for its size times its calls, until they are
+  // worth its -O3 build (kernel_registry.h).
+  std::optional<CallTimer> timer;
+  if (CountsCalls(kernel, kernel_ir)) timer.emplace(kernel, kernel_id, kernel_ir);
 
   // A kernel inside shard_map over several devices gets its logical device
   // id (computed by XLA from the mesh coordinates) as a last operand; one

@@ -1,6 +1,7 @@
 #include "kernel_registry.h"
 
 #include <atomic>
+#include <memory>
 #include <cstdio>
 #include <mutex>
 #include <shared_mutex>
@@ -12,8 +13,9 @@ namespace {
 
 struct Registry {
   std::shared_mutex mu;
-  std::unordered_map<std::string, PallasCpuEntryFn> entries;
+  std::unordered_map<std::string, std::unique_ptr<KernelEntry>> entries;
   std::atomic<PallasCpuCompileFn> compiler{nullptr};
+  std::atomic<PallasCpuTierUpFn> tier_up{nullptr};
   std::atomic<PallasCpuPrintFn> printer{nullptr};
   std::atomic<PallasCpuWarnFn> warner{nullptr};
   std::atomic<PallasCpuWarnFn> tpu_warner{nullptr};
@@ -27,23 +29,51 @@ Registry& GetRegistry() {
   return *registry;
 }
 
-PallasCpuEntryFn Find(Registry& r, const std::string& key) {
+KernelEntry* Find(Registry& r, const std::string& key) {
   std::shared_lock<std::shared_mutex> lock(r.mu);
   auto it = r.entries.find(key);
-  return it == r.entries.end() ? nullptr : it->second;
+  return it == r.entries.end() ? nullptr : it->second.get();
+}
+
+// Stores `fn` as the code of `key` (a new entry, or the faster build of a
+// known one); returns the entry.
+KernelEntry* Store(Registry& r, const std::string& key, PallasCpuEntryFn fn) {
+  std::unique_lock<std::shared_mutex> lock(r.mu);
+  std::unique_ptr<KernelEntry>& slot = r.entries[key];
+  if (slot == nullptr) slot = std::make_unique<KernelEntry>();
+  slot->fn.store(fn, std::memory_order_release);
+  return slot.get();
+}
+
+// The kernel's tier-up budget in nanoseconds (its module attribute
+// `pallas_cpu.tier_up_after_us`), or -1 when it has none.
+int64_t TierUpBudgetNs(std::string_view kernel_ir) {
+  static constexpr std::string_view kAttr = "pallas_cpu.tier_up_after_us = ";
+  // A module attribute: in the module's first line, before any function.
+  std::string_view head = kernel_ir.substr(0, kernel_ir.find("func.func"));
+  size_t at = head.find(kAttr);
+  if (at == std::string_view::npos) return -1;
+  int64_t us = 0;
+  bool digits = false;
+  for (size_t i = at + kAttr.size(); i < head.size(); ++i) {
+    char c = head[i];
+    if (c < '0' || c > '9') break;
+    us = us * 10 + (c - '0');
+    digits = true;
+  }
+  return digits ? us * 1000 : -1;
 }
 
 }  // namespace
 
-PallasCpuEntryFn LookupOrCompile(std::string_view kernel_id,
-                                 std::string_view kernel_ir,
-                                 std::string* error) {
+KernelEntry* LookupOrCompile(std::string_view kernel_id,
+                             std::string_view kernel_ir, std::string* error) {
   Registry& r = GetRegistry();
   std::string key(kernel_id);
-  if (PallasCpuEntryFn fn = Find(r, key)) return fn;
+  if (KernelEntry* e = Find(r, key)) return e;
 
   std::lock_guard<std::mutex> compile_lock(r.compile_mu);
-  if (PallasCpuEntryFn fn = Find(r, key)) return fn;
+  if (KernelEntry* e = Find(r, key)) return e;
   PallasCpuCompileFn compiler = r.compiler.load();
   if (compiler == nullptr) {
     *error = "pallas_cpu: kernel " + key +
@@ -59,12 +89,34 @@ PallasCpuEntryFn LookupOrCompile(std::string_view kernel_id,
              " failed: " + err.data();
     return nullptr;
   }
-  auto fn = reinterpret_cast<PallasCpuEntryFn>(addr);
-  {
-    std::unique_lock<std::shared_mutex> lock(r.mu);
-    r.entries[key] = fn;
+  // The hook may have registered the kernel (and its faster build) itself.
+  if (KernelEntry* e = Find(r, key)) return e;
+  return Store(r, key, reinterpret_cast<PallasCpuEntryFn>(addr));
+}
+
+bool CountsCalls(KernelEntry* entry, std::string_view kernel_ir) {
+  int state = entry->tier_state.load(std::memory_order_acquire);
+  if (state == 0) {
+    int64_t budget = TierUpBudgetNs(kernel_ir);
+    entry->tier_up_after_ns.store(budget, std::memory_order_relaxed);
+    int expected = 0;
+    entry->tier_state.compare_exchange_strong(expected, budget < 0 ? 2 : 1,
+                                              std::memory_order_acq_rel);
+    state = entry->tier_state.load(std::memory_order_acquire);
   }
-  return fn;
+  return state == 1;
+}
+
+void RecordCall(KernelEntry* entry, std::string_view kernel_id,
+                std::string_view kernel_ir, int64_t elapsed_ns) {
+  int64_t spent = entry->spent_ns.fetch_add(elapsed_ns) + elapsed_ns;
+  if (spent < entry->tier_up_after_ns.load(std::memory_order_relaxed)) return;
+  int expected = 1;
+  if (!entry->tier_state.compare_exchange_strong(expected, 2)) return;
+  if (PallasCpuTierUpFn hook = GetRegistry().tier_up.load()) {
+    hook(kernel_id.data(), kernel_id.size(), kernel_ir.data(),
+         kernel_ir.size());
+  }
 }
 
 void PrintRecords(std::string_view table,
@@ -154,11 +206,14 @@ extern "C" void pallas_cpu_rt_set_compiler(PallasCpuCompileFn fn) {
   pallas_cpu::GetRegistry().compiler.store(fn);
 }
 
+extern "C" void pallas_cpu_rt_set_tier_up(PallasCpuTierUpFn fn) {
+  pallas_cpu::GetRegistry().tier_up.store(fn);
+}
+
 extern "C" void pallas_cpu_rt_register_kernel(const char* kernel_id,
                                               uint64_t entry) {
-  auto& r = pallas_cpu::GetRegistry();
-  std::unique_lock<std::shared_mutex> lock(r.mu);
-  r.entries[kernel_id] = reinterpret_cast<PallasCpuEntryFn>(entry);
+  pallas_cpu::Store(pallas_cpu::GetRegistry(), kernel_id,
+                    reinterpret_cast<PallasCpuEntryFn>(entry));
 }
 
 extern "C" int64_t pallas_cpu_rt_num_registered_kernels(void) {

@@ -13,6 +13,8 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# As in test/py/conftest.py: no kernels built at moments no test chooses.
+os.environ.setdefault("PALLAS_CPU_TIER_UP_MS", "off")
 
 import faulthandler  # noqa: E402
 import sys  # noqa: E402

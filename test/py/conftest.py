@@ -11,6 +11,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Kernels built by the tests go to a cache of their own, not the user's.
 os.environ.setdefault("PALLAS_CPU_CACHE_DIR",
                       tempfile.mkdtemp(prefix="pallas_cpu-test-cache-"))
+# Tier-up builds (a small kernel's -O3 code, made in the background once
+# its calls took 10 ms) would add kernels to the caches at moments no test
+# chooses, and tests count them: off, but in test_tier_up.py.
+os.environ.setdefault("PALLAS_CPU_TIER_UP_MS", "off")
 
 import hypothesis  # noqa: E402
 import jax  # noqa: E402

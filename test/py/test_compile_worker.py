@@ -106,8 +106,8 @@ def test_kernels_built_on_xla_threads_by_the_compile_hook(no_disk_cache,
   """With no background build, the first execution asks the runtime's
   compile hook, on an XLA thread Python did not start: the build runs
   there (its MLIR context must not outlive the call: it crashed once)."""
-  from pallas_cpu import registration
-  monkeypatch.setattr(registration._compiles, "submit", lambda fn: None)
+  from pallas_cpu import background
+  monkeypatch.setattr(background, "submit", lambda fn: None)
   for c in (6.5, 7.5, 8.5):
     f, x, want = _fresh_kernel(c)
     np.testing.assert_allclose(jax.block_until_ready(f(x)), want, rtol=2e-6,
