@@ -29,6 +29,14 @@ SKIPPED = "skipped (> budget)"
 COMPILE_TARGET_S = 0.5        # median compile time (first call) target
 SLOW_CELL_S = 1.0             # interpreter cells slower than this per call
                               # are timed over --slow-repeats calls
+# Fast cells (compiled, XLA, variants) of a case whose slowest fast cell
+# takes under FAST_CELL_S per call get more rounds than --repeats: as many
+# as fit in FAST_TIME_S for that cell, at most MAX_FAST_ROUNDS.  A 1 ms
+# memory-bound kernel's minimum over 5 calls moves by +-10% between runs on
+# a shared machine; over ~100 it settles.
+FAST_CELL_S = 0.02
+FAST_TIME_S = 0.25
+MAX_FAST_ROUNDS = 100
 
 
 def label(key: str) -> str:

@@ -37,7 +37,8 @@ from jax.experimental import pallas as pl
 import pallas_cpu
 from pallas_cpu import compiler, testing
 
-from benchmarks.registry import (ALL_BACKENDS, INTERPRETERS,
+from benchmarks.registry import (ALL_BACKENDS, FAST_CELL_S, FAST_TIME_S,
+                                 INTERPRETERS, MAX_FAST_ROUNDS,
                                  PALLAS_BACKENDS, RATIOS, SKIPPED,
                                  SLOW_CELL_S, XLA, Case, label)
 
@@ -268,7 +269,9 @@ def _time_interleaved(fns: dict, args: tuple, res: dict, repeats: int,
                       slow_repeats: int) -> None:
   """2. Timing: the fast cells (compiled, XLA, the variants) interleaved
   among themselves, then the interpreters' cells interleaved; the order
-  rotates every repeat.  Slow interpreter cells (first call > SLOW_CELL_S)
+  rotates every repeat.  Fast cells of about a millisecond get up to
+  MAX_FAST_ROUNDS rounds (registry.FAST_CELL_S: their minimum over a few
+  calls is noise).  Slow interpreter cells (first call > SLOW_CELL_S)
   take part in only the first slow_repeats rounds: they are far from any
   bound, and it keeps the full run near ten minutes.
 
@@ -290,8 +293,9 @@ def _time_interleaved(fns: dict, args: tuple, res: dict, repeats: int,
       if n_rep[b] < repeats:
         res["reduced_repeats"][b] = n_rep[b]
   samples: dict[str, list[float]] = {b: [] for b in fast + slow}
-  for group, warm in ((fast, True), (slow, False)):
-    for r in range(repeats):
+
+  def rounds(group, warm, first, last):
+    for r in range(first, last):
       k = r % len(group) if group else 0
       for b in group[k:] + group[:k]:
         if r < n_rep[b]:
@@ -299,6 +303,16 @@ def _time_interleaved(fns: dict, args: tuple, res: dict, repeats: int,
             jax.block_until_ready(fns[b](*args))
           t, _ = _timed_call(fns[b], args)
           samples[b].append(t * 1e3)
+
+  rounds(fast, True, 0, repeats)
+  if fast:
+    slowest = max(min(samples[b]) for b in fast) / 1e3
+    if slowest < FAST_CELL_S:
+      more = min(MAX_FAST_ROUNDS, max(repeats, int(FAST_TIME_S / slowest)))
+      for b in fast:
+        n_rep[b] = more
+      rounds(fast, True, repeats, more)
+  rounds(slow, False, 0, repeats)
   order = [b for b in ALL_BACKENDS if b in fns] + [
       v for v in fns if v not in ALL_BACKENDS]
   for b in order:
