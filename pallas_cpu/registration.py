@@ -38,7 +38,7 @@ def kernel_spec(params, in_avals, out_avals, backend: CpuBackend,
   tier_up = None
   if opt is None:  # nobody chose: by the kernel's work (lowering/cost.py)
     opt = cost.default_opt_level(jaxpr, tuple(params["grid_mapping"].grid))
-    tier_up = cost.tier_up_after_us(jaxpr, opt, knobs.read().tier_up_ms)
+    tier_up = cost.tier_up_after_us(opt, knobs.read().tier_up_ms)
   gm = params["grid_mapping"]
   # A position-wise kernel runs on blocks that span the grid dimension
   # walking its last dimension (lowering/coalesce.py): fewer steps, rows

@@ -12,14 +12,12 @@ does not bound (a while loop, a dynamic trip count), is built at -O3; a
 small kernel that is called again and again tiers up to -O3 once its calls
 have taken PALLAS_CPU_TIER_UP_MS (``tier_up_after_us``).
 Results do not depend on the level: no fast-math flags, no FMA contraction,
-every float op rounds once at every level (``test_opt_levels.py`` checks
-bit equality across levels).
+every float op rounds once at every level, float sums in a fixed order
+(``test_opt_levels.py`` checks bit equality across levels).
 """
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 from jax._src import core as jax_core
 
@@ -101,42 +99,17 @@ def kernel_work(jaxpr, grid: tuple) -> int | None:
   return (body + STEP_WORK) * max(steps, 1)
 
 
-# Float reductions whose loops LLVM may reassociate (rules/reductions.py):
-# their last bits follow the vectorizer, so they depend on the level.
-_REASSOCIATED = ("reduce_sum", "reduce_prod")
-
-
-def same_bits_at_every_level(jaxpr) -> bool:
-  """Whether the kernel's results cannot depend on the LLVM level: no float
-  sum or product the vectorizer may reorder (test_opt_levels.py checks the
-  rest bit for bit)."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in _REASSOCIATED and any(
-        np.issubdtype(np.dtype(v.aval.dtype), np.inexact)
-        for v in eqn.invars if hasattr(v, "aval")):
-      return False
-    for sub in jax_core.jaxprs_in_params(eqn.params):
-      if not same_bits_at_every_level(getattr(sub, "jaxpr", sub)):
-        return False
-  return True
-
-
-def tier_up_after_us(jaxpr, opt_level: int,
-                     tier_up_ms: float | None) -> int | None:
+def tier_up_after_us(opt_level: int, tier_up_ms: float | None) -> int | None:
   """The tier-up budget of a kernel this module chose ``opt_level`` for:
   -O0 code is a few times slower than -O3's, so a small kernel that turns
   out to be called often gets its -O3 build (compiled in the background,
   swapped in by the runtime) once its calls took ``tier_up_ms`` (the knob
-  PALLAS_CPU_TIER_UP_MS; None: never).  Only a kernel whose results are
-  the same bits at every level: a call must not see other last bits than
-  the call before it (a float sum's order follows the vectorizer)."""
+  PALLAS_CPU_TIER_UP_MS; None: never).  A call sees the same bits as the
+  call before it: results do not depend on the level (float sums keep a
+  fixed order, rules/reductions.py)."""
   if opt_level >= DEFAULT_OPT_LEVEL or tier_up_ms is None:
     return None
-  try:
-    exact = same_bits_at_every_level(jaxpr)
-  except Exception:  # noqa: BLE001 - an estimate never fails a call
-    exact = False
-  return int(round(tier_up_ms * 1000)) if exact else None
+  return int(round(tier_up_ms * 1000))
 
 
 def default_opt_level(jaxpr, grid: tuple) -> int:

@@ -1,8 +1,10 @@
 # RUN: %PYTHON %s | FileCheck %s
 """Reductions.  Over trailing axes (rows of a block): a loop nest whose
 innermost loops carry the accumulator as an scf.for iter_arg (a register,
-so LLVM vectorizes it; sums are reassociable).  Over other axes: a fill of
-the identity, then one linalg.generic with reduction iterators on the
+so LLVM vectorizes it) -- or, for a float sum or product, whose innermost
+loop runs over 64 strided partial results in a stack buffer, combined by a
+pairwise tree (a fixed order, never reassociated).  Over other axes: a fill
+of the identity, then one linalg.generic with reduction iterators on the
 reduced axes (the output map drops them)."""
 import os
 import sys
@@ -24,15 +26,30 @@ def sum_rows(x_ref, o_ref):
   o_ref[...] = jnp.sum(x_ref[...], axis=1, keepdims=True)
 
 
+# 128 elements: two chunks of 64 lanes (lane k takes elements k and 64 + k,
+# in order), then the tree 32, 16, 8, 4, 2, 1; nothing reassociable.
 # CHECK-LABEL: TEST: test_sum_over_minor_axis
-# CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+# CHECK-DAG: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+# CHECK-DAG: %[[C64:.*]] = arith.constant 64 : index
+# CHECK-DAG: %[[C32:.*]] = arith.constant 32 : index
 # CHECK: %[[ACC:.*]] = memref.alloc() {alignment = 64 : i64} : memref<8xf32, "vmem">
+# CHECK: %[[LANES:.*]] = memref.alloca() {alignment = 64 : i64} : memref<64xf32>
 # CHECK: scf.for %[[R:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
-# CHECK-NEXT: %[[SUM:.*]] = scf.for %[[C:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[A:.*]] = %[[ZERO]]) -> (f32) {
-# CHECK-NEXT: %[[X:.*]] = memref.load %{{.*}}[%[[R]], %[[C]]] : memref<8x128xf32
-# CHECK-NEXT: %[[S:.*]] = arith.addf %[[A]], %[[X]] fastmath<reassoc> : f32
-# CHECK-NEXT: scf.yield %[[S]] : f32
-# CHECK: memref.store %[[SUM]], %{{.*}}[] : memref<f32, strided<[], offset: ?>, "vmem">
+# CHECK-NEXT: scf.for %[[K:.*]] = %{{.*}} to %[[C64]] step %{{.*}} {
+# CHECK-NEXT: memref.store %[[ZERO]], %[[LANES]][%[[K]]] : memref<64xf32>
+# CHECK: scf.for %[[J:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
+# CHECK-NEXT: %[[BASE:.*]] = arith.muli %[[J]], %[[C64]] : index
+# CHECK-NEXT: scf.for %[[L:.*]] = %{{.*}} to %[[C64]] step %{{.*}} {
+# CHECK-NEXT: %[[I:.*]] = arith.addi %[[BASE]], %[[L]] : index
+# CHECK-NEXT: %[[X:.*]] = memref.load %{{.*}}[%[[R]], %[[I]]] : memref<8x128xf32
+# CHECK-NEXT: %[[A:.*]] = memref.load %[[LANES]][%[[L]]] : memref<64xf32>
+# CHECK-NEXT: %[[S:.*]] = arith.addf %[[A]], %[[X]] : f32
+# CHECK-NEXT: memref.store %[[S]], %[[LANES]][%[[L]]] : memref<64xf32>
+# CHECK: scf.for %[[T:.*]] = %{{.*}} to %[[C32]] step %{{.*}} {
+# CHECK-NEXT: %[[U:.*]] = arith.addi %[[T]], %[[C32]] : index
+# CHECK: memref.subview %[[ACC]][%[[R]]] [1] [1] : memref<8xf32, "vmem"> to memref<f32
+# CHECK-NEXT: memref.store %{{.*}}, %{{.*}}[] : memref<f32, strided<[], offset: ?>, "vmem">
+# CHECK-NOT: fastmath
 # CHECK-NOT: linalg.generic {{.*}}"reduction"
 # CHECK: return
 @run_test
@@ -86,12 +103,12 @@ def softmax(x_ref, o_ref):
 # Row softmax: max-reduce, exp (kept once: used twice), sum-reduce, divide.
 # (exp's own expansion is elementwise.py's business: not checked here.)
 # CHECK-LABEL: TEST: test_softmax
+# CHECK: %[[LANES:.*]] = memref.alloca() {{.*}} : memref<64xf32>
 # CHECK: scf.for {{.*}} iter_args
 # CHECK: arith.maximumf
 # CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "parallel"]
 # CHECK: arith.subf
-# CHECK: scf.for {{.*}} iter_args
-# CHECK: arith.addf {{.*}} fastmath<reassoc>
+# CHECK: memref.store %{{.*}}, %[[LANES]]
 # CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "parallel"]
 # CHECK: arith.divf
 # CHECK: return
@@ -106,10 +123,14 @@ def sum_scaled(x_ref, o_ref):
 
 # A lazy operand is computed inside the reduction's loop: no temporary.
 # CHECK-LABEL: TEST: test_operand_fuses_into_reduction
-# CHECK: scf.for {{.*}} iter_args(%[[A:.*]] = %{{.*}}) -> (f32) {
-# CHECK-NEXT: %[[IN:.*]] = memref.load
+# CHECK: %[[LANES:.*]] = memref.alloca() {{.*}} : memref<64xf32>
+# CHECK: arith.muli %{{.*}}, %{{.*}} : index
+# CHECK-NEXT: scf.for %[[L:.*]] = %{{.*}} to %{{.*}} step %{{.*}} {
+# CHECK-NEXT: %[[I:.*]] = arith.addi %{{.*}}, %[[L]] : index
+# CHECK-NEXT: %[[IN:.*]] = memref.load %{{.*}}[%{{.*}}, %[[I]]]
 # CHECK-NEXT: %[[E:.*]] = arith.mulf %[[IN]], %{{.*}} : f32
-# CHECK-NEXT: arith.addf %[[A]], %[[E]] fastmath<reassoc> : f32
+# CHECK-NEXT: %[[A:.*]] = memref.load %[[LANES]][%[[L]]] : memref<64xf32>
+# CHECK-NEXT: arith.addf %[[A]], %[[E]] : f32
 @run_test
 def test_operand_fuses_into_reduction():
   print(lower_text(whole(sum_scaled, (8,)), X, stage="canonical"))
@@ -126,7 +147,7 @@ def bf16_sum(x_ref, o_ref):
 # CHECK-NEXT: linalg.generic {{.*}} iterator_types = ["reduction", "parallel"]
 # CHECK-NEXT: ^bb0(%[[IN:.*]]: bf16, %[[OUT:.*]]: f32):
 # CHECK-NEXT: %[[W:.*]] = arith.extf %[[IN]] : bf16 to f32
-# CHECK-NEXT: arith.addf %[[OUT]], %[[W]] fastmath<reassoc> : f32
+# CHECK-NEXT: arith.addf %[[OUT]], %[[W]] : f32
 # CHECK: linalg.generic {{.*}} ins(%[[ACC]] : memref<128xf32, "vmem">)
 # CHECK-NEXT: ^bb0(%[[SUM:.*]]: f32, %{{.*}}: bf16):
 # CHECK-NEXT: arith.bitcast %[[SUM]] : f32 to i32

@@ -102,9 +102,14 @@ def _mixed(x_ref, y_ref, i_ref, o_ref, p_ref, q_ref, r_ref):
                 + jnp.sin(x * 3.0) * jnp.sqrt(jnp.abs(x)))
   p_ref[...] = (x * 1e9).astype(jnp.int32) + (i * 65599) ^ (i >> 3)
   q_ref[...] = jnp.maximum(jnp.minimum(x, y), -0.5).astype(jnp.bfloat16)
-  # A float sum is reassociated (rules/reductions.py, as XLA's): its order
-  # follows the vectorizer, which -O0 does not run -- summation tolerance.
-  r_ref[...] = jnp.sum(x * y, axis=1, keepdims=True)
+  # Float sums and products keep a fixed order (rules/reductions.py: 64
+  # strided partial results, then a tree), not the vectorizer's: bit for bit
+  # too, and within summation error of the exact sum.
+  r_ref[...] = jnp.concatenate(
+      [jnp.sum(x * y, axis=1, keepdims=True),
+       jnp.prod(1.0 + y[:, :40] * 1e-3, axis=1, keepdims=True),
+       jnp.sum(x[:, :5], axis=1, keepdims=True),
+       jnp.sum(jnp.exp(y[:, :100]), axis=1, keepdims=True)], axis=1)
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
@@ -116,9 +121,9 @@ def test_results_do_not_depend_on_the_level(level):
   i = rng.integers(-2**31, 2**31 - 1, (64, 256), dtype=np.int64).astype(
       np.int32)
   out = (S(x.shape, jnp.float32), S(x.shape, jnp.int32),
-         S(x.shape, jnp.bfloat16), S((64, 1), jnp.float32))
+         S(x.shape, jnp.bfloat16), S((64, 4), jnp.float32))
   spec = pl.BlockSpec((32, 256), lambda r: (r, 0))
-  row = pl.BlockSpec((32, 1), lambda r: (r, 0))
+  row = pl.BlockSpec((32, 4), lambda r: (r, 0))
 
   def run(opt):
     f = pallas_cpu.pallas_call(
@@ -128,16 +133,18 @@ def test_results_do_not_depend_on_the_level(level):
     return jax.jit(f)(x, y, i)
 
   got, want = run(level), run(3)
-  for g, w in zip(got[:3], want[:3]):
+  for g, w in zip(got, want):
     np.testing.assert_array_equal(np.asarray(g).view(np.uint8),
                                   np.asarray(w).view(np.uint8))
-  x64 = x.astype(np.float64)
-  exact = np.nansum(x64[1:] * y[1:], axis=1)  # row 0 holds NaN and inf
-  bound = 256 * np.finfo(np.float32).eps * np.sum(np.abs(x64[1:] * y[1:]),
-                                                  axis=1)
-  for r in (got[3], want[3]):
-    r = np.asarray(r)[1:, 0].astype(np.float64)
-    assert np.all(np.abs(r - exact) <= bound)
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  eps = np.finfo(np.float32).eps
+  terms = [x64[1:] * y64[1:], x64[1:, :5], np.exp(y64[1:, :100])]
+  for col, t in zip((0, 2, 3), terms):  # row 0 holds NaN and inf
+    r = np.asarray(got[3])[1:, col].astype(np.float64)
+    bound = 2 * t.shape[1] * eps * np.sum(np.abs(t), axis=1) + 1e-30
+    assert np.all(np.abs(r - np.sum(t, axis=1)) <= bound), col
+  p = np.prod(1.0 + y64[1:, :40] * 1e-3, axis=1)
+  np.testing.assert_allclose(np.asarray(got[3])[1:, 1], p, rtol=1e-5)
 
 
 def test_the_estimate_never_fails_a_call():

@@ -11,8 +11,11 @@ first: its elementwise expression is computed inside the reduction's body
 Semantics follow XLA: float max/min propagate NaN (``arith.maximumf``);
 16-bit float sums and products accumulate in f32 and round once at the end;
 argmax/argmin pick the first index of the extreme value, and the first NaN
-if there is one.  Loops run in index order, so float sums are sequential
-(XLA reassociates them: the last bits may differ).
+if there is one.  Float sums and products are never reassociated: along
+the innermost axis they keep LANES strided partial results combined by a
+pairwise tree at the end (in order along other axes), an order that LLVM
+vectorizes as written -- the same bits at every optimisation level and on
+every machine (XLA's own order differs: the last bits may).
 
 A cumulative reduction is a sequential scan, each step combining the
 previous result with the next slice by JAX's own reducer (``lax.add`` ...
@@ -31,7 +34,7 @@ from jax._src.lax import lax
 from jax._src.lax import other as lax_other
 from jax._src.lax.control_flow import loops
 from mlir import ir
-from mlir.dialects import arith, linalg, scf
+from mlir.dialects import arith, linalg, memref, scf
 
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.jaxpr import lower_fun
@@ -167,12 +170,11 @@ def _kind_ops(kind: str, dtype):
              "and": (1, arith.andi), "or": (0, arith.ori)}
     return table[kind]
   if types.is_float(dtype):
-    # Sums and products may be reassociated (as XLA's do): without it LLVM
-    # cannot vectorize the reduction loop, which then runs one element per
-    # step.  Max and min are exact in any order.
-    reassoc = ir.Attribute.parse("#arith.fastmath<reassoc>")
-    table = {"sum": (0.0, lambda a, b: arith.addf(a, b, fastmath=reassoc)),
-             "prod": (1.0, lambda a, b: arith.mulf(a, b, fastmath=reassoc)),
+    # Sums and products round in the order the loops give them, never
+    # reassociated: along the innermost axis that order is LANES strided
+    # partial results and a pairwise tree (_reduce_trailing), which LLVM
+    # vectorizes as it is.  Max and min are exact in any order.
+    table = {"sum": (0.0, arith.addf), "prod": (1.0, arith.mulf),
              "max": (float("-inf"), arith.maximumf),
              "min": (float("inf"), arith.minimumf)}
     if kind not in table:
@@ -208,7 +210,11 @@ def reduce(ctx, x: values.Value, axes: Sequence[int], kind: str
   buf = kctx.alloc(out_shape, acc_dtype)
   if axes == list(range(rank - len(axes), rank)) and isinstance(
       x, values.Array) and not types.is_bool(acc_dtype):
-    _reduce_trailing(x, dtype, acc_dtype, identity, combine, buf, len(kept))
+    lanes = None
+    if types.is_float(acc_dtype) and kind in ("sum", "prod"):
+      lanes = _lane_buffer(kctx, _lanes(shape[-1]), acc_dtype)
+    _reduce_trailing(x, dtype, acc_dtype, identity, combine, buf, len(kept),
+                     lanes)
     return result(kctx, buf, acc_dtype, out_dtype)
   fill(buf, identity)
 
@@ -223,19 +229,61 @@ def reduce(ctx, x: values.Value, axes: Sequence[int], kind: str
   return result(kctx, buf, acc_dtype, out_dtype)
 
 
+# A float sum or product along the innermost axis keeps this many strided
+# partial results (fewer for a shorter axis: the next power of two): four
+# AVX-512 vectors of f32, which LLVM keeps in registers.
+LANES = 64
+
+
+def _lanes(n: int) -> int:
+  lanes = 1
+  while lanes < min(n, LANES):
+    lanes *= 2
+  return lanes
+
+
+def _lane_buffer(kctx, lanes: int, acc_dtype) -> ir.Value:
+  """The partial results of one reduction: a stack buffer made once at the
+  kernel's entry (local to each thread's call, known to alias nothing)."""
+  t = ir.MemRefType.get([lanes], types.element_type(acc_dtype))
+  with kctx.alloc_ip:
+    return memref.AllocaOp(t, [], [], alignment=64).result
+
+
+def _for(n: int, body) -> None:
+  """for k in range(n): body(k) -- an scf.for without results."""
+  loop = scf.ForOp(views.as_index(0), views.as_index(n), views.as_index(1))
+  with ir.InsertionPoint(loop.body):
+    body(loop.induction_variable)
+    scf.YieldOp([])
+
+
 def _reduce_trailing(x: values.Array, dtype, acc_dtype, identity, combine,
-                     buf: ir.Value, n_kept: int) -> None:
+                     buf: ir.Value, n_kept: int,
+                     lanes: ir.Value | None = None) -> None:
   """Reduction over the trailing axes with the accumulator in a register
   (an scf.for iter_arg): as a linalg.generic the accumulator is a memory
   cell LLVM cannot keep in a register (it may alias the input), and the
-  innermost loop -- the one to vectorize -- would not vectorize."""
+  innermost loop -- the one to vectorize -- would not vectorize.
+
+  With ``lanes`` (a float sum or product: a buffer of L partial results),
+  the order is fixed here, not by the vectorizer: element i of the
+  innermost axis goes to partial result i mod L (in order, over all the
+  reduced axes), then the L partial results combine as a pairwise tree.
+  The inner loop over the L lanes has independent iterations, so LLVM
+  vectorizes it without reassociating anything: the same bits at every
+  optimisation level and on every machine."""
   shape = x.shape
   step = views.as_index(1)
 
   def nest(d, ivs):
     if d == n_kept:
-      init = const(types.element_type(acc_dtype), identity)
-      values.store_scalar(reduce_nest(d, ivs, init), _at(buf, ivs), acc_dtype)
+      if lanes is not None:
+        total = lane_reduce(d, ivs)
+      else:
+        init = const(types.element_type(acc_dtype), identity)
+        total = reduce_nest(d, ivs, init)
+      values.store_scalar(total, _at(buf, ivs), acc_dtype)
       return
     loop = scf.ForOp(views.as_index(0), views.as_index(shape[d]), step)
     with ir.InsertionPoint(loop.body):
@@ -251,6 +299,41 @@ def _reduce_trailing(x: values.Array, dtype, acc_dtype, identity, combine,
       scf.YieldOp([reduce_nest(d + 1, [*ivs, loop.induction_variable],
                                loop.inner_iter_args[0])])
     return loop.results[0]
+
+  def lane_reduce(d, ivs):
+    n_lanes = ir.MemRefType(lanes.type).shape[0]
+    et = types.element_type(acc_dtype)
+    _for(n_lanes, lambda k: memref.store(const(et, identity), lanes, [k]))
+    lane_nest(d, ivs)
+    half = n_lanes // 2
+    while half >= 1:
+      def fold(k, half=half):
+        other = arith.addi(k, views.as_index(half))
+        memref.store(combine(memref.load(lanes, [k]),
+                             memref.load(lanes, [other])), lanes, [k])
+      _for(half, fold)
+      half //= 2
+    return memref.load(lanes, [views.as_index(0)])
+
+  def lane_nest(d, ivs):
+    if d < len(shape) - 1:
+      _for(shape[d], lambda i: lane_nest(d + 1, [*ivs, i]))
+      return
+    n_lanes = ir.MemRefType(lanes.type).shape[0]
+    full, rest = divmod(shape[d], n_lanes)
+
+    def accumulate(base, count):
+      def lane(k):
+        v = values.evaluate_at(x.node, [*ivs, arith.addi(base, k)])
+        acc = memref.load(lanes, [k])
+        memref.store(combine(acc, convert(v, dtype, acc_dtype)), lanes, [k])
+      _for(count, lane)
+
+    if full:
+      _for(full, lambda j: accumulate(
+          arith.muli(j, views.as_index(n_lanes)), n_lanes))
+    if rest:
+      accumulate(views.as_index(full * n_lanes), rest)
 
   nest(0, [])
 
