@@ -2,8 +2,9 @@
 // bf16 operands, f32 accumulation), C (+)= A @ B on strided 2-D windows.
 //
 // The kernel is chosen at run time from the CPU's features (matmul.h): AMX
-// tiles for bf16 x bf16 (when the OS grants them), AVX-512, AVX2 + FMA, or
-// the portable kernel for the baseline ISA.  This file is compiled for the
+// tiles for bf16 x bf16 (when the OS grants them), AVX512_BF16's vdpbf16ps
+// for bf16 x bf16 on AMD cores (where it outruns widening to f32),
+// AVX-512, AVX2 + FMA, or the portable kernel for the baseline ISA.  This file is compiled for the
 // baseline ISA, so the runtime loads on any x86-64 (or other) CPU, whatever
 // machine built it.
 #include <algorithm>
@@ -32,7 +33,8 @@ enum Level : int64_t {
   kBaseline = 0,
   kAvx2 = 1,        // AVX2 + FMA
   kAvx512 = 2,      // AVX-512 F/BW/VL/DQ
-  kAmx = 3,         // + AMX tiles for bf16 x bf16
+  kAvx512Bf16 = 3,  // + vdpbf16ps for bf16 x bf16 (detected on AMD only)
+  kAmx = 4,         // + AMX tiles for bf16 x bf16
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -62,12 +64,27 @@ int64_t DetectLevel() {
     return level;
   level = kAvx512;
 #endif
+#ifdef PALLAS_CPU_MATMUL_AVX512BF16
+  // CPUID.(7,1):EAX[5] AVX512_BF16.  Only AMD's cores run vdpbf16ps faster
+  // than the widening kernel (matmul_avx512bf16.cc); an Intel core that
+  // has AMX gets this level too (AMX is above it), so that capped below
+  // AMX it runs this kernel.
+  unsigned vendor[4] = {0, 0, 0, 0};
+  __get_cpuid(0, &vendor[0], &vendor[1], &vendor[2], &vendor[3]);
+  const bool amd = vendor[1] == 0x68747541;  // "Auth"enticAMD
+  const bool amx = CpuidBit(7, 0, 3, 22) && CpuidBit(7, 0, 3, 24);
+  if (CpuidBit(7, 1, 0, 5) && (amd || amx)) level = kAvx512Bf16;
+#endif
 #ifdef PALLAS_CPU_MATMUL_AMX
   // CPUID.(7,0):EDX[22] AMX-BF16, [24] AMX-TILE; AMX builds on the AVX-512
   // kernels (their packing instructions).
   if (level >= kAvx512 && CpuidBit(7, 0, 3, 22) && CpuidBit(7, 0, 3, 24) &&
       AmxEnable())
     level = kAmx;
+#endif
+#ifdef PALLAS_CPU_MATMUL_AVX512BF16
+  // An Intel core whose OS refused the AMX state keeps the widening kernel.
+  if (level == kAvx512Bf16 && !amd) level = kAvx512;
 #endif
 #endif
   return level;
@@ -90,6 +107,11 @@ bool Matmul(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
 #ifdef PALLAS_CPU_MATMUL_AMX
   if (level >= kAmx && a_bf16 && b_bf16) {
     return MatmulAmxBf16(a, b, c, c_rs, accumulate);
+  }
+#endif
+#ifdef PALLAS_CPU_MATMUL_AVX512BF16
+  if (level >= kAvx512Bf16 && a_bf16 && b_bf16) {
+    return MatmulAvx512Bf16(a, b, c, c_rs, accumulate);
   }
 #endif
 #ifdef PALLAS_CPU_MATMUL_AVX512

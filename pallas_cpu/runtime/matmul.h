@@ -54,6 +54,11 @@ bool MatmulAvx512(const Matrix& a, bool a_bf16, const Matrix& b, bool b_bf16,
                   float* c, int64_t c_rs, bool accumulate);
 #endif
 
+#ifdef PALLAS_CPU_MATMUL_AVX512BF16
+bool MatmulAvx512Bf16(const Matrix& a, const Matrix& b, float* c,
+                      int64_t c_rs, bool accumulate);
+#endif
+
 #ifdef PALLAS_CPU_MATMUL_AMX
 // Asks the OS for the AMX tile state (once per process); false when the
 // kernel refuses it (older kernels, a too-small signal stack) -- then AMX

@@ -473,7 +473,7 @@ def _matmul_kernel_cap(cap: int) -> int:
   return fn(cap)
 
 
-_KERNELS = ["baseline", "avx2", "avx512", "amx"]
+_KERNELS = ["baseline", "avx2", "avx512", "avx512bf16", "amx"]
 _BEST = _matmul_kernel_cap(-1)
 
 
