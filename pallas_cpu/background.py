@@ -33,12 +33,23 @@ def _get() -> concurrent.futures.ThreadPoolExecutor:
     return _executor
 
 
-def submit(fn: Callable[[], object]) -> None:
-  """Runs ``fn`` on the build thread, after the builds already asked for."""
-  _get().submit(fn)
+def submit(fn: Callable[[], object]) -> bool:
+  """Runs ``fn`` on the build thread, after the builds already asked for;
+  False (``fn`` not run) once the interpreter is shutting down and the
+  thread is gone (a kernel lowered in an atexit hook: the runtime's
+  compile hook then builds it when it runs)."""
+  try:
+    _get().submit(fn)
+  except RuntimeError:  # "cannot schedule new futures after shutdown"
+    return False
+  return True
 
 
 def wait(timeout: float | None = None) -> None:
   """Returns once every build asked for so far has finished (tests and
   benchmarks that want a kernel's tiered-up code)."""
-  _get().submit(lambda: None).result(timeout)
+  try:
+    done = _get().submit(lambda: None)
+  except RuntimeError:  # shutting down: nothing runs any more
+    return
+  done.result(timeout)

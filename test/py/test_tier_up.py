@@ -234,3 +234,42 @@ def test_a_later_process_starts_with_the_tiered_code(tmp_path):
   assert run() == "[(False, True), (False, True)]"
   # Second: the -O3 build from disk at once, no -O0 phase.
   assert run() == "[(True, True)]"
+
+
+def test_kernels_at_interpreter_exit(tmp_path):
+  """A kernel first lowered in an atexit hook, after the build thread is
+  gone, is built by the runtime's compile hook; a tier-up asked for then
+  is dropped.  The process exits cleanly either way (it raised
+  "cannot schedule new futures after shutdown" before)."""
+  code = textwrap.dedent("""
+    import atexit
+    import jax, jax.numpy as jnp
+    from jax.experimental import pallas as pl
+    import pallas_cpu
+
+    x = jnp.full((8, 128), 2.0, jnp.float32)
+
+    def kernel(x_ref, o_ref):
+      o_ref[...] = x_ref[...] * 3.0
+
+    f = jax.jit(pallas_cpu.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32)))
+    print("early", float(f(x)[0, 0]))  # asks for its tier-up, then exits
+
+    def late():
+      def kernel2(x_ref, o_ref):
+        o_ref[...] = x_ref[...] + 5.0
+      g = jax.jit(pallas_cpu.pallas_call(
+          kernel2, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32)))
+      print("late", float(g(x)[0, 0]), float(g(x)[0, 0]))
+    atexit.register(late)
+  """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PALLAS_CPU_TIER_UP_MS="0",
+             PALLAS_CPU_CACHE_DIR="off")
+  env.pop("PALLAS_CPU_OPT_LEVEL", None)
+  proc = subprocess.run([sys.executable, "-c", code], env=env,
+                        capture_output=True, text=True, cwd=tmp_path,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["early", "6.0", "late", "7.0", "7.0"]
