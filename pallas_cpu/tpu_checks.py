@@ -300,6 +300,12 @@ _CONTEXT_USES = 100
 
 
 def _check_context(jax_mlir, tpu):
+  if isinstance(threading.current_thread(), threading._DummyThread):
+    # A thread Python did not start: its thread-locals are torn down when
+    # the call returns, freeing MLIR objects there crashes (mlir_context.py).
+    context = jax_mlir.make_ir_context()
+    tpu.register_dialect(context)
+    return context
   entry = getattr(_contexts, "entry", None)
   if entry is None or entry[1] >= _CONTEXT_USES:
     context = jax_mlir.make_ir_context()
