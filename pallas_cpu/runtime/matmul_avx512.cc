@@ -32,40 +32,13 @@
 #include <memory>
 
 #include "matmul.h"
+#include "matmul_avx512_tile.h"
 
 namespace pallas_cpu {
 namespace matmul {
 namespace {
 
-constexpr int kMR = 6;         // rows of the register tile
-constexpr int kNV = 4;         // zmm vectors per row of the tile
-constexpr int kNR = 16 * kNV;  // columns of the register tile (a B panel)
 constexpr int kKC = 256;       // k per panel: 256 x 64 x 4 B = 64 KB (L2)
-
-// Per-thread scratch, 64-byte aligned, reused across calls (a kernel calls a
-// matmul every grid step).
-template <typename T>
-T* Scratch(std::unique_ptr<char, decltype(&std::free)>& buf, size_t& cap,
-           size_t count) {
-  const size_t bytes = (count * sizeof(T) + 64) / 64 * 64;  // never 0
-  if (bytes > cap) {
-    buf.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
-    cap = buf ? bytes : 0;
-  }
-  return reinterpret_cast<T*>(buf.get());
-}
-
-struct ThreadScratch {
-  std::unique_ptr<char, decltype(&std::free)> b{nullptr, &std::free};
-  std::unique_ptr<char, decltype(&std::free)> a{nullptr, &std::free};
-  size_t b_cap = 0, a_cap = 0;
-};
-
-inline __mmask16 Mask16(int64_t count) {
-  if (count <= 0) return 0;
-  return count >= 16 ? static_cast<__mmask16>(0xffff)
-                     : static_cast<__mmask16>((1u << count) - 1);
-}
 
 inline float LoadScalar(const char* p, bool bf16) {
   if (!bf16) {
@@ -89,24 +62,6 @@ inline __m512 Load16(const char* p, __mmask16 m) {
   } else {
     const __m256i h = _mm256_maskz_loadu_epi16(m, p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-}
-
-// Adds (accumulate) or writes the valid part (mr rows, nr columns) of the
-// register tile into C.
-template <int MR>
-inline void StoreTile(const __m512 (&acc)[MR][kNV], float* c, int64_t c_rs,
-                      int64_t mr, int64_t nr, bool accumulate) {
-  for (int i = 0; i < MR; ++i) {
-    if (i >= mr) break;
-    float* row = c + i * c_rs;
-    for (int v = 0; v < kNV; ++v) {
-      const __mmask16 m = Mask16(nr - 16 * v);
-      if (!m) break;
-      __m512 x = acc[i][v];
-      if (accumulate) x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + 16 * v), x);
-      _mm512_mask_storeu_ps(row + 16 * v, m, x);
-    }
   }
 }
 

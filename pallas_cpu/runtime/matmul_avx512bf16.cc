@@ -7,7 +7,7 @@
 // vdpbf16ps slower than that kernel (Sapphire Rapids: 104 against 162
 // GFLOP/s) and keep it.
 //
-// The tiling is the AVX-512 kernel's, on pairs of k: A and B are packed as
+// The tiling is the AVX-512 kernel's (matmul_avx512_tile.h), on pairs of k: A and B are packed as
 // one dword per pair (element k in the low half, k + 1 in the high half,
 // zero past the end), B into kNR = 64-wide column panels of kKC / 2 pair
 // rows, and a kMR x kNR = 6 x 64 register tile runs over each panel with
@@ -30,61 +30,19 @@
 #include <memory>
 
 #include "matmul.h"
+#include "matmul_avx512_tile.h"
 
 namespace pallas_cpu {
 namespace matmul {
 namespace {
 
-constexpr int kMR = 6;         // rows of the register tile
-constexpr int kNV = 4;         // zmm vectors per row of the tile
-constexpr int kNR = 16 * kNV;  // columns of the register tile (a B panel)
 constexpr int kKC = 512;       // k per panel: 256 pairs x 64 x 4 B = 64 KB
 constexpr int kQC = kKC / 2;   // pair rows per panel
-
-using Buffer = std::unique_ptr<char, decltype(&std::free)>;
-
-uint32_t* Scratch(Buffer& buf, size_t& cap, size_t count) {
-  const size_t bytes = (count * 4 + 64) / 64 * 64;  // never 0
-  if (bytes > cap) {
-    buf.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
-    cap = buf ? bytes : 0;
-  }
-  return reinterpret_cast<uint32_t*>(buf.get());
-}
-
-struct ThreadScratch {
-  Buffer b{nullptr, &std::free};
-  Buffer a{nullptr, &std::free};
-  size_t b_cap = 0, a_cap = 0;
-};
-
-inline __mmask16 Mask16(int64_t count) {
-  if (count <= 0) return 0;
-  return count >= 16 ? static_cast<__mmask16>(0xffff)
-                     : static_cast<__mmask16>((1u << count) - 1);
-}
 
 inline uint32_t Bits(const char* base, int64_t index) {
   uint16_t h;
   std::memcpy(&h, base + index * 2, 2);
   return h;
-}
-
-// Adds (accumulate) or writes the valid part (mr rows, nr columns) of the
-// register tile into C.
-template <int MR>
-inline void StoreTile(const __m512 (&acc)[MR][kNV], float* c, int64_t c_rs,
-                      int64_t nr, bool accumulate) {
-  for (int i = 0; i < MR; ++i) {
-    float* row = c + i * c_rs;
-    for (int v = 0; v < kNV; ++v) {
-      const __mmask16 m = Mask16(nr - 16 * v);
-      if (!m) break;
-      __m512 x = acc[i][v];
-      if (accumulate) x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + 16 * v), x);
-      _mm512_mask_storeu_ps(row + 16 * v, m, x);
-    }
-  }
 }
 
 // C[0:MR, 0:nr] (+)= the MR packed rows of A (a_rs dwords apart) . the
@@ -107,7 +65,7 @@ inline void Kernel(const uint32_t* ap, int64_t a_rs, const uint32_t* bp,
       for (int v = 0; v < kNV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, b[v]);
     }
   }
-  StoreTile<MR>(acc, c, c_rs, nr, accumulate);
+  StoreTile<MR>(acc, c, c_rs, MR, nr, accumulate);
 }
 
 // B[k0:k0+kb, :] as kNR-wide column panels of kQC pair rows, zero-padded.
@@ -187,8 +145,8 @@ bool MatmulAvx512Bf16(const Matrix& a, const Matrix& b, float* c,
   const int64_t m = a.rows, k = a.cols, n = b.cols;
   const int64_t n_panels = (n + kNR - 1) / kNR;
   thread_local ThreadScratch s;
-  uint32_t* bp = Scratch(s.b, s.b_cap, n_panels * kQC * kNR);
-  uint32_t* ap = Scratch(s.a, s.a_cap, m * kQC);
+  uint32_t* bp = Scratch<uint32_t>(s.b, s.b_cap, n_panels * kQC * kNR);
+  uint32_t* ap = Scratch<uint32_t>(s.a, s.a_cap, m * kQC);
   if (bp == nullptr || ap == nullptr) return false;
   if (k == 0 && !accumulate) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.f);
