@@ -20,8 +20,10 @@ PACKED_ENTRY = "pallas_cpu_entry_packed"  # PallasCpuEntryFn: void(void**)
 KERNEL_NAME_ATTR = "pallas_cpu.kernel_name"
 OPT_LEVEL_ATTR = "pallas_cpu.opt_level"
 RUNTIME_INFO_ATTR = "pallas_cpu.runtime_info"
-# kernel_registry.cc TierUpBudgetNs: a kernel built small asks for its -O3
-# build once its calls took this many microseconds (lowering/cost.py)
+# A kernel built small asks for its -O3 build once its calls took this many
+# microseconds (lowering/cost.py); the runtime gets the budget as the FFI
+# attribute of the same name, the compiler makes the -O3 variant of an IR
+# that carries it (compiler.tiered_ir).
 TIER_UP_ATTR = "pallas_cpu.tier_up_after_us"
 
 # -- runtime functions generated code calls (abi.h, "Called from generated

@@ -242,6 +242,9 @@ def _lowering_rule(ctx: mlir.LoweringRuleContext, *in_nodes, interpret,
               detect_races=np.int64(abi.RACE_MODES[
                   spec.params.on_race if spec.params.detect_races else None]),
               race_cores=np.int64(spec.params.num_cores),
+              # (the runtime times the calls of a kernel that has one)
+              tier_up_after_us=np.int64(-1 if spec.tier_up_after_us is None
+                                        else spec.tier_up_after_us),
               device_timeout_ms=np.int64(
                   round(spec.params.device_timeout_s * 1000)))
 

@@ -86,18 +86,20 @@ class DescriptorTable {
 // Times one call of a kernel that counts its calls for tier-up.
 class CallTimer {
  public:
-  CallTimer(KernelEntry* kernel, std::string_view id, std::string_view ir)
-      : kernel_(kernel), id_(id), ir_(ir),
+  CallTimer(KernelEntry* kernel, std::string_view id, std::string_view ir,
+            int64_t budget_ns)
+      : kernel_(kernel), id_(id), ir_(ir), budget_ns_(budget_ns),
         start_(std::chrono::steady_clock::now()) {}
   ~CallTimer() {
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                   std::chrono::steady_clock::now() - start_).count();
-    RecordCall(kernel_, id_, ir_, ns);
+    RecordCall(kernel_, id_, ir_, ns, budget_ns_);
   }
 
  private:
   KernelEntry* kernel_;
   std::string_view id_, ir_;
+  int64_t budget_ns_;
   std::chrono::steady_clock::time_point start_;
 };
 
@@ -116,15 +118,19 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
                          int64_t num_devices, int64_t collective,
                          int64_t device_timeout_ms,
                          ffi::Span<const int64_t> shared_buffers,
-                         int64_t detect_races, int64_t race_cores) {
+                         int64_t detect_races, int64_t race_cores,
+                         int64_t tier_up_after_us) {
   std::string error;
   KernelEntry* kernel = LookupOrCompile(kernel_id, kernel_ir, &error);
   if (kernel == nullptr) return ffi::Error::Internal(error);
   const PallasCpuEntryFn entry = kernel->fn.load(std::memory_order_acquire);
   // A kernel built at -O0 for its size times its calls, until they are
-  // worth its -O3 build (kernel_registry.h).
+  // worth its -O3 build (kernel_registry.h; budget < 0: none).
   std::optional<CallTimer> timer;
-  if (CountsCalls(kernel, kernel_ir)) timer.emplace(kernel, kernel_id, kernel_ir);
+  if (tier_up_after_us >= 0 &&
+      !kernel->tier_up_asked.load(std::memory_order_relaxed)) {
+    timer.emplace(kernel, kernel_id, kernel_ir, tier_up_after_us * 1000);
+  }
 
   // A kernel inside shard_map over several devices gets its logical device
   // id (computed by XLA from the mesh coordinates) as a last operand; one
@@ -353,7 +359,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PallasCpuCall, pallas_cpu::PallasCpuCall,
                                   .Attr<ffi::Span<const int64_t>>(
                                       "shared_buffers")
                                   .Attr<int64_t>("detect_races")
-                                  .Attr<int64_t>("race_cores"));
+                                  .Attr<int64_t>("race_cores")
+                                  .Attr<int64_t>("tier_up_after_us"));
 
 // The runtime is built as a Python extension module so that it installs and
 // imports like any module of the package (editable installs included); its

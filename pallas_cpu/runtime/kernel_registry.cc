@@ -45,25 +45,6 @@ KernelEntry* Store(Registry& r, const std::string& key, PallasCpuEntryFn fn) {
   return slot.get();
 }
 
-// The kernel's tier-up budget in nanoseconds (its module attribute
-// `pallas_cpu.tier_up_after_us`), or -1 when it has none.
-int64_t TierUpBudgetNs(std::string_view kernel_ir) {
-  static constexpr std::string_view kAttr = "pallas_cpu.tier_up_after_us = ";
-  // A module attribute: in the module's first line, before any function.
-  std::string_view head = kernel_ir.substr(0, kernel_ir.find("func.func"));
-  size_t at = head.find(kAttr);
-  if (at == std::string_view::npos) return -1;
-  int64_t us = 0;
-  bool digits = false;
-  for (size_t i = at + kAttr.size(); i < head.size(); ++i) {
-    char c = head[i];
-    if (c < '0' || c > '9') break;
-    us = us * 10 + (c - '0');
-    digits = true;
-  }
-  return digits ? us * 1000 : -1;
-}
-
 }  // namespace
 
 KernelEntry* LookupOrCompile(std::string_view kernel_id,
@@ -89,30 +70,16 @@ KernelEntry* LookupOrCompile(std::string_view kernel_id,
              " failed: " + err.data();
     return nullptr;
   }
-  // The hook may have registered the kernel (and its faster build) itself.
+  // The background build may have registered it meanwhile.
   if (KernelEntry* e = Find(r, key)) return e;
   return Store(r, key, reinterpret_cast<PallasCpuEntryFn>(addr));
 }
 
-bool CountsCalls(KernelEntry* entry, std::string_view kernel_ir) {
-  int state = entry->tier_state.load(std::memory_order_acquire);
-  if (state == 0) {
-    int64_t budget = TierUpBudgetNs(kernel_ir);
-    entry->tier_up_after_ns.store(budget, std::memory_order_relaxed);
-    int expected = 0;
-    entry->tier_state.compare_exchange_strong(expected, budget < 0 ? 2 : 1,
-                                              std::memory_order_acq_rel);
-    state = entry->tier_state.load(std::memory_order_acquire);
-  }
-  return state == 1;
-}
-
 void RecordCall(KernelEntry* entry, std::string_view kernel_id,
-                std::string_view kernel_ir, int64_t elapsed_ns) {
-  int64_t spent = entry->spent_ns.fetch_add(elapsed_ns) + elapsed_ns;
-  if (spent < entry->tier_up_after_ns.load(std::memory_order_relaxed)) return;
-  int expected = 1;
-  if (!entry->tier_state.compare_exchange_strong(expected, 2)) return;
+                std::string_view kernel_ir, int64_t elapsed_ns,
+                int64_t budget_ns) {
+  if (entry->spent_ns.fetch_add(elapsed_ns) + elapsed_ns < budget_ns) return;
+  if (entry->tier_up_asked.exchange(true)) return;
   if (PallasCpuTierUpFn hook = GetRegistry().tier_up.load()) {
     hook(kernel_id.data(), kernel_id.size(), kernel_ir.data(),
          kernel_ir.size());

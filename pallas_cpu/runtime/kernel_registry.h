@@ -19,17 +19,15 @@ namespace pallas_cpu {
 // A kernel's native code in this process, and its tier-up bookkeeping.
 //
 // Tier-up (pallas_cpu/lowering/cost.py): a kernel the cost model built at
-// -O0 because it looked small carries `pallas_cpu.tier_up_after_us = N` in
-// its IR.  Once its calls have taken N microseconds in all, the runtime asks
-// Python (once) for its -O3 build, which Python compiles in the background
-// and registers under the same id: later calls run the faster code (the
-// results are the same bits at every level).
+// -O0 because it looked small comes with a budget (FFI attribute
+// `tier_up_after_us`).  Once its calls have taken that long in all, the
+// runtime asks Python (once) for its -O3 build, which Python compiles in the
+// background and registers under the same id: later calls run the faster
+// code (the results are the same bits at every level).
 struct KernelEntry {
   std::atomic<PallasCpuEntryFn> fn{nullptr};
-  // 0: not looked at yet; 1: counting calls; 2: nothing (more) to do.
-  std::atomic<int> tier_state{0};
-  std::atomic<int64_t> tier_up_after_ns{0};
   std::atomic<int64_t> spent_ns{0};
+  std::atomic<bool> tier_up_asked{false};
 };
 
 // Returns the entry for `kernel_id`, compiling `kernel_ir` through the
@@ -38,14 +36,11 @@ struct KernelEntry {
 KernelEntry* LookupOrCompile(std::string_view kernel_id,
                              std::string_view kernel_ir, std::string* error);
 
-// Whether the calls of `entry` are to be timed for tier-up (the first call
-// reads the kernel's tier-up budget from `kernel_ir`).
-bool CountsCalls(KernelEntry* entry, std::string_view kernel_ir);
-
-// Adds one call's time to `entry`; past its budget, asks Python for the
+// Adds one call's time to `entry`; past `budget_ns`, asks Python for the
 // kernel's -O3 build (once).
 void RecordCall(KernelEntry* entry, std::string_view kernel_id,
-                std::string_view kernel_ir, int64_t elapsed_ns);
+                std::string_view kernel_ir, int64_t elapsed_ns,
+                int64_t budget_ns);
 
 // Sends pl.debug_print records to the Python printer (in order).
 void PrintRecords(std::string_view table,

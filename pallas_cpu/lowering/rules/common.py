@@ -1,12 +1,13 @@
 """Helpers shared by rule families: pointwise application of a scalar
-builder, and operands as memrefs with lazy loads of their views."""
+builder, operands as memrefs with lazy loads of their views, and plain
+loop nests."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import numpy as np
 from mlir import ir
-from mlir.dialects import memref
+from mlir.dialects import memref, scf
 
 from pallas_cpu.lowering import fp8, values, views
 from pallas_cpu.lowering.context import RuleContext, scalar_of
@@ -63,3 +64,17 @@ def load_view(view: ir.Value, root, dtype) -> values.Value:
     return values.Scalar(memref.load(view, []), np.dtype(dtype))
   return values.Array(values.Load(view, values.identity_map(len(shape)),
                                   root), shape, np.dtype(dtype))
+
+
+def loop_nest(bounds: Sequence[views.Index],
+              body: Callable[[list[ir.Value]], None], ivs=()) -> None:
+  """for i0 in range(bounds[0]): for i1 ...: body([i0, i1, ...]) -- scf.for
+  loops without results; a bound is an int or an index value."""
+  if len(ivs) == len(bounds):
+    body(list(ivs))
+    return
+  loop = scf.ForOp(views.as_index(0), views.as_index(bounds[len(ivs)]),
+                   views.as_index(1))
+  with ir.InsertionPoint(loop.body):
+    loop_nest(bounds, body, (*ivs, loop.induction_variable))
+    scf.YieldOp([])

@@ -24,6 +24,7 @@ from pallas_cpu.lowering import (bit_views, buffers, race_hooks, types,
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering.context import Ref, scalar_of
 from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.common import loop_nest
 
 
 def _index(ctx, i) -> views.Index:
@@ -320,7 +321,7 @@ class Crossing:
           with ir.InsertionPoint(hit.then_block):
             memref.store(arith.constant(i8, 1), flag, [])
             scf.YieldOp([])
-        _loop_nest([views.as_index(n) for n in self.shape], body)
+        loop_nest([views.as_index(n) for n in self.shape], body)
         found = arith.cmpi(arith.CmpIPredicate.ne, memref.load(flag, []),
                            arith.constant(i8, 0))
         report = scf.IfOp(found)
@@ -378,16 +379,6 @@ def _tpu_site(ctx, ref, shape, transformed: bool) -> int | None:
 
 def _true() -> ir.Value:
   return arith.constant(ir.IntegerType.get_signless(1), 1)
-
-
-def _loop_nest(bounds, body, ivs=()):
-  if len(ivs) == len(bounds):
-    body(list(ivs))
-    return
-  loop = scf.ForOp(views.as_index(0), bounds[len(ivs)], views.as_index(1))
-  with ir.InsertionPoint(loop.body):
-    _loop_nest(bounds, body, (*ivs, loop.induction_variable))
-    scf.YieldOp([])
 
 
 def _is_constant_true(v) -> bool:

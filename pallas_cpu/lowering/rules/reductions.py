@@ -39,6 +39,7 @@ from mlir.dialects import arith, linalg, memref, scf
 from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.jaxpr import lower_fun
 from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.common import loop_nest
 from pallas_cpu.lowering.scalars import cmpf, cmpi, const, convert
 
 PARALLEL = "#linalg.iterator_type<parallel>"
@@ -250,14 +251,6 @@ def _lane_buffer(kctx, lanes: int, acc_dtype) -> ir.Value:
     return memref.AllocaOp(t, [], [], alignment=64).result
 
 
-def _for(n: int, body) -> None:
-  """for k in range(n): body(k) -- an scf.for without results."""
-  loop = scf.ForOp(views.as_index(0), views.as_index(n), views.as_index(1))
-  with ir.InsertionPoint(loop.body):
-    body(loop.induction_variable)
-    scf.YieldOp([])
-
-
 def _reduce_trailing(x: values.Array, dtype, acc_dtype, identity, combine,
                      buf: ir.Value, n_kept: int,
                      lanes: ir.Value | None = None) -> None:
@@ -303,35 +296,33 @@ def _reduce_trailing(x: values.Array, dtype, acc_dtype, identity, combine,
   def lane_reduce(d, ivs):
     n_lanes = ir.MemRefType(lanes.type).shape[0]
     et = types.element_type(acc_dtype)
-    _for(n_lanes, lambda k: memref.store(const(et, identity), lanes, [k]))
-    lane_nest(d, ivs)
+    loop_nest([n_lanes], lambda k: memref.store(const(et, identity), lanes, k))
+    # The reduced axes before the innermost in order, then the lanes.
+    loop_nest(shape[d:-1], lambda outer: lane_row([*ivs, *outer], n_lanes))
     half = n_lanes // 2
     while half >= 1:
       def fold(k, half=half):
-        other = arith.addi(k, views.as_index(half))
-        memref.store(combine(memref.load(lanes, [k]),
-                             memref.load(lanes, [other])), lanes, [k])
-      _for(half, fold)
+        other = arith.addi(k[0], views.as_index(half))
+        memref.store(combine(memref.load(lanes, k),
+                             memref.load(lanes, [other])), lanes, k)
+      loop_nest([half], fold)
       half //= 2
     return memref.load(lanes, [views.as_index(0)])
 
-  def lane_nest(d, ivs):
-    if d < len(shape) - 1:
-      _for(shape[d], lambda i: lane_nest(d + 1, [*ivs, i]))
-      return
-    n_lanes = ir.MemRefType(lanes.type).shape[0]
-    full, rest = divmod(shape[d], n_lanes)
+  def lane_row(ivs, n_lanes):
+    """Element i of the innermost axis into lane i mod n_lanes."""
+    full, rest = divmod(shape[-1], n_lanes)
 
     def accumulate(base, count):
       def lane(k):
-        v = values.evaluate_at(x.node, [*ivs, arith.addi(base, k)])
-        acc = memref.load(lanes, [k])
-        memref.store(combine(acc, convert(v, dtype, acc_dtype)), lanes, [k])
-      _for(count, lane)
+        v = values.evaluate_at(x.node, [*ivs, arith.addi(base, k[0])])
+        acc = memref.load(lanes, k)
+        memref.store(combine(acc, convert(v, dtype, acc_dtype)), lanes, k)
+      loop_nest([count], lane)
 
     if full:
-      _for(full, lambda j: accumulate(
-          arith.muli(j, views.as_index(n_lanes)), n_lanes))
+      loop_nest([full], lambda j: accumulate(
+          arith.muli(j[0], views.as_index(n_lanes)), n_lanes))
     if rest:
       accumulate(views.as_index(full * n_lanes), rest)
 

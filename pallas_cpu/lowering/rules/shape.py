@@ -24,6 +24,7 @@ from pallas_cpu.lowering import types, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.jaxpr import lower_fun
 from pallas_cpu.lowering.registry import register
+from pallas_cpu.lowering.rules.common import loop_nest
 from pallas_cpu.lowering.scalars import const
 
 
@@ -241,17 +242,6 @@ def gather(ctx, x, indices, *, dimension_numbers, slice_sizes, mode,
       out_shape, dtype)
 
 
-def _loop_nest(shape, body, ivs=()):
-  if len(ivs) == len(shape):
-    body(list(ivs))
-    return
-  loop = scf.ForOp(views.as_index(0), views.as_index(shape[len(ivs)]),
-                   views.as_index(1))
-  with ir.InsertionPoint(loop.body):
-    _loop_nest(shape, body, (*ivs, loop.induction_variable))
-    scf.YieldOp([])
-
-
 _SCATTER_COMBINE = {
     slicing.scatter_p: lambda x, y: y,
     slicing.scatter_add_p: lax.add,
@@ -348,7 +338,7 @@ def _scatter(prim):
         if guard:
           scf.YieldOp([])
 
-    _loop_nest(upd_shape, body)
+    loop_nest(upd_shape, body)
     return values.load_array(out, dtype)
   return rule
 
