@@ -33,16 +33,15 @@ def _get() -> concurrent.futures.ThreadPoolExecutor:
     return _executor
 
 
-def submit(fn: Callable[[], object]) -> bool:
+def submit(fn: Callable[[], object]) -> None:
   """Runs ``fn`` on the build thread, after the builds already asked for;
-  False (``fn`` not run) once the interpreter is shutting down and the
-  thread is gone (a kernel lowered in an atexit hook: the runtime's
-  compile hook then builds it when it runs)."""
+  drops it once the interpreter is shutting down and the thread is gone (a
+  kernel lowered in an atexit hook: the runtime's compile hook then builds
+  it when it runs; a tier-up asked for then is not made)."""
   try:
     _get().submit(fn)
   except RuntimeError:  # "cannot schedule new futures after shutdown"
-    return False
-  return True
+    pass
 
 
 def wait(timeout: float | None = None) -> None:

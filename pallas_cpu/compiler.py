@@ -441,9 +441,9 @@ def _load_or_build(kernel_ir: str, fp: str, k: knobs.Knobs,
     warnings.warn(f"pallas_cpu: kernel {fp} is built from replaced stages: "
                   + ", ".join(sorted(files.overrides.values())), stacklevel=2)
   if entry is not None:
-    tiered = _tiered_from_disk(kernel_ir, k)
+    tiered = _tiered_from_disk(kernel_ir, fp, k)
     if tiered is not None:
-      return dataclasses.replace(tiered, fingerprint=fp)
+      return tiered
   with mlir_context.kernel_context():
     module = ir.Module.parse(kernel_ir)
     name, opt_level = _kernel_attributes(module)
@@ -489,8 +489,9 @@ def compile_tiered(kernel_ir: str) -> CompiledKernel | None:
   tiered = tiered_ir(kernel_ir)
   if tiered is None or k.override_dir:
     return None
+  fp = fingerprint(kernel_ir)
   with _cache_lock:
-    hit = _cache.get(fingerprint(kernel_ir))
+    hit = _cache.get(fp)
   if hit is not None and hit.tiered:
     return None
   compiled = dataclasses.replace(compile_kernel(tiered, k), tiered=True)
@@ -498,19 +499,17 @@ def compile_tiered(kernel_ir: str) -> CompiledKernel | None:
     _cache[compiled.fingerprint] = compiled
     # Whoever asks for this kernel again (a re-trace, another jit) gets the
     # -O3 code: registering the -O0 code again would undo the tier-up.
-    _cache[fingerprint(kernel_ir)] = dataclasses.replace(
-        compiled, fingerprint=fingerprint(kernel_ir))
+    _cache[fp] = dataclasses.replace(compiled, fingerprint=fp)
   return compiled
 
 
-def _tiered_from_disk(kernel_ir: str, k: knobs.Knobs) -> CompiledKernel | None:
-  """A tier-up kernel whose -O3 build an earlier process stored: that
-  code at once (the same results, no -O0 phase)."""
+def _tiered_from_disk(kernel_ir: str, fp: str,
+                      k: knobs.Knobs) -> CompiledKernel | None:
+  """Kernel ``fp``'s -O3 build if it tiers up and an earlier process
+  stored that build: that code at once (the same results, no -O0 phase)."""
   tiered = tiered_ir(kernel_ir)
-  if tiered is None or k.cache_dir is None:
-    return None
-  fp = fingerprint(tiered)
-  path = disk_cache.entry_path(k.cache_dir, fp)
+  path = (disk_cache.entry_path(k.cache_dir, fingerprint(tiered))
+          if tiered is not None else None)
   loaded = disk_cache.load(path) if path is not None else None
   if loaded is None:
     return None

@@ -99,6 +99,12 @@ def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
   return value
 
 
+# Ski rental: about half what the -O3 build of a small kernel costs (CPU
+# time, on another thread): a kernel that ran this long at -O0 is likely to
+# run as long again.
+DEFAULT_TIER_UP_MS = 10.0
+
+
 def _tier_up_ms() -> float | None:
   value = os.environ.get("PALLAS_CPU_TIER_UP_MS", "").strip().lower()
   if value in ("off", "none", "never"):
@@ -110,12 +116,6 @@ def _tier_up_ms() -> float | None:
     raise ValueError(f"PALLAS_CPU_TIER_UP_MS must be >= 0 or 'off', got "
                      f"{value!r}")
   return ms
-
-
-# Ski rental: about half what the -O3 build of a small kernel costs (CPU
-# time, on another thread): a kernel that ran this long at -O0 is likely to
-# run as long again.
-DEFAULT_TIER_UP_MS = 10.0
 
 
 def _cache_dir() -> str | None:

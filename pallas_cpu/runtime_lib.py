@@ -100,7 +100,7 @@ def _tier_up_from_runtime(id_ptr, id_len, ir_ptr, ir_len) -> None:
     if compiled is not None:
       register_kernel(kernel_id, compiled.entry_address)
 
-  background.submit(build)  # at interpreter exit: not built, no matter
+  background.submit(build)
 
 
 _tier_up_hook = _TIER_UP_FN(_tier_up_from_runtime)  # kept alive for C++
