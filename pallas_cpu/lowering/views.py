@@ -86,6 +86,20 @@ def constant_int(v: ir.Value) -> int | None:
   return None
 
 
+def shape_text(shape) -> str:
+  """A view's shape for messages, "?" for a size known only at run time."""
+  dims = ["?" if n == DYN_SIZE else str(n) for n in shape]
+  return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def sizes_of(view: ir.Value) -> list[Index]:
+  """A memref's sizes: ints where static, ``memref.dim`` values where they
+  are known only at run time (a DMA window of run-time size)."""
+  shape = ir.MemRefType(view.type).shape
+  return [n if n != DYN_SIZE else memref.dim(view, as_index(d))
+          for d, n in enumerate(shape)]
+
+
 def as_index(v: Index) -> ir.Value:
   if isinstance(v, int):
     return arith.constant(ir.IndexType.get(), v)

@@ -214,6 +214,13 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_exit_barrier(PallasCpuRuntimeContext* ctx,
 // element becomes destination + source, in the element type's arithmetic;
 // accumulating DMAs run under the launch's lock, so concurrent ones into the
 // same destination (from other cores or devices) each add all of theirs.
+// `pad` (an unranked memref of i64) describes a window reaching into its
+// buffer's tile padding, as TPU buffers are padded to whole tiles: empty
+// when both windows lie inside their arrays, else [fill, the source's valid
+// count per dimension, the destination's]: the leading elements that exist.
+// Source elements past their valid count read as `fill` (the uninitialized
+// value's bits); destination elements past theirs are not written.  The
+// semaphore still counts the whole window.
 // ---------------------------------------------------------------------------
 enum PallasCpuDmaAdd : int64_t {
   kPallasCpuDmaCopy = 0,    // overwrite (add=False)
@@ -229,8 +236,8 @@ PALLAS_CPU_EXPORT void pallas_cpu_rt_dma_start(
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int32_t* send_alloc,
     int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
-    int64_t device, int64_t mode, int64_t regular, int64_t add, int64_t site,
-    int64_t grid_index);
+    int64_t device, int64_t mode, int64_t regular, int64_t add,
+    int64_t pad_rank, void* pad_desc, int64_t site, int64_t grid_index);
 
 // ---------------------------------------------------------------------------
 // Race detection (the instrumented build only; runtime/races.h): one call

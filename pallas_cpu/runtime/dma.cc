@@ -84,6 +84,26 @@ StridedWindow Contiguous(char* base, const std::vector<int64_t>& sizes) {
   return w;
 }
 
+// Writes `fill` to the elements of `w` outside its leading box `keep` (per
+// dimension, the first keep[d] indices): the destination's part of a DMA
+// that reads its source's tile padding.
+void FillOutside(const StridedWindow& w, const std::vector<int64_t>& keep,
+                 size_t dim, char* p, bool inside, uint64_t fill,
+                 int64_t elem_bytes) {
+  const int64_t n = w.sizes[dim];
+  const int64_t step = w.strides[dim] * elem_bytes;
+  if (dim + 1 == w.sizes.size()) {
+    for (int64_t i = inside ? keep[dim] : 0; i < n; ++i) {
+      std::memcpy(p + i * step, &fill, elem_bytes);  // little-endian
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    FillOutside(w, keep, dim + 1, p + i * step, inside && i < keep[dim], fill,
+                elem_bytes);
+  }
+}
+
 // -- accumulating DMAs (add=True) ---------------------------------------------
 template <typename T>
 T LoadAs(const char* p) {
@@ -216,9 +236,21 @@ void AddWindows(const StridedWindow& src, const StridedWindow& dst,
   }
 }
 
-// Copies a DMA's data (no launch state touched).  Throws std::bad_alloc
-// when an overlapping copy cannot get its staging buffer.
+void CopyBox(const Dma& dma);
+
+// Copies a DMA's data (no launch state touched): the part inside both
+// arrays, then the uninitialized value where the source's tile padding is
+// read.  Throws std::bad_alloc when an overlapping copy cannot get its
+// staging buffer.
 void CopyData(const Dma& dma) {
+  CopyBox(dma);
+  if (!dma.pad_dst.sizes.empty()) {
+    FillOutside(dma.pad_dst, dma.dst.sizes, 0, dma.pad_dst.base, true,
+                dma.fill, dma.elem_bytes);
+  }
+}
+
+void CopyBox(const Dma& dma) {
   if (dma.add != kPallasCpuDmaCopy) {
     const int64_t n = dma.src.NumElements();
     if (n == 0) return;
@@ -271,8 +303,9 @@ void Execute(Launch* launch, Dma& dma,
     launch->RaceAccess(nullptr, dma.race_actor, dma.src.base, dma.src.sizes,
                        dma.src.strides, dma.elem_bytes, false, dma.site,
                        dma.grid_index);
-    launch->RaceAccess(nullptr, dma.race_actor, dma.dst.base, dma.dst.sizes,
-                       dma.dst.strides, dma.elem_bytes, true, dma.site,
+    const StridedWindow& written = dma.written();
+    launch->RaceAccess(nullptr, dma.race_actor, written.base, written.sizes,
+                       written.strides, dma.elem_bytes, true, dma.site,
                        dma.grid_index);
     launch->races()->CompleteDma(dma.race_actor, dma.sem);
     if (dma.send_sem != nullptr) {
@@ -399,6 +432,22 @@ void WaitForIdleDmas(PallasCpuRuntimeContext* ctx,
   });
 }
 
+// Narrows a DMA whose windows reach into tile padding (abi.h, `pad`: `pad`
+// is its descriptor, read as a window of i64) to the part it copies, and
+// keeps the destination's valid part and the fill for the rest.
+static void PadDma(Dma& dma, const StridedWindow& pad) {
+  if (pad.sizes.empty() || pad.sizes[0] == 0) return;
+  const auto* words = reinterpret_cast<const int64_t*>(pad.base);
+  const size_t rank = dma.src.sizes.size();
+  dma.fill = static_cast<uint64_t>(words[0]);
+  dma.pad_dst = dma.dst;
+  for (size_t d = 0; d < rank; ++d) {
+    const int64_t src_valid = words[1 + d], dst_valid = words[1 + rank + d];
+    dma.pad_dst.sizes[d] = dst_valid;
+    dma.src.sizes[d] = dma.dst.sizes[d] = std::min(src_valid, dst_valid);
+  }
+}
+
 int64_t StridedWindow::NumElements() const {
   int64_t n = 1;
   for (int64_t s : sizes) n *= s;
@@ -415,8 +464,8 @@ extern "C" void pallas_cpu_rt_dma_start(
     int64_t dst_rank, void* dst_desc, int64_t elem_bytes, int32_t* sem_alloc,
     int32_t* sem, int64_t sem_offset, int64_t sem_id, int32_t* send_alloc,
     int32_t* send_sem, int64_t send_offset, int64_t send_sem_id,
-    int64_t device, int64_t mode, int64_t regular, int64_t add, int64_t site,
-    int64_t grid_index) {
+    int64_t device, int64_t mode, int64_t regular, int64_t add,
+    int64_t pad_rank, void* pad_desc, int64_t site, int64_t grid_index) {
   (void)sem_alloc;
   (void)send_alloc;
   auto lock = ctx->launch->Lock();
@@ -443,18 +492,22 @@ extern "C" void pallas_cpu_rt_dma_start(
       ctx->Fail(os.str());
       return;
     }
+    // The semaphore counts the whole window, tile padding included.
+    const int64_t window_bytes = dma.src.NumElements() * elem_bytes;
+    pallas_cpu::PadDma(dma, pallas_cpu::FromDescriptor(pad_rank, pad_desc, 8));
     if (device >= 0) {
       // A remote copy: the destination and its semaphore are the same
       // buffer and semaphore of the same core on device `device`.
       Actor* target = ctx->launch->Target(self, device, -1, grid_index,
                                           "remote DMA");
       if (target == nullptr) return;
-      pallas_cpu::Extent e = pallas_cpu::ExtentOf(dma.dst, elem_bytes);
+      pallas_cpu::Extent e = pallas_cpu::ExtentOf(dma.written(), elem_bytes);
       if (e.lo <= e.hi) {
         char* there = ctx->launch->Translate(self, target, e.lo,
                                              e.hi - e.lo + 1, grid_index);
         if (there == nullptr) return;
         dma.dst.base += there - e.lo;
+        if (!dma.pad_dst.sizes.empty()) dma.pad_dst.base += there - e.lo;
       }
       dma.sem = ctx->launch->Find(self, target, sem_id, sem_offset,
                                   grid_index);
@@ -463,9 +516,10 @@ extern "C" void pallas_cpu_rt_dma_start(
       if (send_sem_id >= 0) dma.send_sem = send_sem + send_offset;
     }
     dma.add = add;
-    dma.units = regular ? 1
-                        : static_cast<int32_t>(dma.src.NumElements() *
-                                               elem_bytes);
+    // A DMA of no bytes on a DMA semaphore (a run-time size of 0) is done
+    // as it starts: it signals nothing, and its wait takes nothing.
+    if (!regular && window_bytes == 0) return;
+    dma.units = regular ? 1 : static_cast<int32_t>(window_bytes);
     dma.unwaited = dma.units;
     dma.send_unwaited = dma.send_sem != nullptr ? dma.units : 0;
     ctx->dmas.push_back(std::move(dma));
@@ -632,7 +686,7 @@ extern "C" void pallas_cpu_rt_buffer_exit(PallasCpuRuntimeContext* ctx,
       bool reads = mine && pallas_cpu::ExtentOf(it->src, it->elem_bytes)
                                .Overlaps(lo, nbytes);
       bool writes = it->dst_actor == me &&
-                    pallas_cpu::ExtentOf(it->dst, it->elem_bytes)
+                    pallas_cpu::ExtentOf(it->written(), it->elem_bytes)
                         .Overlaps(lo, nbytes);
       if (!reads && !writes) {
         ++it;
@@ -713,11 +767,13 @@ extern "C" void pallas_cpu_rt_sem_exit(PallasCpuRuntimeContext* ctx,
       int32_t* sem_alloc, int32_t* sem, int64_t sem_offset, int64_t sem_id,   \
       int32_t* send_alloc, int32_t* send_sem, int64_t send_offset,            \
       int64_t send_sem_id, int64_t device, int64_t mode, int64_t regular,     \
-      int64_t add, int64_t site, int64_t grid_index) {                        \
+      int64_t add, int64_t pad_rank, void* pad_desc, int64_t site,            \
+      int64_t grid_index) {                                                   \
     pallas_cpu_rt_dma_start(ctx, src_rank, src_desc, dst_rank, dst_desc,      \
                             elem_bytes, sem_alloc, sem, sem_offset, sem_id,   \
                             send_alloc, send_sem, send_offset, send_sem_id,   \
-                            device, mode, regular, add, site, grid_index);    \
+                            device, mode, regular, add, pad_rank, pad_desc,   \
+                            site, grid_index);                                \
   }
 PALLAS_CPU_DMA_START_FOR(f16)
 PALLAS_CPU_DMA_START_FOR(bf16)

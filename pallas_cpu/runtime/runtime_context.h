@@ -57,6 +57,16 @@ struct Dma {
   // add=True: the element arithmetic that accumulates the source into the
   // destination (DmaAdd in abi.h); kDmaCopy overwrites.
   int64_t add = 0;
+  // A window reaching into tile padding (abi.h, `pad`): `src` and `dst` are
+  // then the part copied (inside both arrays), `pad_dst` the destination's
+  // part inside its array, whose elements outside `dst` get `fill` (the
+  // source's padding, read).  Empty sizes: no padding.
+  StridedWindow pad_dst;
+  uint64_t fill = 0;
+  // The destination it writes: `pad_dst` if any, else `dst`.
+  const StridedWindow& written() const {
+    return pad_dst.sizes.empty() ? dst : pad_dst;
+  }
 };
 
 class Launch;

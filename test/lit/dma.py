@@ -25,11 +25,12 @@ def _call(kernel, scratch):
 
 
 # CHECK-LABEL: TEST: test_dma_start_and_wait
-# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64, i64, i64)
+# CHECK-DAG: func.func private @pallas_cpu_rt_dma_start_f32(!llvm.ptr, memref<*xf32>, memref<*xf32>, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, memref<i32, strided<[], offset: ?>, "semaphore">, i64, i64, i64, i64, i64, memref<*xi64>, i64, i64)
 # CHECK-DAG: func.func private @pallas_cpu_rt_sem_wait(!llvm.ptr, memref<i32, strided<[], offset: ?>, "semaphore">, i32, i64, i64) -> i32
 # CHECK: func.func @pallas_cpu_entry(%[[RT:.*]]: !llvm.ptr, %[[X:.*]]: memref<64x128xf32, "hbm">
 # CHECK-DAG: %[[BUF:.*]] = memref.alloc() {{.*}} : memref<8x128xf32, "vmem">
 # CHECK-DAG: %[[SEMS:.*]] = memref.alloc() {{.*}} : memref<2xi32, "semaphore">
+# CHECK-DAG: %[[NOPAD:.*]] = memref.alloca() : memref<0xi64>
 # CHECK: %[[SRC:.*]] = memref.subview {{.*}}[8, 0] [8, 128] [1, 1] : memref<64x128xf32, strided<[128, 1], offset: ?>, "hbm">
 # CHECK: %[[SEM:.*]] = memref.subview {{.*}} : memref<2xi32, strided<[1], offset: ?>, "semaphore"> to memref<i32, strided<[], offset: ?>, "semaphore">
 # CHECK: %[[SRC_FLAT:.*]] = memref.memory_space_cast %[[SRC]] {{.*}} to memref<8x128xf32, strided<[128, 1], offset: ?>>
@@ -37,9 +38,10 @@ def _call(kernel, scratch):
 # CHECK: %[[DST_U:.*]] = memref.cast {{.*}} to memref<*xf32>
 # The element size (4 bytes), the semaphore and its id, no send semaphore
 # (-1) nor target device (-1: a local copy), the on_wait mode (1), a DMA
-# semaphore (0: completion counts bytes), a copy (0: not add=True) and the
-# start's site id:
-# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %c{{[0-9]+}}_i64{{.*}}
+# semaphore (0: completion counts bytes), a copy (0: not add=True), no tile
+# padding (an empty memref) and the start's site id:
+# CHECK: %[[NOPAD_U:.*]] = memref.cast %[[NOPAD]] : memref<0xi64> to memref<*xi64>
+# CHECK: call @pallas_cpu_rt_dma_start_f32(%[[RT]], %[[SRC_U]], %[[DST_U]], %c4_i64{{.*}}, %[[SEM]], %c0_i64{{.*}}, %[[SEM]], %c-1_i64{{.*}}, %c-1_i64{{.*}}, %c1_i64{{.*}}, %c0_i64{{.*}}, %c0_i64{{.*}}, %[[NOPAD_U]], %c{{[0-9]+}}_i64{{.*}}
 # The wait is for the 8x128xf32 destination's 4096 bytes:
 # CHECK: %[[BYTES:.*]] = arith.constant 4096 : i32
 # CHECK: call @pallas_cpu_rt_sem_wait(%[[RT]], %{{.*}}, %[[BYTES]],
@@ -151,3 +153,41 @@ def test_lifetime_checks():
     pl.run_scoped(body, pltpu.VMEM((8, 128), jnp.float32),
                   pltpu.SemaphoreType.REGULAR)
   print(lower_text(_call(kernel, [pltpu.SemaphoreType.DMA]), X))
+
+
+# A DMA window of run-time size (emit_pipeline's edge and BoundedSlice
+# blocks) whose source may reach past the (41, 128) array into the padding
+# of its last (8, 128) tile: the window is checked against the padded 48
+# rows, the runtime gets the pad description [fill bits (f32 NaN), the
+# source's valid rows and columns, the destination's], and the wait counts
+# the window's bytes at run time.
+# CHECK-LABEL: TEST: test_run_time_size_into_tile_padding
+# CHECK-DAG: %[[PAD:.*]] = memref.alloca() : memref<5xi64>
+# CHECK-DAG: %[[C48:.*]] = arith.constant 48 : index
+# CHECK: %[[SRC:.*]] = memref.subview %{{.*}}[%{{.*}}, 0] [%{{.*}}, 128] [1, 1] : memref<41x128xf32, strided<[128, 1], offset: ?>, "hbm"> to memref<?x128xf32, strided<[128, 1], offset: ?>, "hbm">
+# CHECK: %[[DST:.*]] = memref.subview %{{.*}}[%{{.*}}, 0] [%{{.*}}, 128] [1, 1] : memref<16x128xf32, strided<[128, 1], offset: ?>, "vmem"> to memref<?x128xf32, strided<[128, 1], offset: ?>, "vmem">
+# CHECK: %[[NAN:.*]] = arith.constant 2143289344 : i64
+# CHECK: memref.store %[[NAN]], %[[PAD]][%{{.*}}] : memref<5xi64>
+# CHECK: %[[PAD_U:.*]] = memref.cast %[[PAD]] : memref<5xi64> to memref<*xi64>
+# CHECK: call @pallas_cpu_rt_dma_start_f32({{.*}}, %[[PAD_U]], %c{{[0-9]+}}_i64{{.*}}
+# CHECK: %[[ROWS:.*]] = memref.dim %{{.*}}, %{{.*}} : memref<?x128xf32, strided<[128, 1], offset: ?>, "vmem">
+# CHECK: %[[ROWS32:.*]] = arith.index_cast %[[ROWS]] : index to i32
+# CHECK: %[[BYTES:.*]] = arith.muli %{{.*}}, %[[ROWS32]] : i32
+# CHECK: call @pallas_cpu_rt_sem_wait(%{{.*}}, %{{.*}}, %[[BYTES]],
+@run_test
+def test_run_time_size_into_tile_padding():
+  def kernel(x_hbm, o_ref, buf, sem):
+    i = pl.program_id(0)
+    n = jnp.minimum(16, 48 - i * 16)
+    c = pltpu.make_async_copy(x_hbm.at[pl.ds(i * 16, n)],
+                              buf.at[pl.ds(0, n)], sem)
+    c.start()
+    c.wait()
+    o_ref[...] = buf[...]
+  fn = lambda x: pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((48, 128), jnp.float32),
+      grid=(3,), in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
+      out_specs=pl.BlockSpec((16, 128), lambda i: (i, 0)),
+      scratch_shapes=[pltpu.VMEM((16, 128), jnp.float32),
+                      pltpu.SemaphoreType.DMA])(x)
+  print(lower_text(fn, jnp.ones((41, 128), jnp.float32)))

@@ -1,7 +1,8 @@
 """BlockSpec block dimensions beyond Blocked/Squeezed: ``pl.Element``
 (element offsets, with and without padding, inputs and outputs) against
 interpret=True; ``pl.BoundedSlice`` and ``pl.Indirect``, which neither
-interpret mode nor Mosaic runs in a pallas_call, are a clear error."""
+interpret mode nor Mosaic runs in a pallas_call, are a clear error there
+(``BoundedSlice`` blocks of ``pltpu.emit_pipeline`` run: test_dma_windows.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

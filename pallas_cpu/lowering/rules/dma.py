@@ -6,7 +6,10 @@ A DMA passes its source and destination windows as unranked memrefs, so one
 runtime entry point per element type copies between any two strided views;
 completion signals the semaphore with the bytes copied, and a wait
 decrements, as in TPU interpret mode.  ``start(add=True)`` accumulates into
-the destination instead (``_add_kind``)."""
+the destination instead (``_add_kind``).  A window may have a run-time size
+(``pl.ds(start, n)`` with a traced ``n``) and may reach into its buffer's
+tile padding (rules/memory.py, "DMA windows in a buffer's tile padding"),
+which the runtime gets as a pad description (``_padding``)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -16,13 +19,13 @@ from jax._src.pallas.mosaic import core as tpu_core
 from jax._src.pallas.mosaic import primitives as tpu_primitives
 from jax._src.state import types as state_types
 from mlir import ir
-from mlir.dialects import arith
+from mlir.dialects import arith, memref
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import buffers, devices, values, views
+from pallas_cpu.lowering import buffers, devices, types, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
-from pallas_cpu.lowering.rules.memory import view_of
+from pallas_cpu.lowering.rules.memory import dma_window, view_of
 from pallas_cpu.lowering.scalars import i64 as _i64
 
 
@@ -49,14 +52,11 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
   # (A window out of bounds is reported as TPU interpret mode words it: an
   # "Out-of-bounds read" of the source, "write" of the destination.)
   ctx.ref_access = "read"
-  src_view, _ = view_of(ctx, src)
+  src_view, src_valid = dma_window(ctx, src)
   ctx.ref_access = "write"
-  dst_view, _ = view_of(ctx, dst)
+  dst_view, dst_valid = dma_window(ctx, dst)
   ctx.ref_access = None
-  if src_view.shape != dst_view.shape or src_view.dtype != dst_view.dtype:
-    raise ValueError(f"pallas_cpu: DMA from {src_view.shape} {src_view.dtype} "
-                     f"to {dst_view.shape} {dst_view.dtype}: shapes and dtypes "
-                     "must match")
+  _check_shapes(src_view, dst_view)
   add_kind = _add_kind(dst_view.dtype) if add else abi.DMA_COPY
   sem_view = _semaphore(ctx, sem)
   _, _, sem_aval, _, _ = tree.unflatten(ctx.avals_in)
@@ -80,8 +80,63 @@ def _dma_start(ctx, *args, tree, device_id_type, priority, add):
       _i64(send_view.sem_id if src_sem is not None else -1), device,
       _i64(abi.DMA_MODES[kctx.params.dma_execution_mode]),
       _i64(0 if _is_dma_semaphore(sem_aval) else 1), _i64(add_kind),
+      views.unranked(_padding(kctx, src_view, dst_view, src_valid,
+                              dst_valid)),
       _i64(kctx.site(f"DMA start at {ctx.source}")), kctx.grid_index()])
   return []
+
+
+def _check_shapes(src_view, dst_view) -> None:
+  """The DMA's windows agree in dtype and in every size known now; sizes
+  known only at run time are compared by the runtime."""
+  a, b = src_view.shape, dst_view.shape
+  if (src_view.dtype != dst_view.dtype or len(a) != len(b) or any(
+      m != n for m, n in zip(a, b)
+      if views.DYN_SIZE not in (m, n))):
+    raise ValueError(
+        f"pallas_cpu: DMA from {views.shape_text(a)} {src_view.dtype} to "
+        f"{views.shape_text(b)} {dst_view.dtype}: shapes and dtypes must match")
+
+
+def _padding(kctx, src_view, dst_view, src_valid, dst_valid) -> ir.Value:
+  """The runtime's description of a DMA reaching into tile padding
+  (rules/memory.py, "DMA windows in a buffer's tile padding"):
+  [fill bits, the source's valid count per dimension, the destination's],
+  or an empty memref when both windows lie inside their logical shapes."""
+  i64 = ir.IntegerType.get_signless(64)
+  if src_valid is None and dst_valid is None:
+    state = kctx.rule_state.setdefault("dma", {})
+    if "no_padding" not in state:
+      with kctx.alloc_ip:
+        state["no_padding"] = memref.AllocaOp(
+            ir.MemRefType.get([0], i64), [], []).result
+    return state["no_padding"]
+  rank = len(src_view.shape)
+  with kctx.alloc_ip:
+    buf = memref.AllocaOp(ir.MemRefType.get([1 + 2 * rank], i64), [],
+                          []).result
+  words = [arith.constant(i64, _fill_bits(kctx, src_view.dtype))]
+  for view, valid in ((src_view, src_valid), (dst_view, dst_valid)):
+    counts = valid if valid is not None else views.sizes_of(view.memref)
+    words += [arith.index_cast(i64, views.as_index(n)) for n in counts]
+  for k, word in enumerate(words):
+    memref.store(word, buf, [views.as_index(k)])
+  return buf
+
+
+def _fill_bits(kctx, dtype) -> int:
+  """The bits of the uninitialized value (buffers.uninitialized_scalar) in
+  one element of ``dtype`` as stored, for the padding a DMA reads."""
+  dtype = np.dtype(dtype)
+  if kctx.params.uninitialized_memory == "zero" or types.is_bool(dtype):
+    return 0
+  if types.is_float(dtype):
+    bits = np.array(np.nan, dtype).view(f"u{dtype.itemsize}")
+    return int(bits)
+  if dtype == np.int16:
+    return 0
+  width = 8 * dtype.itemsize
+  return int(types.iinfo(dtype).min) & ((1 << width) - 1)
 
 
 def _add_kind(dtype) -> int:
@@ -127,12 +182,20 @@ def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
   # wait_send (src and dst swapped, insert_dummy_device) on the sender's
   # send semaphore: both are local waits for the bytes copied.
   src, dst, sem, src_sem, device_id = tree.unflatten(args)
-  dst_view, _ = view_of(ctx, dst)
+  dst_view, _ = dma_window(ctx, dst)
   # (JAX only lets a DMA semaphore be waited here; a REGULAR one that a DMA
-  # signalled is waited with semaphore_wait, for its one completion.)
-  nbytes = int(np.prod(dst_view.shape)) * np.dtype(dst_view.dtype).itemsize
-  _wait(ctx, _semaphore(ctx, sem),
-        arith.constant(ir.IntegerType.get_signless(32), nbytes))
+  # signalled is waited with semaphore_wait, for its one completion.)  The
+  # bytes of the whole window, its tile padding included, as the DMA counts
+  # them; a window of run-time size counts at run time.
+  i32 = ir.IntegerType.get_signless(32)
+  itemsize = np.dtype(dst_view.dtype).itemsize
+  sizes = views.sizes_of(dst_view.memref)
+  static = int(np.prod([n for n in sizes if isinstance(n, int)])) * itemsize
+  nbytes = arith.constant(i32, static)
+  for n in sizes:
+    if not isinstance(n, int):
+      nbytes = arith.muli(nbytes, arith.index_cast(i32, n))
+  _wait(ctx, _semaphore(ctx, sem), nbytes)
   return []
 
 

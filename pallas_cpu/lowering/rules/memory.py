@@ -12,6 +12,7 @@ from jax._src import core as jax_core
 from jax._src import tree_util
 from jax._src.state import indexing
 from jax._src.pallas import primitives as pallas_primitives
+from jax._src.pallas.mosaic import tpu_info
 from jax._src.state import discharge as state_discharge
 from jax._src.state import primitives as state_primitives
 from jax._src.state import types as state_types
@@ -19,8 +20,8 @@ from mlir import ir
 from mlir.dialects import arith, builtin, linalg, memref, scf
 
 from pallas_cpu import abi, tpu_checks
-from pallas_cpu.lowering import (bit_views, buffers, race_hooks, types,
-                                  values, views)
+from pallas_cpu.lowering import (bit_views, buffers, memory_spaces,
+                                  race_hooks, types, values, views)
 from pallas_cpu.lowering import jaxpr as jaxpr_lowering
 from pallas_cpu.lowering.context import Ref, scalar_of
 from pallas_cpu.lowering.registry import register
@@ -80,20 +81,27 @@ def _access_site(ctx, ref, shape, transformed: bool) -> int:
 
 def _describe_view(ctx, ref, shape, transformed: bool) -> str:
   if ref is None:
-    return f"a ref of shape {tuple(shape)}"
+    return f"a ref of shape {views.shape_text(shape)}"
   desc = f"{buffers.describe_ref(ctx.kernel, ref)} of shape {tuple(ref.shape)}"
   if transformed:
-    desc = f"a view of shape {tuple(shape)} of {desc}"
+    desc = f"a view of shape {views.shape_text(shape)} of {desc}"
   return desc
 
 
-def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
-                   dim: int, site: int | None = None) -> ir.Value:
+
+def _checked_start(ctx, start: ir.Value, size: int, step: int,
+                   limit: views.Index, dim: int,
+                   site: int | None = None) -> ir.Value:
   """A dynamic slice start, reported and clamped when the slice leaves its
   ref, so that no access ever leaves the buffer."""
   extent = (size - 1) * step + 1 if size else 0
   idx = views.as_index(start)
-  lo, hi = views.as_index(0), views.as_index(max(limit - extent, 0))
+  lo = views.as_index(0)
+  if isinstance(limit, int):
+    hi = views.as_index(max(limit - extent, 0))
+  else:
+    hi = arith.maxsi(arith.subi(views.as_index(limit), views.as_index(extent)),
+                     lo)
   bad = arith.ori(arith.cmpi(arith.CmpIPredicate.slt, idx, lo),
                   arith.cmpi(arith.CmpIPredicate.sgt, idx, hi))
   if_op = scf.IfOp(bad)
@@ -103,8 +111,40 @@ def _checked_start(ctx, start: ir.Value, size: int, step: int, limit: int,
   return arith.minsi(arith.maxsi(idx, lo), hi)
 
 
+def _checked_window(ctx, start: views.Index, size: views.Index, step: int,
+                    limit: views.Index, dim: int,
+                    site: int | None) -> tuple[ir.Value, ir.Value]:
+  """A window of run-time size (``pl.ds(start, n)`` with a traced ``n``:
+  emit_pipeline's edge and BoundedSlice blocks): reported when the size is
+  negative or the window leaves [0, limit), and clamped into it."""
+  idx, n, lim = (views.as_index(start), views.as_index(size),
+                 views.as_index(limit))
+  zero, one, st = views.as_index(0), views.as_index(1), views.as_index(step)
+
+  def extent_of(count):
+    positive = arith.cmpi(arith.CmpIPredicate.sgt, count, zero)
+    return arith.select(positive, arith.addi(arith.muli(arith.subi(
+        count, one), st), one), zero)
+
+  extent = extent_of(n)
+  bad = arith.ori(
+      arith.ori(arith.cmpi(arith.CmpIPredicate.slt, idx, zero),
+                arith.cmpi(arith.CmpIPredicate.slt, n, zero)),
+      arith.cmpi(arith.CmpIPredicate.sgt, arith.addi(idx, extent), lim))
+  if_op = scf.IfOp(bad)
+  with ir.InsertionPoint(if_op.then_block):
+    _report_window(ctx, site, dim, idx, extent, limit)
+    scf.YieldOp([])
+  # (The report ends the call; the clamped window keeps the accesses made
+  # meanwhile inside the buffer.)
+  fits = arith.ceildivsi(lim, st)
+  n = arith.minsi(arith.maxsi(n, zero), fits)
+  hi = arith.maxsi(arith.subi(lim, extent_of(n)), zero)
+  return arith.minsi(arith.maxsi(idx, zero), hi), n
+
+
 def _report_window(ctx, site: int | None, dim: int, start: ir.Value,
-                   extent: views.Index, limit: int) -> None:
+                   extent: views.Index, limit: views.Index) -> None:
   """Reports a window [start, start + extent) outside [0, limit)."""
   i64 = ir.IntegerType.get_signless(64)
   kctx = ctx.kernel
@@ -115,16 +155,23 @@ def _report_window(ctx, site: int | None, dim: int, start: ir.Value,
       kctx.runtime_ctx, *where, arith.constant(i64, dim),
       arith.index_cast(i64, views.as_index(start)),
       arith.index_cast(i64, views.as_index(extent)),
-      arith.constant(i64, limit), kctx.grid_index()])
+      arith.index_cast(i64, views.as_index(limit)), kctx.grid_index()])
 
 
 def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
-                     transformed: bool = False):
+                     transformed: bool = False, *, limits=None, pad=None,
+                     dma: bool = False):
   """``t`` over a view of ``shape`` as subview arguments (offsets, sizes,
   steps, dropped dims), dynamic starts bounds checked at run time, static
   ones now (``ref``, the ref the view comes from -- through other
   transforms if ``transformed`` -- names it in the message); None for the
-  whole view."""
+  whole view.
+
+  ``limits`` are the view's sizes where ``shape`` has dynamic ones (a view
+  of run-time size); ``dma``: the window is a DMA's, which may have a
+  run-time size, and ``pad`` the view's tile padding (``_tile_padding``),
+  for which the second result is the window's."""
+  limits = list(shape) if limits is None else limits
   offsets, sizes, steps, drop = [], [], [], []
   for d, idx in enumerate(t.indices):
     if isinstance(idx, indexing.Slice):
@@ -137,34 +184,59 @@ def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
     sizes.append(size)
     steps.append(step)
   site = None
+  new_pad = [] if pad is not None else None
   for d, start in enumerate(offsets):
-    if not isinstance(sizes[d], int):
-      # (emit_pipeline's BoundedSlice blocks make these: DMAs of a
-      # run-time size, which the DMA rules do not take yet.)
+    size, step = sizes[d], steps[d]
+    room, valid = pad[d] if pad is not None else (limits[d], None)
+    if d in drop and valid is not None:
+      room = valid  # an index stays inside the logical shape
+    if not isinstance(size, int) and not dma:
+      what = _describe_view(ctx, ref, shape, transformed)
       raise NotImplementedError(
-          f"pallas_cpu: a slice of dynamic size (pl.ds(start, n) with a "
-          f"traced n, dimension {d}) of a ref of shape {tuple(shape)}")
-    if isinstance(start, int):
+          f"pallas_cpu: a slice of run-time size (pl.ds(start, n) with a "
+          f"traced n, dimension {d}) of {what}: only DMAs take one")
+    if all(isinstance(v, int) for v in (start, size, room)):
       _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
-                    transformed)
+                    transformed, limit=room)
     else:
       if site is None:
         site = _access_site(ctx, ref, shape, transformed)
-      offsets[d] = _checked_start(ctx, start, sizes[d], steps[d], shape[d], d,
-                                  site)
-  if (all(o == 0 for o in offsets) and sizes == list(shape)
-      and all(s == 1 for s in steps) and not drop):
-    return None  # x_ref[...]: the whole ref
-  return offsets, sizes, steps, drop
+      if isinstance(size, int):
+        offsets[d] = _checked_start(ctx, start, size, step, room, d, site)
+      else:
+        offsets[d], sizes[d] = _checked_window(ctx, start, size, step, room,
+                                               d, site)
+    if new_pad is not None and d not in drop:
+      new_pad.append((sizes[d], _valid_after(valid, offsets[d], sizes[d],
+                                             step)))
+  if (all(isinstance(o, int) and o == 0 for o in offsets)
+      and sizes == list(shape) and all(s == 1 for s in steps) and not drop):
+    return None, pad  # x_ref[...]: the whole ref
+  return (offsets, sizes, steps, drop), new_pad
+
+
+def _valid_after(valid, start, size, step):
+  """How many elements of a window [start, start + size*step) lie before
+  ``valid`` (None: all): clamp(ceil((valid - start) / step), 0, size)."""
+  if valid is None:
+    return None
+  if all(isinstance(v, int) for v in (valid, start, size)):
+    return min(max(-(-(valid - start) // step), 0), size)
+  count = arith.ceildivsi(arith.subi(views.as_index(valid),
+                                     views.as_index(start)),
+                          views.as_index(step))
+  return arith.minsi(arith.maxsi(count, views.as_index(0)),
+                     views.as_index(size))
 
 
 def _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
-                  transformed) -> None:
+                  transformed, limit: int | None = None) -> None:
   """Raises IndexError when the static window along dimension ``d`` leaves
   the view (MLIR would reject the subview; a dynamic index is reported at
   run time instead).  Negative indices do not count from the end, as in
   Mosaic."""
-  start, size, step, limit = offsets[d], sizes[d], steps[d], shape[d]
+  start, size, step = offsets[d], sizes[d], steps[d]
+  limit = shape[d] if limit is None else limit
   extent = (size - 1) * step + 1 if size else 0
   if 0 <= start and start + extent <= limit:
     return
@@ -216,8 +288,18 @@ def resolve(ctx, ref: Ref, transforms):
   """The view the transforms select: a ``Ref`` (a memref view), or a
   ``bit_views.BitView`` past a bitcast that changes the element width; and
   a key that is equal for equal views of the same storage."""
+  view, key, _ = _resolve(ctx, ref, transforms, dma=False)
+  return view, key
+
+
+def _resolve(ctx, ref: Ref, transforms, *, dma: bool):
+  """``resolve``; for a DMA's window (``dma``) also its tile padding: per
+  kept dimension (size, valid) as ``_tile_padding`` gives them, or None."""
   view, key = ref, (ref.root, ref.memref)
+  pad = _tile_padding(ref) if dma else None
   for n_before, t in enumerate(transforms):
+    if not isinstance(t, indexing.NDIndexer):
+      pad = None  # past a reshape, transpose or bitcast: the logical shape
     if isinstance(t, state_types.BitcastTransform):
       origin = f"ref.bitcast from {view.dtype} to {np.dtype(t.dtype)}"
       if isinstance(view, Ref):
@@ -247,7 +329,10 @@ def resolve(ctx, ref: Ref, transforms):
     if not isinstance(t, indexing.NDIndexer):
       raise NotImplementedError(
           f"pallas_cpu: ref transform {type(t).__name__} is not supported yet")
-    sub = _resolve_indexer(ctx, view.shape, t, ref, n_before > 0)
+    limits = (views.sizes_of(view.memref) if isinstance(view, Ref)
+              else list(view.shape))
+    sub, pad = _resolve_indexer(ctx, view.shape, t, ref, n_before > 0,
+                                limits=limits, pad=pad, dma=dma)
     if sub is None:
       continue
     if isinstance(view, Ref):
@@ -257,7 +342,68 @@ def resolve(ctx, ref: Ref, transforms):
       key = (key, tuple(offsets), tuple(sizes), tuple(steps), tuple(drop))
     else:
       view = bit_views.index(ctx, view, *sub)
-  return view, key
+  return view, key, pad
+
+
+# -- DMA windows in a buffer's tile padding -------------------------------------
+# On TPU every buffer outside SMEM is stored in whole tiles
+# (``tpu_info.infer_tiling``: (8, 128) elements for 32-bit types), so a DMA
+# may reach past the array's logical end into the padding of its last tile.
+# emit_pipeline relies on it: the block at the edge of an array whose size
+# is not a multiple of the block is rounded up to the tiling
+# (pipeline._create_blocked_slice), and so are BoundedSlice blocks.  Mosaic
+# does this; TPU interpret mode does it under buffer_bounds="padded" (its
+# default, "logical", raises).  Here such a DMA reads the uninitialized
+# value where its source lies past the logical end and drops what it would
+# write past the destination's (runtime/dma.cc, PadDma); its semaphore
+# counts the whole window, as on TPU.  A window past the padded shape is
+# out of bounds.
+
+
+def _tile_padding(ref: Ref) -> list | None:
+  """Per dimension of a kernel ref, (room, valid): how far a DMA window may
+  reach (the tile-padded size) and how many elements exist (the logical
+  size); None when no dimension is padded (nor for SMEM, semaphores and
+  64-bit types, which TPU does not tile)."""
+  t = ir.MemRefType(ref.memref.type)
+  space = (ir.StringAttr(t.memory_space).value
+           if t.memory_space is not None else None)
+  if (ref.sem_id is not None or space in (memory_spaces.SMEM,
+                                          memory_spaces.SEMAPHORE)
+      or not t.shape or any(s < 0 for s in t.shape)
+      or types.dtype_bits(ref.dtype) > 32):
+    return None
+  try:
+    tiling = tpu_info.infer_tiling(jax_core.ShapedArray(t.shape, ref.dtype))
+  except Exception:  # no tiling known for this type: logical bounds
+    return None
+  pad = [(-(-n // k) * k, n) if k and n % k else (n, None)
+         for n, k in zip(t.shape, tiling)]
+  if all(valid is None for _, valid in pad):
+    return None
+  return pad
+
+
+def dma_window(ctx, x) -> tuple[Ref, list | None]:
+  """A DMA's source or destination (a Ref or a TransformedRef) as a view,
+  whose sizes may be known only at run time, and how many of its elements
+  lie inside the ref's logical shape per dimension (None: all of them;
+  see "DMA windows in a buffer's tile padding")."""
+  if isinstance(x, state_types.TransformedRef):
+    ref, transforms = x.ref, x.transforms
+  else:
+    ref, transforms = x, ()
+  view, _, pad = _resolve(ctx, ref, transforms, dma=True)
+  if isinstance(view, bit_views.BitView):
+    raise NotImplementedError(
+        f"pallas_cpu: {view.origin} changes the element width, which only "
+        "plain ref loads and stores (ref[...], ref[...] = v) support; not "
+        "DMAs, masked loads/stores or other ref uses")
+  if pad is None or all(
+      valid is None or (isinstance(valid, int) and isinstance(size, int)
+                        and valid == size) for size, valid in pad):
+    return view, None
+  return view, [size if valid is None else valid for size, valid in pad]
 
 
 def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
