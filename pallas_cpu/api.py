@@ -41,6 +41,10 @@ def pallas_call(kernel: Callable, out_shape: Any, *, backend: str = "cpu",
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
   cpu_params = CompilerParams()
+  # What the call chose itself -- its own CompilerParams, or an interpreter
+  # -- holds inside force_cpu_backend too (whose context JAX otherwise lets
+  # override every call's `interpret=`); a plain call takes the context's.
+  explicit = backend != "cpu" or isinstance(compiler_params, CompilerParams)
   if isinstance(compiler_params, CompilerParams):
     cpu_params, compiler_params = compiler_params, None
   if backend == "cpu":
@@ -50,8 +54,17 @@ def pallas_call(kernel: Callable, out_shape: Any, *, backend: str = "cpu",
   else:
     if not isinstance(interpret, pltpu.InterpretParams):
       interpret = pltpu.InterpretParams()
-  return pl.pallas_call(kernel, out_shape, interpret=interpret,
-                        compiler_params=compiler_params, **kwargs)
+  if not explicit:
+    return pl.pallas_call(kernel, out_shape, interpret=interpret,
+                          compiler_params=compiler_params, **kwargs)
+  # (pl.pallas_call reads the context when it is made, not when called.)
+  state = jax_config.pallas_tpu_interpret_mode_context_manager
+  prev = state.swap_local(None)
+  try:
+    return pl.pallas_call(kernel, out_shape, interpret=interpret,
+                          compiler_params=compiler_params, **kwargs)
+  finally:
+    state.set_local(prev)
 
 
 @contextlib.contextmanager

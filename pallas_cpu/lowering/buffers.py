@@ -46,7 +46,7 @@ def new_semaphores(kctx: KernelContext, shape, name: str) -> Ref:
   return Ref(view, ("semaphore", sem_id), np.dtype(np.int32), sem_id)
 
 
-def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
+def uninitialized_value(kctx: KernelContext, dtype):
   """The fill value of memory the kernel never wrote: under "nan", that of
   ``interpret=True`` (``pallas.primitives.uninitialized_value``): NaN for
   floats, the minimum for integers (INT_MIN signed, 0 unsigned), False for
@@ -55,14 +55,30 @@ def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
   with True instead.)"""
   dtype = np.dtype(dtype)
   if kctx.params.uninitialized_memory == "zero":
-    return kctx.constant(0, dtype)
+    return 0
   if types.is_float(dtype):
-    return kctx.constant(float("nan"), dtype)
+    return float("nan")
   if types.is_bool(dtype):
-    return kctx.constant(False, dtype)
+    return False
   if dtype == np.int16:
-    return kctx.constant(0, dtype)
-  return kctx.constant(types.iinfo(dtype).min, dtype)
+    return 0
+  return int(types.iinfo(dtype).min)
+
+
+def uninitialized_scalar(kctx: KernelContext, dtype) -> values.Scalar:
+  """``uninitialized_value`` as a constant of ``dtype``."""
+  return kctx.constant(uninitialized_value(kctx, dtype), np.dtype(dtype))
+
+
+def uninitialized_bits(kctx: KernelContext, dtype) -> int:
+  """The bits of ``uninitialized_value`` in one element of ``dtype`` as
+  memory holds it (sub-byte integers: a byte), as an unsigned int."""
+  dtype = np.dtype(dtype)
+  value = uninitialized_value(kctx, dtype)
+  width = 8 * dtype.itemsize
+  if types.is_float(dtype):
+    return int(np.array(value, dtype).view(f"u{dtype.itemsize}"))
+  return int(value) & ((1 << width) - 1)
 
 
 def allocate_ref(kctx: KernelContext, aval, root, name: str, *,

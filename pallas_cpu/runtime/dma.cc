@@ -84,23 +84,22 @@ StridedWindow Contiguous(char* base, const std::vector<int64_t>& sizes) {
   return w;
 }
 
-// Writes `fill` to the elements of `w` outside its leading box `keep` (per
-// dimension, the first keep[d] indices): the destination's part of a DMA
-// that reads its source's tile padding.
-void FillOutside(const StridedWindow& w, const std::vector<int64_t>& keep,
-                 size_t dim, char* p, bool inside, uint64_t fill,
-                 int64_t elem_bytes) {
+// Calls `op(element)` for each element of `w` outside its leading box
+// `keep` (per dimension, the first keep[d] indices): the destination's part
+// of a DMA that reads its source's tile padding.
+template <typename Op>
+void ForEachOutside(const StridedWindow& w, const std::vector<int64_t>& keep,
+                    size_t dim, char* p, bool inside, int64_t elem_bytes,
+                    Op op) {
   const int64_t n = w.sizes[dim];
   const int64_t step = w.strides[dim] * elem_bytes;
   if (dim + 1 == w.sizes.size()) {
-    for (int64_t i = inside ? keep[dim] : 0; i < n; ++i) {
-      std::memcpy(p + i * step, &fill, elem_bytes);  // little-endian
-    }
+    for (int64_t i = inside ? keep[dim] : 0; i < n; ++i) op(p + i * step);
     return;
   }
   for (int64_t i = 0; i < n; ++i) {
-    FillOutside(w, keep, dim + 1, p + i * step, inside && i < keep[dim], fill,
-                elem_bytes);
+    ForEachOutside(w, keep, dim + 1, p + i * step, inside && i < keep[dim],
+                   elem_bytes, op);
   }
 }
 
@@ -236,20 +235,8 @@ void AddWindows(const StridedWindow& src, const StridedWindow& dst,
   }
 }
 
-void CopyBox(const Dma& dma);
-
-// Copies a DMA's data (no launch state touched): the part inside both
-// arrays, then the uninitialized value where the source's tile padding is
-// read.  Throws std::bad_alloc when an overlapping copy cannot get its
-// staging buffer.
-void CopyData(const Dma& dma) {
-  CopyBox(dma);
-  if (!dma.pad_dst.sizes.empty()) {
-    FillOutside(dma.pad_dst, dma.dst.sizes, 0, dma.pad_dst.base, true,
-                dma.fill, dma.elem_bytes);
-  }
-}
-
+// Copies the part of a DMA inside both arrays (all of it, without tile
+// padding).
 void CopyBox(const Dma& dma) {
   if (dma.add != kPallasCpuDmaCopy) {
     const int64_t n = dma.src.NumElements();
@@ -285,6 +272,29 @@ void CopyBox(const Dma& dma) {
       CopyRec(dma.src, dma.dst, 0, dma.src.base, dma.dst.base, dma.elem_bytes);
     }
   }
+}
+
+// Copies a DMA's data (no launch state touched): the part inside both
+// arrays, then, where the source's tile padding is read, the uninitialized
+// value `fill` -- stored, or added by an accumulating DMA.  Throws
+// std::bad_alloc when an overlapping copy cannot get its staging buffer.
+void CopyData(const Dma& dma) {
+  CopyBox(dma);
+  if (dma.pad_dst.sizes.empty()) return;
+  const char* fill = reinterpret_cast<const char*>(&dma.fill);  // LE bytes
+  const int64_t eb = dma.elem_bytes;
+  if (dma.add == kPallasCpuDmaCopy) {
+    ForEachOutside(dma.pad_dst, dma.dst.sizes, 0, dma.pad_dst.base, true, eb,
+                   [&](char* d) { std::memcpy(d, fill, eb); });
+    return;
+  }
+  ForEachOutside(dma.pad_dst, dma.dst.sizes, 0, dma.pad_dst.base, true, eb,
+                 [&](char* d) {
+                   StridedWindow s, t;
+                   s.base = const_cast<char*>(fill);
+                   t.base = d;
+                   AddWindows(s, t, eb, dma.add);
+                 });
 }
 
 // Copies of at least this many bytes release the launch's lock while they
@@ -494,6 +504,13 @@ extern "C" void pallas_cpu_rt_dma_start(
     }
     // The semaphore counts the whole window, tile padding included.
     const int64_t window_bytes = dma.src.NumElements() * elem_bytes;
+    if (!regular && window_bytes > INT32_MAX) {
+      std::ostringstream os;
+      os << pallas_cpu::DmaName(ctx, dma) << " copies " << window_bytes
+         << " bytes: a DMA semaphore counts at most 2^31 - 1";
+      ctx->Fail(os.str());
+      return;
+    }
     pallas_cpu::PadDma(dma, pallas_cpu::FromDescriptor(pad_rank, pad_desc, 8));
     if (device >= 0) {
       // A remote copy: the destination and its semaphore are the same

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 import pallas_cpu
 from pallas_cpu import compiler
@@ -75,6 +76,36 @@ def test_reference_backends(backend):
                              out_specs=SPEC, backend=backend)
   assert "pallas_cpu_call" not in _hlo(f, X)
   assert_same(f(X), jnp.exp(X) * 2, exact=False, rtol=4e-6)
+
+
+@pytest.mark.parametrize("backend", ["interpret", "tpu-interpret"])
+def test_reference_backends_hold_inside_force_cpu_backend(backend):
+  """A backend the call names itself is not overridden by the context."""
+  with pallas_cpu.force_cpu_backend():
+    f = pallas_cpu.pallas_call(_kernel, out_shape=X, grid=(2,),
+                               in_specs=[SPEC], out_specs=SPEC,
+                               backend=backend)
+    assert "pallas_cpu_call" not in _hlo(f, X)
+    assert "pallas_cpu_call" in _hlo(_tpu_style, X)
+
+
+def test_explicit_compiler_params_hold_inside_force_cpu_backend():
+  """The call's own CompilerParams win over force_cpu_backend's; a call
+  without them takes the context's."""
+  def read_scratch(x_ref, o_ref, scratch):
+    del x_ref
+    o_ref[...] = scratch[...]
+
+  def make(**kw):
+    return pallas_cpu.pallas_call(
+        read_scratch, out_shape=X, in_specs=[SPEC], out_specs=SPEC,
+        grid=(2,), scratch_shapes=[pltpu.VMEM((8, 128), jnp.float32)], **kw)
+  zero = pallas_cpu.CompilerParams(uninitialized_memory="zero")
+  with pallas_cpu.force_cpu_backend():
+    assert_same(make(compiler_params=zero)(X), jnp.zeros_like(X))
+    assert np.isnan(np.asarray(make()(X))).all()
+  with pallas_cpu.force_cpu_backend(zero):
+    assert_same(make()(X), jnp.zeros_like(X))
 
 
 def _call(x):

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax._src.pallas.mosaic import tpu_info
 
 import pallas_cpu
 from conftest import assert_same
@@ -213,12 +214,12 @@ def test_run_time_size_as_tpu_interpret_mode(dim):
   with pallas_cpu.force_cpu_backend():
     out = run(None, params)
   assert_same(out, run(pltpu.InterpretParams(), params))
-  assert_same(out, _expected_window(x, 2 if dim == 2 else 1, *params))
+  assert_same(out, _expected_window(x, dim, *params))
 
 
 # -- reads and writes in the padding ----------------------------------------------
 
-def _through_padding(x, start, rows, add_back=False):
+def _through_padding(x, start, rows):
   """Copies ``rows`` rows of x from a traced ``start`` into a VMEM buffer
   (reading past x's end into its tile padding), outputs the buffer, and
   copies it back into an alias of x at the same rows (writing past the
@@ -253,7 +254,7 @@ def test_reads_of_tile_padding_are_uninitialized(dtype):
   back into the aliased y drops them, so y is x's rows 32..40 and -1
   elsewhere."""
   x = _values(np.random.default_rng(3), (41, 128), dtype)
-  rows = 16 if dtype == "float32" else 16
+  rows = 16
   run = _through_padding(x, 32, rows)
   out, y = _on("cpu", run)
   ref_out, ref_y = _on("padded", run)
@@ -301,6 +302,207 @@ def test_race_detection_sees_only_the_copied_part():
       compiler_params=pallas_cpu.CompilerParams(detect_races=True,
                                                 on_race="raise"))(x)
   assert_same(out, x * 2 + 1)
+
+
+# -- views of views, transforms, accumulation ------------------------------------------
+
+def _copy_rows(x, make_src, rows=16, dtype=None, **params):
+  """Copies ``make_src(x_hbm, start)`` (a window of ``rows`` rows from a
+  traced start) into a VMEM buffer and outputs it."""
+  dtype = dtype or x.dtype
+
+  def kernel(p_ref, x_hbm, o_ref, buf):
+    pltpu.sync_copy(make_src(x_hbm, p_ref[0]), buf)
+    o_ref[...] = buf[...]
+
+  def run(start, interpret=None):
+    kw = {} if interpret is None else dict(interpret=interpret)
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((rows, x.shape[-1]), dtype),
+        in_specs=[SMEM, ANY], scratch_shapes=[pltpu.VMEM((rows, x.shape[-1]),
+                                                         dtype)],
+        compiler_params=pallas_cpu.CompilerParams(**params) if params else None,
+        **kw)(jnp.asarray([start], jnp.int32), x)
+  return run
+
+
+def test_a_view_of_a_view_reaches_into_padding():
+  """x_hbm.at[1].at[pl.ds(32, 16)]: the view of x[1] ends where the data
+  does, so a window of it may go on into the padding (emit_pipeline over
+  x_hbm.at[b] does this), as x_hbm.at[1, pl.ds(32, 16)] may; a view that
+  ends before the data does not reach past its own end."""
+  x = _values(np.random.default_rng(6), (2, 41, 128), "float32")
+  expected = np.full((16, 128), np.nan, np.float32)
+  expected[:9] = np.asarray(x[1, 32:])
+  for make in (lambda r, s: r.at[1].at[pl.ds(s, 16)],
+               lambda r, s: r.at[1, pl.ds(s, 16)],
+               lambda r, s: r.at[1, pl.ds(8, 33)].at[pl.ds(s - 8, 16)]):
+    run = _copy_rows(x, make)
+    with pallas_cpu.force_cpu_backend():
+      assert_same(run(32), expected)
+    assert_same(run(32, PADDED), expected)
+  run = _copy_rows(x, lambda r, s: r.at[1, pl.ds(0, 40)].at[pl.ds(s, 16)])
+  with pytest.raises(Exception, match="Out-of-bounds read"):
+    with pallas_cpu.force_cpu_backend():
+      jax.block_until_ready(run(32))
+
+
+def test_emit_pipeline_over_views_of_each_batch():
+  x = _values(np.random.default_rng(7), (3, 41, 200), "float32")
+
+  def inner(x_ref, o_ref):
+    o_ref[...] = x_ref[...] * 2 + 1
+
+  def kernel(x_hbm, o_hbm):
+    @pl.loop(0, x.shape[0])
+    def _(b):
+      pltpu.emit_pipeline(
+          inner, grid=(3, 2),
+          in_specs=[pl.BlockSpec((16, 128), lambda i, j: (i, j))],
+          out_specs=[pl.BlockSpec((16, 128), lambda i, j: (i, j))])(
+              x_hbm.at[b], o_hbm.at[b])
+
+  def run(interpret):
+    kw = {} if interpret is None else dict(interpret=interpret)
+    return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x.shape,
+                                                                  x.dtype),
+                          in_specs=[ANY], out_specs=ANY, **kw)(x)
+  assert_same(_on("cpu", run), x * 2 + 1)
+  assert_same(_on("cpu", run), _on("padded", run))
+
+
+def test_equal_width_bitcast_of_a_window_into_padding():
+  """The bitcast view keeps the window's padding: rows past the end read
+  as the uninitialized value of the DMA's element type (int32: INT_MIN),
+  not as the next batch's rows."""
+  x = _values(np.random.default_rng(8), (2, 41, 128), "float32")
+  run = _copy_rows(x, lambda r, s: r.at[0, pl.ds(s, 16)].bitcast(jnp.int32),
+                   dtype=jnp.int32)
+  with pallas_cpu.force_cpu_backend():
+    out = np.asarray(run(32))
+  expected = np.full((16, 128), np.iinfo(np.int32).min, np.int32)
+  expected[:9] = np.asarray(x[0, 32:]).view(np.int32)
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_reshape_of_a_window_into_padding_is_named():
+  x = _values(np.random.default_rng(9), (41, 128), "float32")
+  run = _copy_rows(x, lambda r, s: r.at[pl.ds(s, 16)].reshape(16, 128))
+  with pytest.raises(NotImplementedError, match="ReshapeTransform .*padding"):
+    with pallas_cpu.force_cpu_backend():
+      run(32)
+
+
+@pytest.mark.parametrize("dtype,fill", [("float32", "zero"),
+                                        ("int32", "zero"), ("int32", "nan")])
+def test_accumulating_dma_adds_the_padding_it_reads(dtype, fill):
+  """add=True from a window into padding: the rows that exist are added,
+  the padding adds the uninitialized value (0 under "zero"; INT_MIN,
+  wrapping, under "nan")."""
+  x = _values(np.random.default_rng(10), (41, 128), dtype)
+
+  def kernel(p_ref, x_hbm, o_ref, buf, sem):
+    buf[...] = jnp.full(buf.shape, 5, buf.dtype)
+    c = pltpu.make_async_copy(x_hbm.at[pl.ds(p_ref[0], 16)], buf, sem)
+    c.start(add=True)
+    c.wait()
+    o_ref[...] = buf[...]
+
+  out = pallas_cpu.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((16, 128), x.dtype),
+      in_specs=[SMEM, ANY],
+      scratch_shapes=[pltpu.VMEM((16, 128), x.dtype), DMA_SEM],
+      compiler_params=pallas_cpu.CompilerParams(uninitialized_memory=fill))(
+          jnp.asarray([32], jnp.int32), x)
+  expected = np.full((16, 128), 5, dtype)
+  expected[:9] += np.asarray(x[32:])
+  if fill == "nan":
+    expected[9:] = np.int32(5) + np.iinfo(np.int32).min
+  assert_same(out, expected)
+
+
+# -- a differential fuzz of windows --------------------------------------------------
+
+def _padded(shape, dtype):
+  """The shape a TPU stores: whole tiles of Mosaic's tiling (8 x 128 for
+  32-bit types; fewer rows for an array of fewer rows)."""
+  tiling = tpu_info.infer_tiling(jax.core.ShapedArray(shape, dtype))
+  return tuple(-(-n // t) * t for n, t in zip(shape, tiling))
+
+
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(data=st.data())
+def test_windows_as_tpu_interpret_mode(data):
+  """Random windows of run-time position and size anywhere inside a
+  (B, R, C) array's padded shape, reached in one indexer, through a view
+  of one batch, or through a view of rows running to the data's end (of
+  static size: JAX cannot index a view of run-time size); read into a
+  VMEM buffer and written back at another such window of an aliased
+  output.  Against numpy on NaN-padded copies and TPU interpret mode."""
+  draw = data.draw
+  shape = (draw(st.integers(1, 3)), draw(st.integers(1, 40)),
+           draw(st.integers(1, 300)))
+  _, rows, cols = shape
+  room = _padded(shape, jnp.float32)[1:]
+
+  def window():
+    b = draw(st.integers(0, shape[0] - 1))
+    r0 = draw(st.integers(0, room[0] - 1))
+    c0 = draw(st.integers(0, room[1] - 1))
+    form = draw(st.sampled_from(["one", "batch", "to_end"]))
+    if form == "to_end":  # a static view of rows [ra, rows) first
+      form = (form, draw(st.integers(0, min(r0, rows - 1))))
+    return b, r0, c0, form
+  src, dst = window(), window()
+  nr = draw(st.integers(0, room[0] - max(src[1], dst[1])))
+  nc = draw(st.integers(0, room[1] - max(src[2], dst[2])))
+  x = _values(np.random.default_rng(draw(st.integers(0, 99))), shape,
+              "float32")
+
+  def view(ref, p, k, form):
+    b, r0, c0, n_rows, n_cols = (p[k], p[k + 1], p[k + 2], p[6], p[7])
+    if form == "one":
+      return ref.at[b, pl.ds(r0, n_rows), pl.ds(c0, n_cols)]
+    if form == "batch":
+      return ref.at[b].at[pl.ds(r0, n_rows), pl.ds(c0, n_cols)]
+    ra = form[1]
+    return ref.at[b, pl.ds(ra, rows - ra)].at[
+        pl.ds(r0 - ra, n_rows), pl.ds(c0, n_cols)]
+
+  def kernel(p_ref, x_hbm, y_hbm, o_ref, y_out, buf):
+    del y_hbm
+    buf[...] = jnp.zeros(buf.shape, buf.dtype)
+    here = buf.at[pl.ds(0, p_ref[6]), pl.ds(0, p_ref[7])]
+    pltpu.sync_copy(view(x_hbm, p_ref, 0, src[3]), here)
+    pltpu.sync_copy(here, view(y_out, p_ref, 3, dst[3]))
+    o_ref[...] = buf[...]
+
+  params = jnp.asarray([*src[:3], *dst[:3], nr, nc], jnp.int32)
+  y = jnp.full(shape, -1, jnp.float32)
+
+  def run(interpret):
+    kw = {} if interpret is None else dict(interpret=interpret)
+    return pl.pallas_call(
+        kernel, out_shape=(jax.ShapeDtypeStruct(room, jnp.float32),
+                           jax.ShapeDtypeStruct(shape, jnp.float32)),
+        in_specs=[SMEM, ANY, ANY],
+        out_specs=(pl.BlockSpec(memory_space=pltpu.VMEM), ANY),
+        scratch_shapes=[pltpu.VMEM(room, jnp.float32)],
+        input_output_aliases={2: 1}, **kw)(params, x, y)
+  out, y_got = _on("cpu", run)
+  padded_x = np.full((shape[0], *room), np.nan, np.float32)
+  padded_x[:, :rows, :cols] = np.asarray(x)
+  expected = np.zeros(room, np.float32)
+  b, r0, c0, _ = src
+  expected[:nr, :nc] = padded_x[b, r0:r0 + nr, c0:c0 + nc]
+  padded_y = np.full((shape[0], *room), -1, np.float32)
+  b, r1, c1, _ = dst
+  padded_y[b, r1:r1 + nr, c1:c1 + nc] = expected[:nr, :nc]
+  assert_same(out, expected)
+  assert_same(y_got, padded_y[:, :rows, :cols])
+  ref_out, ref_y = _on("padded", run)
+  assert_same(out, ref_out)
+  assert_same(y_got, ref_y)
 
 
 # -- errors -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from mlir import ir
 from mlir.dialects import arith, memref
 
 from pallas_cpu import abi
-from pallas_cpu.lowering import buffers, devices, types, values, views
+from pallas_cpu.lowering import buffers, devices, values, views
 from pallas_cpu.lowering.context import scalar_of
 from pallas_cpu.lowering.registry import register
 from pallas_cpu.lowering.rules.memory import dma_window, view_of
@@ -115,28 +115,14 @@ def _padding(kctx, src_view, dst_view, src_valid, dst_valid) -> ir.Value:
   with kctx.alloc_ip:
     buf = memref.AllocaOp(ir.MemRefType.get([1 + 2 * rank], i64), [],
                           []).result
-  words = [arith.constant(i64, _fill_bits(kctx, src_view.dtype))]
+  words = [arith.constant(i64, buffers.uninitialized_bits(
+      kctx, src_view.dtype))]
   for view, valid in ((src_view, src_valid), (dst_view, dst_valid)):
     counts = valid if valid is not None else views.sizes_of(view.memref)
     words += [arith.index_cast(i64, views.as_index(n)) for n in counts]
   for k, word in enumerate(words):
     memref.store(word, buf, [views.as_index(k)])
   return buf
-
-
-def _fill_bits(kctx, dtype) -> int:
-  """The bits of the uninitialized value (buffers.uninitialized_scalar) in
-  one element of ``dtype`` as stored, for the padding a DMA reads."""
-  dtype = np.dtype(dtype)
-  if kctx.params.uninitialized_memory == "zero" or types.is_bool(dtype):
-    return 0
-  if types.is_float(dtype):
-    bits = np.array(np.nan, dtype).view(f"u{dtype.itemsize}")
-    return int(bits)
-  if dtype == np.int16:
-    return 0
-  width = 8 * dtype.itemsize
-  return int(types.iinfo(dtype).min) & ((1 << width) - 1)
 
 
 def _add_kind(dtype) -> int:
@@ -191,6 +177,9 @@ def _dma_wait(ctx, *args, tree, device_id_type, insert_dummy_device=False):
   itemsize = np.dtype(dst_view.dtype).itemsize
   sizes = views.sizes_of(dst_view.memref)
   static = int(np.prod([n for n in sizes if isinstance(n, int)])) * itemsize
+  if static > np.iinfo(np.int32).max:
+    raise ValueError(f"pallas_cpu: a DMA of {static} bytes at {ctx.source}: a "
+                     "DMA semaphore counts at most 2^31 - 1")
   nbytes = arith.constant(i32, static)
   for n in sizes:
     if not isinstance(n, int):

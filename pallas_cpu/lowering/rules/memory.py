@@ -5,6 +5,7 @@ type; one that changes the width packs rows, see bit_views.py)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -169,8 +170,9 @@ def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
 
   ``limits`` are the view's sizes where ``shape`` has dynamic ones (a view
   of run-time size); ``dma``: the window is a DMA's, which may have a
-  run-time size, and ``pad`` the view's tile padding (``_tile_padding``),
-  for which the second result is the window's."""
+  run-time size, and ``pad`` the view's reach into tile padding (a
+  ``Reach`` per dimension, or None), for which the second result is the
+  window's."""
   limits = list(shape) if limits is None else limits
   offsets, sizes, steps, drop = [], [], [], []
   for d, idx in enumerate(t.indices):
@@ -187,7 +189,7 @@ def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
   new_pad = [] if pad is not None else None
   for d, start in enumerate(offsets):
     size, step = sizes[d], steps[d]
-    room, valid = pad[d] if pad is not None else (limits[d], None)
+    room, valid = pad[d] if pad is not None else Reach(limits[d], None)
     if d in drop and valid is not None:
       room = valid  # an index stays inside the logical shape
     if not isinstance(size, int) and not dma:
@@ -207,26 +209,11 @@ def _resolve_indexer(ctx, shape, t: indexing.NDIndexer, ref=None,
         offsets[d], sizes[d] = _checked_window(ctx, start, size, step, room,
                                                d, site)
     if new_pad is not None and d not in drop:
-      new_pad.append((sizes[d], _valid_after(valid, offsets[d], sizes[d],
-                                             step)))
+      new_pad.append(_reach_after(pad[d], offsets[d], sizes[d], step))
   if (all(isinstance(o, int) and o == 0 for o in offsets)
       and sizes == list(shape) and all(s == 1 for s in steps) and not drop):
     return None, pad  # x_ref[...]: the whole ref
   return (offsets, sizes, steps, drop), new_pad
-
-
-def _valid_after(valid, start, size, step):
-  """How many elements of a window [start, start + size*step) lie before
-  ``valid`` (None: all): clamp(ceil((valid - start) / step), 0, size)."""
-  if valid is None:
-    return None
-  if all(isinstance(v, int) for v in (valid, start, size)):
-    return min(max(-(-(valid - start) // step), 0), size)
-  count = arith.ceildivsi(arith.subi(views.as_index(valid),
-                                     views.as_index(start)),
-                          views.as_index(step))
-  return arith.minsi(arith.maxsi(count, views.as_index(0)),
-                     views.as_index(size))
 
 
 def _check_static(ctx, shape, d, offsets, sizes, steps, drop, ref,
@@ -293,13 +280,13 @@ def resolve(ctx, ref: Ref, transforms):
 
 
 def _resolve(ctx, ref: Ref, transforms, *, dma: bool):
-  """``resolve``; for a DMA's window (``dma``) also its tile padding: per
-  kept dimension (size, valid) as ``_tile_padding`` gives them, or None."""
+  """``resolve``; for a DMA's window (``dma``) also its reach into tile
+  padding: a ``Reach`` per dimension of the view, or None."""
   view, key = ref, (ref.root, ref.memref)
   pad = _tile_padding(ref) if dma else None
   for n_before, t in enumerate(transforms):
-    if not isinstance(t, indexing.NDIndexer):
-      pad = None  # past a reshape, transpose or bitcast: the logical shape
+    if pad is not None and not isinstance(t, indexing.NDIndexer):
+      pad = _reach_through(view, t, pad)
     if isinstance(t, state_types.BitcastTransform):
       origin = f"ref.bitcast from {view.dtype} to {np.dtype(t.dtype)}"
       if isinstance(view, Ref):
@@ -360,11 +347,18 @@ def _resolve(ctx, ref: Ref, transforms, *, dma: bool):
 # out of bounds.
 
 
-def _tile_padding(ref: Ref) -> list | None:
-  """Per dimension of a kernel ref, (room, valid): how far a DMA window may
-  reach (the tile-padded size) and how many elements exist (the logical
-  size); None when no dimension is padded (nor for SMEM, semaphores and
-  64-bit types, which TPU does not tile)."""
+class Reach(NamedTuple):
+  """One dimension of a DMA window's view: ``room``, how far a window in it
+  may reach (past the view's end only where that is tile padding), and
+  ``valid``, how many of its leading elements exist (None: all of them)."""
+  room: views.Index
+  valid: views.Index | None
+
+
+def _tile_padding(ref: Ref) -> list[Reach] | None:
+  """A kernel ref's reach per dimension: up to the tile-padded size, with
+  the logical size valid; None when no dimension is padded (nor for SMEM,
+  semaphores and 64-bit types, which TPU does not tile)."""
   t = ir.MemRefType(ref.memref.type)
   space = (ir.StringAttr(t.memory_space).value
            if t.memory_space is not None else None)
@@ -373,15 +367,70 @@ def _tile_padding(ref: Ref) -> list | None:
       or not t.shape or any(s < 0 for s in t.shape)
       or types.dtype_bits(ref.dtype) > 32):
     return None
+  # (The tiling of the TPU the kernel was traced for: emit_pipeline rounds
+  # its edge blocks with the same function.)
   try:
     tiling = tpu_info.infer_tiling(jax_core.ShapedArray(t.shape, ref.dtype))
-  except Exception:  # no tiling known for this type: logical bounds
+  except ValueError:  # no TPU known to tile for: logical bounds
     return None
-  pad = [(-(-n // k) * k, n) if k and n % k else (n, None)
+  pad = [Reach(-(-n // k) * k, n) if k and n % k else Reach(n, None)
          for n, k in zip(t.shape, tiling)]
-  if all(valid is None for _, valid in pad):
+  if all(r.valid is None for r in pad):
     return None
   return pad
+
+
+def _fold(op, *args):
+  """``op`` of index values, folded when every argument is an int."""
+  if all(isinstance(a, int) for a in args):
+    return {"sub": lambda a, b: a - b, "min": min, "max": max,
+            "ceildiv": lambda a, b: -(-a // b),
+            "ge": lambda a, b: a >= b}[op](*args)
+  a = [views.as_index(x) for x in args]
+  if op == "ge":
+    return arith.cmpi(arith.CmpIPredicate.sge, *a)
+  return {"sub": arith.subi, "min": arith.minsi, "max": arith.maxsi,
+          "ceildiv": arith.ceildivsi}[op](*a)
+
+
+def _reach_after(reach: Reach, start, size, step) -> Reach:
+  """The reach of a window [start, start + size*step) of a dimension:
+  clamp(ceil((valid - start) / step), 0, size) of its elements exist, and
+  a window that runs to the end of those (step 1) may reach on into the
+  padding after it, as far as the dimension's own room."""
+  if reach.valid is None:
+    return Reach(size, None)
+  valid = _fold("min", _fold("max", _fold("ceildiv", _fold(
+      "sub", reach.valid, start), step), 0), size)
+  if step != 1:
+    return Reach(size, valid)
+  to_end = _fold("ge", size, _fold("sub", reach.valid, start))
+  if isinstance(to_end, bool):
+    room = _fold("sub", reach.room, start) if to_end else size
+  else:
+    room = arith.select(to_end, views.as_index(_fold("sub", reach.room,
+                                                     start)),
+                        views.as_index(size))
+  return Reach(room, valid)
+
+
+def _reach_through(view, t, pad: list[Reach]) -> list[Reach] | None:
+  """A DMA window's reach past a transform that is not an indexer: kept by
+  an equal-width bitcast, permuted by a transpose; a reshape of a window
+  that may reach into padding is not supported (its rows would mix data
+  and padding), one that does not has none."""
+  if isinstance(t, state_types.TransposeTransform):
+    return [pad[p] for p in t.permutation]
+  if isinstance(t, state_types.BitcastTransform) and isinstance(view, Ref) \
+      and types.dtype_bits(view.dtype) == types.dtype_bits(t.dtype):
+    return pad
+  sizes = views.sizes_of(view.memref) if isinstance(view, Ref) else view.shape
+  if all(r.valid is None or (isinstance(r.valid, int) and r.valid == n)
+         for r, n in zip(pad, sizes)):
+    return None  # nothing past the end: the view's own bounds from here
+  raise NotImplementedError(
+      f"pallas_cpu: a {type(t).__name__} of a DMA window that may reach "
+      "past its array's end into tile padding")
 
 
 def dma_window(ctx, x) -> tuple[Ref, list | None]:
@@ -399,11 +448,13 @@ def dma_window(ctx, x) -> tuple[Ref, list | None]:
         f"pallas_cpu: {view.origin} changes the element width, which only "
         "plain ref loads and stores (ref[...], ref[...] = v) support; not "
         "DMAs, masked loads/stores or other ref uses")
-  if pad is None or all(
-      valid is None or (isinstance(valid, int) and isinstance(size, int)
-                        and valid == size) for size, valid in pad):
+  if pad is None:
     return view, None
-  return view, [size if valid is None else valid for size, valid in pad]
+  sizes = views.sizes_of(view.memref)
+  valid = [n if r.valid is None else r.valid for r, n in zip(pad, sizes)]
+  if all(isinstance(v, int) and v == n for v, n in zip(valid, sizes)):
+    return view, None
+  return view, valid
 
 
 def apply_indexers(ctx, ref: Ref, transforms) -> tuple[Ref, tuple]:
