@@ -322,6 +322,16 @@ ffi::Error PallasCpuCall(ffi::RunId run_id, ffi::RemainingArgs args,
     }
   }
   if (devices) LeaveLaunch(run_id.run_id, kernel_id, launch);
+  if (detect_races != 0 && !devices && mesh_cores == 0 && chunks == 1 &&
+      extent > 1 && error.rfind("deadlock", 0) == 0) {
+    // The plain build gives a parallel dimension at least two chunks, as a
+    // megacore chip's cores: a kernel written for megacore (one whose
+    // cores each start their part afresh) runs there and deadlocks here.
+    error += " (the race-detecting build runs the parallel grid dimension "
+             "on CompilerParams(num_cores=" + std::to_string(race_cores) +
+             ") core, as TPU interpret mode's num_cores_or_threads does; a "
+             "kernel written for megacore needs num_cores=2)";
+  }
   if (!error.empty()) {
     return ffi::Error::InvalidArgument("pallas_cpu kernel '" +
                                        std::string(kernel_name) + "': " +

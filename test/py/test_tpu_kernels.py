@@ -282,6 +282,27 @@ def test_paged_attention(inline_seq_dim, megacore_mode):
       _close(f(*args), want, **F32_TOL)
 
 
+def test_paged_attention_megacore_under_race_detection():
+  """The race-detecting build splits a parallel dimension over
+  CompilerParams(num_cores) cores, as TPU interpret mode does (default 1).
+  A megacore kernel on one core waits for a prefetch its other core would
+  have started: the deadlock error says so; on two cores it runs race-free
+  (TPU interpret mode hangs on one core)."""
+  args, want = _paged_case()
+  call = lambda *a: paged.paged_attention(  # noqa: E731
+      *a, pages_per_compute_block=2, megacore_mode="batch")
+  pallas_cpu.reset_races()
+  with pallas_cpu.force_cpu_backend(pallas_cpu.CompilerParams(
+      detect_races=True, num_cores=2)):
+    _close(jax.jit(call)(*args), want, **F32_TOL)
+  assert not pallas_cpu.races_found()
+  with pallas_cpu.force_cpu_backend(pallas_cpu.CompilerParams(
+      detect_races=True)):
+    with pytest.raises(Exception, match=r"deadlock.*megacore needs "
+                       r"num_cores=2"):
+      jax.block_until_ready(jax.jit(call)(*args))
+
+
 # -- ragged_paged_attention -------------------------------------------------
 
 def _ragged_case(dtype):
