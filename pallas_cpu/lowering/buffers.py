@@ -75,10 +75,9 @@ def uninitialized_bits(kctx: KernelContext, dtype) -> int:
   memory holds it (sub-byte integers: a byte), as an unsigned int."""
   dtype = np.dtype(dtype)
   value = uninitialized_value(kctx, dtype)
-  width = 8 * dtype.itemsize
   if types.is_float(dtype):
     return int(np.array(value, dtype).view(f"u{dtype.itemsize}"))
-  return int(value) & ((1 << width) - 1)
+  return int(value) & ((1 << (8 * dtype.itemsize)) - 1)
 
 
 def allocate_ref(kctx: KernelContext, aval, root, name: str, *,

@@ -89,7 +89,6 @@ def _describe_view(ctx, ref, shape, transformed: bool) -> str:
   return desc
 
 
-
 def _checked_start(ctx, start: ir.Value, size: int, step: int,
                    limit: views.Index, dim: int,
                    site: int | None = None) -> ir.Value:
